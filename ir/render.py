@@ -1,0 +1,377 @@
+"""Pre-processing: a validated bundle + job parameters + global settings -> ONE Helm values document.
+
+This is the core of the `install` task (../shared/seeds/002: "scoring pipeline helm chart values are
+calculated"), in four steps:
+
+1. look up the source and sinks of every flow in the data channels: each flow carries its resolved channels;
+2. apply parameters: declared defaults, then job-time overrides, type-checked; `${params.x}` substituted;
+3. merge all documents into one values document: `scoringServices` (one per model), `scoringFlows`,
+   `dataChannels`;
+4. apply global settings: images, log level, tracing, model store, scheduler URL, job id, namespace, size
+   profile.
+
+`render` is pure and deterministic; `to_yaml` prints the result byte-identically for equal input. The
+`Values` model below is the single source of truth of `charts/modelops/values.schema.json`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import yaml
+from pydantic import Field, ValidationError
+
+from ir.bundle import Bundle
+from ir.checks import value_fits
+from ir.errors import IRValidationError, Issue, did_you_mean, format_loc
+from ir.models import (
+    PARAM_REF,
+    Autoscaling,
+    Batching,
+    DataChannelSpec,
+    DnsLabel,
+    ModelSpec,
+    Resources,
+    Scalar,
+    Step,
+    StrictModel,
+    Timeouts,
+    parse_duration,
+)
+
+SizeProfile = Literal["small", "medium", "large"]
+
+#: Default requests and limits per size profile, used where a model gives no resources of its own.
+PROFILES: dict[str, dict[str, dict[str, str]]] = {
+    "small": {"requests": {"cpu": "250m", "memory": "512Mi"}, "limits": {"cpu": "1", "memory": "1Gi"}},
+    "medium": {"requests": {"cpu": "1", "memory": "2Gi"}, "limits": {"cpu": "2", "memory": "4Gi"}},
+    "large": {"requests": {"cpu": "4", "memory": "8Gi"}, "limits": {"cpu": "8", "memory": "16Gi"}},
+}
+
+# ---------------------------------------------------------------------------------------------- globals
+
+
+class ImageSettings(StrictModel):
+    registry: str = Field(default="ghcr.io/modelops", description="Registry and path prefix of the images.")
+    tag: str = Field(default="0.1.0", description="Tag of the modelops images.")
+    pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
+
+
+class Tracing(StrictModel):
+    enabled: bool = False
+    endpoint: str | None = Field(default=None, description="OTLP endpoint, e.g. http://otel-collector:4317.")
+    sample_ratio: float = Field(default=0.1, ge=0, le=1)
+
+
+class SchedulerLink(StrictModel):
+    url: str = Field(default="http://127.0.0.1:8787", description="Where flows report progress and completion.")
+    token: str | None = Field(default=None, description="Per-job token flows present to the scheduler.")
+
+
+class Globals(StrictModel):
+    """Settings of the installation rather than of the pipeline: step 4 of the pre-processing."""
+
+    job_id: str = Field(default="", description="The scheduler's job id (a UUID); empty in previews.")
+    namespace: DnsLabel | None = Field(default=None, description="Overrides the pipeline's environment.namespace.")
+    image: ImageSettings = Field(default_factory=ImageSettings)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    tracing: Tracing = Field(default_factory=Tracing)
+    model_store: str | None = Field(
+        default=None, description="Base URI that relative model artifact paths are resolved against."
+    )
+    scheduler: SchedulerLink = Field(default_factory=SchedulerLink)
+    size_profile: SizeProfile = "small"
+
+
+# ---------------------------------------------------------------------------------------------- values
+
+
+class PipelineValues(StrictModel):
+    name: str
+    digest: str
+    mode: Literal["batch", "streaming"]
+    namespace: str
+    timeouts: Timeouts
+    timeout_seconds: dict[str, int]
+    parameters: dict[str, Scalar]
+
+
+class ScoringServiceValues(StrictModel):
+    """One scoring service per model (Deployment + Service on Kubernetes, a process locally)."""
+
+    name: str
+    model: ModelSpec
+    replicas: int
+    autoscaling: Autoscaling
+    batching: Batching
+    resources: Resources
+
+
+class ChannelValues(StrictModel):
+    name: str
+    spec: DataChannelSpec
+
+
+class ScoringFlowValues(StrictModel):
+    """One scoring flow (a Job in batch mode, a Deployment in streaming mode)."""
+
+    name: str
+    source: ChannelValues
+    sinks: list[ChannelValues]
+    dead_letter: ChannelValues | None = None
+    steps: list[Step]
+    batch_size: int
+    error_policy: Literal["fail", "skip", "deadLetter"]
+    services: list[str] = Field(description="The scoring services (model names) this flow calls, in step order.")
+    resources: Resources
+
+
+class Values(StrictModel):
+    """The merged values document `install` deploys: one per job."""
+
+    global_: Globals = Field(alias="global")
+    pipeline: PipelineValues
+    scoring_services: dict[str, ScoringServiceValues]
+    scoring_flows: dict[str, ScoringFlowValues]
+    data_channels: dict[str, ChannelValues]
+
+
+# ---------------------------------------------------------------------------------------------- parameters
+
+_TRUE = frozenset({"true", "yes", "on", "1"})
+_FALSE = frozenset({"false", "no", "off", "0"})
+_INT = re.compile(r"^[+-]?\d+$")
+
+
+def _coerce(text: str, kind: str) -> Scalar:
+    if kind == "string":
+        return text
+    if kind == "boolean":
+        if text.lower() in _TRUE:
+            return True
+        if text.lower() in _FALSE:
+            return False
+        raise ValueError("expected true or false")
+    if kind == "integer":
+        if not _INT.match(text.strip()):
+            raise ValueError("expected an integer")
+        return int(text)
+    try:
+        number = float(text)
+    except ValueError:
+        raise ValueError("expected a number") from None
+    if number != number or number in (float("inf"), float("-inf")):
+        raise ValueError("expected a finite number")
+    return number
+
+
+def resolve_parameters(bundle: Bundle, overrides: Mapping[str, Any]) -> dict[str, Scalar]:
+    """Declared defaults, then overrides (typed values, or strings from a command line), all type-checked."""
+    declared = {p.name: p for p in bundle.pipeline.spec.parameters}
+    issues: list[Issue] = []
+    values: dict[str, Scalar] = {p.name: p.default for p in declared.values() if p.default is not None}
+    for name in sorted(overrides):
+        raw = overrides[name]
+        param = declared.get(name)
+        if param is None:
+            hint = did_you_mean(name, declared) or (
+                f" (declared: {', '.join(sorted(declared))})" if declared else " (the pipeline declares none)"
+            )
+            issues.append(Issue("<parameters>", "", name, f"unknown parameter '{name}'{hint}"))
+            continue
+        try:
+            if isinstance(raw, str):
+                value = _coerce(raw, param.type)
+            elif value_fits(raw, param.type):
+                value = float(raw) if param.type == "number" else raw
+            else:
+                raise ValueError(f"expected a value of type '{param.type}'")
+        except ValueError as exc:
+            issues.append(Issue("<parameters>", "", name, f"{exc} for parameter of type '{param.type}' (got {raw!r})"))
+            continue
+        values[name] = value
+    for name in declared:
+        if name not in values:
+            issues.append(Issue("<parameters>", "", name, f"parameter '{name}' is required: it has no default"))
+    if issues:
+        raise IRValidationError(issues)
+    return {name: values[name] for name in sorted(values)}
+
+
+def _text(value: Scalar) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+def _substitute(value: Any, params: Mapping[str, Scalar], typed: bool) -> Any:
+    """Replace `${params.x}`; a value that is exactly one reference takes the typed value where `typed`."""
+    if isinstance(value, str):
+        whole = PARAM_REF.fullmatch(value)
+        if whole is not None and typed:
+            return params[whole.group(1)]
+        return PARAM_REF.sub(lambda m: _text(params[m.group(1)]), value)
+    if isinstance(value, dict):
+        return {k: _substitute(v, params, typed) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute(v, params, typed) for v in value]
+    return value
+
+
+def _substitute_step(step: dict[str, Any], params: Mapping[str, Scalar]) -> dict[str, Any]:
+    """Typed substitution where the IR takes any scalar (map.set values, filter.value), text elsewhere."""
+    out: dict[str, Any] = _substitute(step, params, typed=False)
+    if "map" in step and "set" in step["map"]:
+        out["map"]["set"] = _substitute(step["map"]["set"], params, typed=True)
+    if "filter" in step and "value" in step["filter"]:
+        out["filter"]["value"] = _substitute(step["filter"]["value"], params, typed=True)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------- globals from --set
+
+
+def parse_sets(assignments: Sequence[str]) -> Globals:
+    """`--set image.registry=r.example --set logLevel=debug` -> `Globals`, every problem reported."""
+    data: dict[str, Any] = {}
+    issues: list[Issue] = []
+    for assignment in assignments:
+        key, sep, raw = assignment.partition("=")
+        if not sep or not key:
+            issues.append(Issue("<globals>", "", assignment, "expected KEY=VALUE, e.g. logLevel=debug"))
+            continue
+        try:
+            value = yaml.safe_load(raw) if raw else ""
+        except yaml.YAMLError:
+            value = raw
+        target = data
+        parts = key.split(".")
+        for part in parts[:-1]:
+            nested = target.setdefault(part, {})
+            if not isinstance(nested, dict):
+                issues.append(Issue("<globals>", "", key, f"'{part}' is not a group of settings"))
+                break
+            target = nested
+        else:
+            target[parts[-1]] = value
+    if issues:
+        raise IRValidationError(issues)
+    return make_globals(data)
+
+
+def make_globals(data: Mapping[str, Any]) -> Globals:
+    """Validate global settings given as a mapping; errors name the setting."""
+    from ir.parse import _message
+
+    try:
+        return Globals.model_validate(data)
+    except ValidationError as exc:
+        raise IRValidationError(
+            [
+                Issue("<globals>", "", format_loc(tuple(e["loc"])), _message(Globals, tuple(e["loc"]), e))
+                for e in exc.errors(include_url=False)
+            ]
+        ) from None
+
+
+# ---------------------------------------------------------------------------------------------- render
+
+
+def _resolve_uri(uri: str, store: str | None) -> str:
+    if store is None or "://" in uri:
+        return uri
+    return store.rstrip("/") + "/" + uri.removeprefix("./")
+
+
+def render(bundle: Bundle, params: Mapping[str, Any] | None = None, globals_: Globals | None = None) -> Values:
+    """The four pre-processing steps. Raises `IRValidationError` for bad parameters."""
+    settings = globals_ or Globals()
+    resolved = resolve_parameters(bundle, params or {})
+    profile = Resources.model_validate(PROFILES[settings.size_profile])
+    spec = bundle.pipeline.spec
+
+    channels: dict[str, ChannelValues] = {}
+    for channel in bundle.used_channels():
+        raw = channel.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
+        channels[channel.metadata.name] = ChannelValues(
+            name=channel.metadata.name, spec=DataChannelSpec.model_validate(_substitute(raw, resolved, typed=False))
+        )
+
+    services: dict[str, ScoringServiceValues] = {}
+    for model in bundle.used_models():
+        model_spec = model.spec.model_copy(update={"uri": _resolve_uri(model.spec.uri, settings.model_store)})
+        services[model.metadata.name] = ScoringServiceValues(
+            name=model.metadata.name,
+            model=model_spec,
+            replicas=model.spec.replicas,
+            autoscaling=model.spec.autoscaling,
+            batching=model.spec.batching,
+            resources=model.spec.resources or profile,
+        )
+
+    flows: dict[str, ScoringFlowValues] = {}
+    for flow in bundle.used_flows():
+        fspec = flow.spec
+        steps = [
+            Step.model_validate(
+                _substitute_step(step.model_dump(mode="json", by_alias=True, exclude_none=True), resolved)
+            )
+            for step in fspec.steps
+        ]
+        used: list[str] = []
+        for step in fspec.steps:
+            if step.score is not None and step.score.model not in used:
+                used.append(step.score.model)
+        dead = fspec.error_policy.sink
+        flows[flow.metadata.name] = ScoringFlowValues(
+            name=flow.metadata.name,
+            source=channels[fspec.source],
+            sinks=[channels[name] for name in fspec.sinks],
+            dead_letter=channels[dead] if dead else None,
+            steps=steps,
+            batch_size=fspec.batch_size,
+            error_policy=fspec.error_policy.mode,
+            services=used,
+            resources=profile,
+        )
+
+    timeouts = spec.timeouts
+    pipeline = PipelineValues(
+        name=bundle.name,
+        digest=bundle.digest(),
+        mode=spec.mode,
+        namespace=settings.namespace or spec.environment.namespace,
+        timeouts=timeouts,
+        timeout_seconds={
+            "install": parse_duration(timeouts.install),
+            "wait": parse_duration(timeouts.wait),
+            "uninstall": parse_duration(timeouts.uninstall),
+        },
+        parameters=resolved,
+    )
+    return Values.model_validate(
+        {
+            "global": settings,
+            "pipeline": pipeline,
+            "scoringServices": services,
+            "scoringFlows": flows,
+            "dataChannels": channels,
+        }
+    )
+
+
+def to_document(values: Values) -> dict[str, Any]:
+    """Plain data of the values (JSON types, YAML key names, no nulls)."""
+    document: dict[str, Any] = values.model_dump(mode="json", by_alias=True, exclude_none=True)
+    return document
+
+
+def to_yaml(values: Values) -> str:
+    """Deterministic YAML: sorted keys, block style; equal values give byte-identical text."""
+    dumper: Any = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+    text: str = yaml.dump(
+        to_document(values), Dumper=dumper, sort_keys=True, default_flow_style=False, allow_unicode=True, width=120
+    )
+    return text
