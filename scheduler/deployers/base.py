@@ -1,0 +1,56 @@
+"""The `Deployer` interface: deploy one rendered values document, watch it, and tear it down.
+
+The lifecycle phases (`scheduler.lifecycle`) are the same for every backend; only the deployer differs:
+local processes (`LocalProcessDeployer`) or a Helm release of `charts/modelops` (`HelmDeployer`, later).
+A `Deployment` is what a deployer needs to find its work again, as JSON, so it survives a server restart.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol
+
+LogFn = Callable[[str], None]
+"""Where a phase writes its plain log lines (the task's log file, or stdout in a Tekton step)."""
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """Handle on deployed work. `ref` is plain JSON, stored as the job's backend reference."""
+
+    job_id: str
+    ref: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class RunStatus:
+    """What the deployed scoring flows are doing right now."""
+
+    state: Literal["running", "succeeded", "failed"]
+    message: str | None = None
+    """For `failed`: which component failed, how, and its last log lines."""
+
+
+class DeployError(Exception):
+    """Deploying, becoming ready or tearing down failed; the message says what and where (with log tails)."""
+
+
+class Deployer(Protocol):
+    async def deploy(self, job_id: str, values: dict[str, Any], log: LogFn) -> Deployment:
+        """Start everything the values describe (services first, then flows). Raises DeployError."""
+        ...
+
+    async def wait_ready(self, deployment: Deployment, timeout: float, log: LogFn) -> None:
+        """Return once every service and flow is ready; DeployError on timeout or an early exit."""
+
+    async def status(self, deployment: Deployment) -> RunStatus:
+        """Whether the flows still run, all ended well, or one failed."""
+        ...
+
+    async def teardown(self, deployment: Deployment, grace: float, log: LogFn) -> None:
+        """Stop and remove everything (graceful, then forced after `grace` seconds). Idempotent."""
+
+    def alive(self, deployment: Deployment) -> bool:
+        """After a restart: whether the deployed work still runs (and is really ours)."""
+        ...
