@@ -1,0 +1,1 @@
+"""Alembic migrations of the scheduler database (`env.py`, one module per revision in `versions/`)."""

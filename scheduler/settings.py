@@ -1,0 +1,228 @@
+"""Configuration of the scheduling server, read from `MODELOPS_SCHEDULER_*` environment variables.
+
+Defaults run on a laptop with nothing else installed: an SQLite file under `$MODELOPS_HOME` (default
+`~/.modelops`), the in-process `local` backend, listening on 127.0.0.1 only. Nothing here is created at import
+time: the app factory and the CLI build a `SchedulerSettings()` when they start, tests pass values directly.
+
+API tokens are configured as `name:scope:sha256hex` so the plaintext never sits in the environment, a
+process listing or a Helm values file; `hash_token` (and `modelops`'s CLI on top of it) computes the hash.
+Validators refuse values that are obviously placeholders (`changeme`, `<password>`, `${VAR}` left unexpanded,
+the hash of `secret`, ...), because a scheduler that starts with those is worse than one that refuses to.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import re
+from pathlib import Path
+from typing import Annotated, Any, Final, Literal
+
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+
+__all__ = ["SchedulerSettings", "TokenScope", "TokenSpec", "default_home", "hash_token"]
+
+TokenScope = Literal["read", "write", "admin"]
+"""`read`: GET endpoints; `write`: deploy pipelines, start and cancel jobs; `admin`: everything."""
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
+
+# Words that only ever appear in a value somebody forgot to replace.
+_PLACEHOLDER_WORDS: Final = (
+    "changeme",
+    "change-me",
+    "change_me",
+    "replaceme",
+    "replace-me",
+    "replace_me",
+    "placeholder",
+    "fixme",
+    "xxxx",
+)
+_PLACEHOLDER_SECRETS: Final = frozenset(
+    {"", "secret", "password", "passwd", "token", "admin", "test", "example", "default", "root"}
+    | set(_PLACEHOLDER_WORDS)
+)
+_PLACEHOLDER_TOKEN_HASHES: Final = frozenset(hashlib.sha256(word.encode()).hexdigest() for word in _PLACEHOLDER_SECRETS)
+
+
+def hash_token(plaintext: str) -> str:
+    """The SHA-256 hex digest under which a bearer token is configured and compared."""
+    return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def default_home() -> Path:
+    """`~/.modelops`: where the embedded database and local-run files live unless `MODELOPS_HOME` says else."""
+    return Path("~/.modelops").expanduser()
+
+
+def _looks_like_placeholder(text: str) -> str | None:
+    """The reason `text` looks like an unreplaced placeholder, or None."""
+    lowered = text.lower()
+    for word in _PLACEHOLDER_WORDS:
+        if word in lowered:
+            return f"contains the placeholder word {word!r}"
+    if "${" in text or re.search(r"<[^<>]*>", text):
+        return "contains an unexpanded ${VAR} or <placeholder>"
+    return None
+
+
+class TokenSpec(BaseModel):
+    """One configured API bearer token: who it is, what it may do, and the SHA-256 of its plaintext."""
+
+    model_config = ConfigDict(frozen=True, use_attribute_docstrings=True)
+
+    name: str
+    """A label for logs and audit (`created_by`), e.g. `ci` or `alice`."""
+    scope: TokenScope
+    """What the token may do: `read`, `write` or `admin`."""
+    sha256: str
+    """The lowercase SHA-256 hex digest of the plaintext token (see `hash_token`)."""
+
+    @field_validator("name")
+    @classmethod
+    def _check_name(cls, value: str) -> str:
+        if not _TOKEN_NAME.match(value):
+            raise ValueError("a token name is 1-63 letters, digits, '.', '_' or '-', starting alphanumeric")
+        return value
+
+    @field_validator("sha256")
+    @classmethod
+    def _check_hash(cls, value: str) -> str:
+        value = value.lower()
+        if not _SHA256_HEX.match(value):
+            raise ValueError(
+                "expected the SHA-256 hex digest of the token (64 hex characters), not the token itself; "
+                "compute it with scheduler.settings.hash_token"
+            )
+        if value in _PLACEHOLDER_TOKEN_HASHES:
+            raise ValueError("this is the hash of a placeholder token such as 'secret' or 'changeme'")
+        if len(set(value)) == 1:
+            raise ValueError("a hash made of one repeated character is a placeholder")
+        return value
+
+    @classmethod
+    def parse(cls, text: str) -> TokenSpec:
+        """Parse `name:scope:sha256hex`."""
+        parts = text.strip().split(":")
+        if len(parts) != 3:
+            raise ValueError(f"a token is configured as 'name:scope:sha256hex', got {len(parts)} field(s)")
+        name, scope, digest = parts
+        return cls.model_validate({"name": name, "scope": scope, "sha256": digest})
+
+    def __str__(self) -> str:
+        return f"{self.name}:{self.scope}:{self.sha256}"
+
+
+class SchedulerSettings(BaseSettings):
+    """Everything the scheduling server needs to start; see the field docstrings for each variable."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MODELOPS_SCHEDULER_",
+        extra="ignore",
+        use_attribute_docstrings=True,
+        validate_by_name=True,
+        validate_by_alias=True,
+    )
+
+    home: Path = Field(
+        default_factory=default_home,
+        validation_alias=AliasChoices("MODELOPS_SCHEDULER_HOME", "MODELOPS_HOME"),
+    )
+    """Directory for the embedded SQLite database and local-run files (`MODELOPS_SCHEDULER_HOME`, or
+    `MODELOPS_HOME` shared with the other components; default `~/.modelops`)."""
+
+    database_url: str = Field(default_factory=lambda data: f"sqlite:///{data['home'] / 'modelops.db'}")
+    """SQLAlchemy URL of the scheduler database. Default: the SQLite file `<home>/modelops.db`. PostgreSQL URLs
+    may be given as `postgresql://` or `postgres://`; they are normalised to the psycopg 3 driver."""
+
+    host: str = "127.0.0.1"
+    """Interface the API listens on. The default keeps it off the network; use 0.0.0.0 in a container."""
+
+    port: int = Field(default=8787, ge=1, le=65535)
+    """TCP port the API listens on."""
+
+    backend: Literal["local", "tekton"] = "local"
+    """Where jobs run: `local` (in-process, deploys local processes) or `tekton` (one PipelineRun per job)."""
+
+    tokens: Annotated[list[TokenSpec], NoDecode] = Field(default_factory=list)
+    """API bearer tokens as `name:scope:sha256hex`, separated by commas or whitespace. Hashes only: the
+    plaintext is never configured. Empty means no token is accepted for the protected endpoints."""
+
+    readiness_timeout_seconds: float = Field(default=300.0, gt=0)
+    """How long install may wait for the scoring services and flows to become ready before the job fails."""
+
+    uninstall_grace_seconds: float = Field(default=30.0, ge=0)
+    """How long uninstall lets processes and pods stop gracefully before they are killed."""
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        reason = _looks_like_placeholder(str(value))
+        if reason:
+            raise ValueError(f"home {reason}")
+        return value.expanduser()
+
+    @field_validator("database_url", mode="after")
+    @classmethod
+    def _normalise_database_url(cls, value: str) -> str:
+        value = value.strip()
+        try:
+            url = make_url(value)
+        except ArgumentError as exc:
+            raise ValueError(f"not a database URL: {exc}") from None
+        if url.drivername in ("postgres", "postgresql"):
+            url = url.set(drivername="postgresql+psycopg")
+        if url.get_backend_name() not in ("sqlite", "postgresql"):
+            raise ValueError(f"unsupported database {url.get_backend_name()!r}: use sqlite or postgresql")
+        if url.get_backend_name() == "postgresql" and url.get_driver_name() != "psycopg":
+            raise ValueError("PostgreSQL is reached through psycopg 3: use postgresql:// or postgresql+psycopg://")
+        reason = _looks_like_placeholder(value) or _looks_like_placeholder(str(url.password or ""))
+        if reason:
+            raise ValueError(f"database_url {reason}")
+        if url.password is not None and str(url.password).lower() in _PLACEHOLDER_SECRETS:
+            raise ValueError("database_url has a placeholder password")
+        return _render(url)
+
+    @field_validator("host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not value.strip() or _looks_like_placeholder(value):
+            raise ValueError("host must be an interface name or address such as 127.0.0.1 or 0.0.0.0")
+        return value.strip()
+
+    @field_validator("tokens", mode="before")
+    @classmethod
+    def _parse_tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in re.split(r"[,\s]+", value) if part]
+        if isinstance(value, list | tuple):
+            return [TokenSpec.parse(item) if isinstance(item, str) else item for item in value]
+        return value
+
+    @field_validator("tokens", mode="after")
+    @classmethod
+    def _unique_token_names(cls, value: list[TokenSpec]) -> list[TokenSpec]:
+        names = [token.name for token in value]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"token names must be unique, repeated: {', '.join(duplicates)}")
+        return value
+
+    def find_token(self, plaintext: str) -> TokenSpec | None:
+        """The configured token whose hash matches `plaintext`, compared in constant time; None if none does."""
+        digest = hash_token(plaintext)
+        found: TokenSpec | None = None
+        for token in self.tokens:
+            # No early exit: the time taken does not depend on which token matched.
+            if hmac.compare_digest(token.sha256, digest):
+                found = token
+        return found
+
+
+def _render(url: URL) -> str:
+    return url.render_as_string(hide_password=False)

@@ -1,0 +1,145 @@
+"""Fixtures for the scheduler's storage tests: the same tests run on SQLite and on a real PostgreSQL.
+
+PostgreSQL: one fresh database per test session (`modelops_t_<random>`, created through the admin URL in
+`MODELOPS_TEST_POSTGRES_URL`, default `postgresql+psycopg://postgres@127.0.0.1:5432/postgres`), its `public`
+schema dropped and recreated before each test, the database dropped at the end. Those tests carry the
+`postgres` marker: `pytest -m "not postgres"` runs the SQLite half alone.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from collections.abc import Callable, Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import OperationalError
+
+from scheduler.db import create_engine, upgrade
+from scheduler.settings import hash_token
+from scheduler.store import Job, JobStore, PipelineVersion
+
+POSTGRES_ADMIN_URL = os.environ.get(
+    "MODELOPS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+)
+
+DIGITS_IR: dict[str, Any] = {
+    "apiVersion": "modelops/v1",
+    "kind": "ScoringPipeline",
+    "metadata": {"name": "digits"},
+    "spec": {"flows": ["digits-batch"], "models": ["digits-rf"]},
+}
+
+
+def digest_of(text: str) -> str:
+    """A stand-in SHA-256 digest for an IR document (the store treats it as an opaque key)."""
+    return hash_token(text)
+
+
+@pytest.fixture(scope="session")
+def postgres_database() -> Iterator[str]:
+    """URL of a PostgreSQL database created for this test session and dropped at its end."""
+    name = f"modelops_t_{secrets.token_hex(4)}"
+    admin = sqlalchemy.create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except OperationalError as exc:
+        admin.dispose()
+        raise RuntimeError(
+            f"PostgreSQL is not reachable at {POSTGRES_ADMIN_URL} (set MODELOPS_TEST_POSTGRES_URL, "
+            'or deselect these tests with -m "not postgres")'
+        ) from exc
+    try:
+        yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+@pytest.fixture(
+    params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)],
+)
+def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of an empty database: a new SQLite file, or the session's PostgreSQL database wiped clean."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'modelops.db'}"
+    url: str = request.getfixturevalue("postgres_database")
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        engine.dispose()
+    return url
+
+
+@pytest.fixture
+def database_url(empty_database_url: str) -> str:
+    """URL of a database migrated to the newest revision."""
+    upgrade(empty_database_url)
+    return empty_database_url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    engine = create_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def store(engine: Engine) -> JobStore:
+    return JobStore(engine)
+
+
+class FrozenClock:
+    """A clock that stands still until told to move, for tests about timestamps."""
+
+    def __init__(self, start: datetime | None = None) -> None:
+        self.now = start or datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float = 1.0) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@pytest.fixture
+def frozen_clock() -> FrozenClock:
+    return FrozenClock()
+
+
+@pytest.fixture
+def version(store: JobStore) -> PipelineVersion:
+    """Version 1 of the `digits` pipeline."""
+    stored, _ = store.add_pipeline_version("digits", DIGITS_IR, digest_of("digits-v1"), created_by="alice")
+    return stored
+
+
+@pytest.fixture
+def new_job(store: JobStore, version: PipelineVersion) -> Callable[..., Job]:
+    """Create a PENDING job of the `digits` pipeline; keyword arguments override `create_job`'s."""
+
+    def make(**overrides: Any) -> Job:
+        of_version = overrides.pop("version", version)
+        arguments: dict[str, Any] = {
+            "parameters": {"batch_size": 64},
+            "environment": {"namespace": "scoring"},
+            "backend": "local",
+            "token_hash": hash_token(secrets.token_urlsafe(16)),
+        }
+        arguments.update(overrides)
+        job, created = store.create_job(of_version, **arguments)
+        assert created
+        return job
+
+    return make
