@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import secrets
 from collections.abc import Callable, Iterator
-from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +18,7 @@ import pytest
 import sqlalchemy
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
+from store_kit import DIGITS_IR, FrozenClock, digest_of
 
 from scheduler.db import create_engine, upgrade
 from scheduler.settings import hash_token
@@ -27,18 +27,6 @@ from scheduler.store import Job, JobStore, PipelineVersion
 POSTGRES_ADMIN_URL = os.environ.get(
     "MODELOPS_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
 )
-
-DIGITS_IR: dict[str, Any] = {
-    "apiVersion": "modelops/v1",
-    "kind": "ScoringPipeline",
-    "metadata": {"name": "digits"},
-    "spec": {"flows": ["digits-batch"], "models": ["digits-rf"]},
-}
-
-
-def digest_of(text: str) -> str:
-    """A stand-in SHA-256 digest for an IR document (the store treats it as an opaque key)."""
-    return hash_token(text)
 
 
 @pytest.fixture(scope="session")
@@ -98,19 +86,6 @@ def engine(database_url: str) -> Iterator[Engine]:
 @pytest.fixture
 def store(engine: Engine) -> JobStore:
     return JobStore(engine)
-
-
-class FrozenClock:
-    """A clock that stands still until told to move, for tests about timestamps."""
-
-    def __init__(self, start: datetime | None = None) -> None:
-        self.now = start or datetime(2025, 6, 1, 12, 0, tzinfo=UTC)
-
-    def __call__(self) -> datetime:
-        return self.now
-
-    def advance(self, seconds: float = 1.0) -> None:
-        self.now += timedelta(seconds=seconds)
 
 
 @pytest.fixture

@@ -1,0 +1,788 @@
+"""`JobStore`: every read and write of scheduler data, each operation one short database transaction.
+
+The API (through the service layer), the lifecycle engine and the reconciler call this class and nothing
+below it. It returns frozen dataclasses, never live ORM objects, so callers never hold a session, never
+trigger lazy loads from another thread, and can pass results across threads freely.
+
+Concurrency rules, which make the operations safe with several server threads or processes:
+
+- A job's state only changes in `transition`, which locks the job row first (`SELECT ... FOR UPDATE` on
+  PostgreSQL; `BEGIN IMMEDIATE` on SQLite, which takes the database write lock up front), re-reads the state,
+  checks it against `scheduler.states.ALLOWED`, applies it and appends the `job_events` row in the same
+  transaction. Two racing callers are serialised: the second sees the first one's result and, if its change is
+  no longer allowed, gets `IllegalTransition` with nothing changed. Pessimistic locking was chosen over a
+  version column because the loser then gets a meaningful answer (the real current state) rather than a retry.
+- New versions of one pipeline are numbered under a lock on the pipeline row. Creating a pipeline, or a job
+  with an idempotency key, relies on unique constraints: the loser of a race hits `IntegrityError`, rolls
+  back, and finds the winner's row.
+
+Database failures (server down, connection lost, SQLite file unreachable, lock wait exhausted) surface as
+`StoreUnavailable` (HTTP 503) with the driver's exception chained; unknown ids and names as `NotFound`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import re
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final
+
+from sqlalchemy import Select, and_, func, or_, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy.exc import TimeoutError as PoolTimeout
+from sqlalchemy.orm import Session, defer
+
+from scheduler.db.models import JobEventRow, JobRow, PipelineRow, PipelineVersionRow
+from scheduler.db.session import SQLITE_BEGIN_OPTION, make_sessionmaker
+from scheduler.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from scheduler.states import TERMINAL, JobState, Task, check_transition
+
+__all__ = [
+    "DEFAULT_PAGE_SIZE",
+    "MAX_PAGE_SIZE",
+    "Job",
+    "JobEvent",
+    "JobPage",
+    "JobStore",
+    "Pipeline",
+    "PipelineVersion",
+    "VersionInfo",
+]
+
+DEFAULT_PAGE_SIZE: Final = 50
+MAX_PAGE_SIZE: Final = 500
+
+# Attempts before a race on a unique constraint is reported as a conflict. Versions of one pipeline are
+# numbered under a row lock, so only the creation of a new pipeline races, and one retry settles it (the retry
+# finds the winner's committed row); the spare attempts are a safety margin.
+_RACE_ATTEMPTS: Final = 5
+
+_SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
+_PIPELINE_NAME_MAX = 253
+_IDEMPOTENCY_KEY_MAX = 255
+_BACKEND_MAX = 32
+_REASON_MAX = 64
+_TASK_ORDER: Final = {Task.INSTALL: 0, Task.WAIT: 1, Task.UNINSTALL: 2}
+
+CREATED_REASON: Final = "Created"
+"""The reason recorded on the event that creates a job (`from_state` None, `to_state` PENDING)."""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What the store returns
+
+
+@dataclass(frozen=True)
+class VersionInfo:
+    """A pipeline version without its IR document (for listings)."""
+
+    id: int
+    number: int
+    digest: str
+    created_at: datetime
+    created_by: str | None
+
+
+@dataclass(frozen=True)
+class PipelineVersion:
+    """One stored, immutable IR document of a pipeline."""
+
+    id: int
+    pipeline: str
+    number: int
+    digest: str
+    ir: dict[str, Any]
+    created_at: datetime
+    created_by: str | None
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline and its versions, oldest first (IR documents not included)."""
+
+    name: str
+    created_at: datetime
+    versions: tuple[VersionInfo, ...]
+
+    @property
+    def latest(self) -> VersionInfo:
+        """The newest version (a pipeline exists only once it has one)."""
+        return self.versions[-1]
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """One entry in a job's history: a state change, or a task change (then `from_state == to_state`)."""
+
+    id: int
+    at: datetime
+    from_state: JobState | None
+    to_state: JobState
+    task: Task | None
+    reason: str | None
+    message: str | None
+
+
+@dataclass(frozen=True)
+class Job:
+    """A job as stored. `events` is None unless the call says it loads them (`get_job`)."""
+
+    id: uuid.UUID
+    pipeline: str
+    pipeline_version: int
+    pipeline_version_id: int
+    state: JobState
+    task: Task | None
+    parameters: dict[str, Any]
+    environment: dict[str, Any]
+    backend: str
+    backend_ref: dict[str, Any] | None
+    idempotency_key: str | None
+    token_hash: str
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    reason: str | None
+    message: str | None
+    records_read: int
+    records_written: int
+    records_failed: int
+    events: tuple[JobEvent, ...] | None = None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class JobPage:
+    """One page of `list_jobs`, newest first; pass `next_cursor` back to get the next page (None: no more)."""
+
+    items: tuple[Job, ...]
+    next_cursor: str | None
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Input checks
+
+
+def _utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_sha256(value: str, what: str) -> str:
+    if not isinstance(value, str) or not _SHA256_HEX.match(value):
+        raise InvalidInput(f"{what} must be a lowercase SHA-256 hex digest (64 characters)", details={what: value})
+    return value
+
+
+def _check_text(value: str | None, what: str, max_length: int, *, required: bool = False) -> str | None:
+    if value is None:
+        if required:
+            raise InvalidInput(f"{what} is required")
+        return None
+    if not isinstance(value, str) or (required and not value.strip()) or len(value) > max_length:
+        raise InvalidInput(f"{what} must be a non-empty string of at most {max_length} characters")
+    return value
+
+
+def _json_document(value: Mapping[str, Any] | None, what: str) -> dict[str, Any]:
+    """A detached, JSON-clean copy of `value`: what the database will store, byte for byte."""
+    if value is None:
+        return {}
+    if not isinstance(value, Mapping):
+        raise InvalidInput(f"{what} must be a JSON object")
+    try:
+        copied = json.loads(json.dumps(value, allow_nan=False))
+    except (TypeError, ValueError) as exc:
+        raise InvalidInput(f"{what} is not JSON-serialisable: {exc}") from exc
+    if not isinstance(copied, dict):  # pragma: no cover - a Mapping always serialises to an object
+        raise InvalidInput(f"{what} must be a JSON object")
+    return copied
+
+
+def _parse_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    try:
+        return uuid.UUID(str(job_id))
+    except ValueError:
+        raise NotFound(f"no job {job_id!r}", code="job_not_found", details={"job_id": str(job_id)}) from None
+
+
+def _state(value: JobState | str) -> JobState:
+    try:
+        return JobState(value)
+    except ValueError:
+        raise InvalidInput(f"unknown job state {value!r}", details={"allowed": [s.value for s in JobState]}) from None
+
+
+def _task(value: Task | str) -> Task:
+    try:
+        return Task(value)
+    except ValueError:
+        raise InvalidInput(f"unknown task {value!r}", details={"allowed": [t.value for t in Task]}) from None
+
+
+def _check_task_order(job_id: uuid.UUID, current: str | None, new: Task) -> None:
+    """Tasks only move forward (install -> wait -> uninstall; skipping is fine, going back is not)."""
+    if current is not None and _TASK_ORDER[new] < _TASK_ORDER[Task(current)]:
+        raise Conflict(
+            f"job {job_id}: task cannot go back from {current} to {new}",
+            code="illegal_task_change",
+            details={"job_id": str(job_id), "from": current, "to": new.value},
+        )
+
+
+def _encode_cursor(created_at: datetime, job_id: uuid.UUID) -> str:
+    raw = json.dumps([created_at.isoformat(), job_id.hex]).encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        at_text, id_hex = json.loads(raw)
+        at = datetime.fromisoformat(at_text)
+        if at.tzinfo is None:
+            raise ValueError("naive timestamp")
+        return at, uuid.UUID(hex=id_hex)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError) as exc:
+        raise InvalidInput(
+            "invalid cursor: pass back a next_cursor exactly as returned", code="invalid_cursor"
+        ) from exc
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Row -> dataclass
+
+
+def _version_info(row: PipelineVersionRow) -> VersionInfo:
+    return VersionInfo(row.id, row.number, row.digest, row.created_at, row.created_by)
+
+
+def _version(row: PipelineVersionRow, pipeline: str) -> PipelineVersion:
+    return PipelineVersion(
+        id=row.id,
+        pipeline=pipeline,
+        number=row.number,
+        digest=row.digest,
+        ir=row.ir,
+        created_at=row.created_at,
+        created_by=row.created_by,
+    )
+
+
+def _event(row: JobEventRow) -> JobEvent:
+    return JobEvent(
+        id=row.id,
+        at=row.at,
+        from_state=JobState(row.from_state) if row.from_state is not None else None,
+        to_state=JobState(row.to_state),
+        task=Task(row.task) if row.task is not None else None,
+        reason=row.reason,
+        message=row.message,
+    )
+
+
+def _job(row: JobRow, pipeline: str, version_number: int, events: tuple[JobEvent, ...] | None = None) -> Job:
+    return Job(
+        id=row.id,
+        pipeline=pipeline,
+        pipeline_version=version_number,
+        pipeline_version_id=row.pipeline_version_id,
+        state=JobState(row.state),
+        task=Task(row.task) if row.task is not None else None,
+        parameters=row.parameters,
+        environment=row.environment,
+        backend=row.backend,
+        backend_ref=row.backend_ref,
+        idempotency_key=row.idempotency_key,
+        token_hash=row.token_hash,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        reason=row.reason,
+        message=row.message,
+        records_read=row.records_read,
+        records_written=row.records_written,
+        records_failed=row.records_failed,
+        events=events,
+    )
+
+
+def _job_select() -> Select[JobRow, str, int]:
+    return (
+        select(JobRow, PipelineRow.name, PipelineVersionRow.number)
+        .join(PipelineVersionRow, JobRow.pipeline_version_id == PipelineVersionRow.id)
+        .join(PipelineRow, PipelineVersionRow.pipeline_id == PipelineRow.id)
+    )
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The store
+
+
+class JobStore:
+    """Pipelines, versions, jobs and job events in the scheduler database. Thread-safe; share one instance.
+
+    The engine (see `scheduler.db.session.create_engine`) is owned by the caller, who disposes it.
+    `clock` returns the current time (timezone-aware); tests pass a fixed one.
+    """
+
+    def __init__(self, engine: Engine, *, clock: Callable[[], datetime] = _utcnow) -> None:
+        self._engine = engine
+        self._sessions = make_sessionmaker(engine)
+        self._sqlite = engine.dialect.name == "sqlite"
+        self._clock = clock
+
+    # -- plumbing ---------------------------------------------------------------------------------------
+
+    def _now(self) -> datetime:
+        now = self._clock()
+        if now.tzinfo is None:
+            raise ValueError("the store's clock must return timezone-aware datetimes")
+        return now.astimezone(UTC)
+
+    @contextmanager
+    def _tx(self, *, write: bool) -> Iterator[Session]:
+        """One transaction; commits on success, rolls back on any exception. DB outages -> StoreUnavailable."""
+        where = self._engine.url.render_as_string(hide_password=True)
+        try:
+            with self._sessions.begin() as session:
+                if write and self._sqlite:
+                    # Take SQLite's write lock now, not at the first write: the read-check-write of a
+                    # transition must not interleave with another writer (see scheduler.db.session).
+                    session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+                yield session
+        except (OperationalError, PoolTimeout) as exc:
+            cause = getattr(exc, "orig", None) or exc
+            raise StoreUnavailable(
+                f"the scheduler database is unavailable ({where}): {cause}",
+                details={"database": where},
+            ) from exc
+        except DBAPIError as exc:
+            if exc.connection_invalidated:
+                raise StoreUnavailable(
+                    f"lost the connection to the scheduler database ({where})", details={"database": where}
+                ) from exc
+            raise
+
+    def _locked_job(self, session: Session, job_id: uuid.UUID) -> tuple[JobRow, str, int]:
+        """The job row, locked until the transaction ends, with its pipeline name and version number."""
+        found = session.execute(_job_select().where(JobRow.id == job_id).with_for_update(of=JobRow)).one_or_none()
+        if found is None:
+            raise NotFound(f"no job {job_id}", code="job_not_found", details={"job_id": str(job_id)})
+        row, pipeline, number = found
+        return row, pipeline, number
+
+    def _record_event(
+        self,
+        session: Session,
+        row: JobRow,
+        at: datetime,
+        from_state: str | None,
+        reason: str | None,
+        message: str | None,
+    ) -> None:
+        session.add(
+            JobEventRow(
+                job_id=row.id,
+                at=at,
+                from_state=from_state,
+                to_state=row.state,
+                task=row.task,
+                reason=reason,
+                message=message,
+            )
+        )
+
+    # -- pipelines --------------------------------------------------------------------------------------
+
+    def add_pipeline_version(
+        self,
+        name: str,
+        ir_doc: Mapping[str, Any],
+        digest: str,
+        created_by: str | None = None,
+    ) -> tuple[PipelineVersion, bool]:
+        """Store `ir_doc` as the next version of pipeline `name` (created on first use).
+
+        Returns `(version, created)`. If this pipeline already has a version with the same `digest` (the
+        SHA-256 of the normalised IR), that version is returned with `created=False` and nothing is written,
+        so re-deploying the same IR is a no-op. Safe under concurrent calls.
+        """
+        _check_text(name, "pipeline name", _PIPELINE_NAME_MAX, required=True)
+        _check_sha256(digest, "digest")
+        _check_text(created_by, "created_by", 255)
+        document = _json_document(ir_doc, "ir")
+        last_error: IntegrityError | None = None
+        for _attempt in range(_RACE_ATTEMPTS):
+            try:
+                with self._tx(write=True) as session:
+                    return self._add_version(session, name, document, digest, created_by)
+            except IntegrityError as exc:  # lost a race on a unique constraint: retry, the winner is visible
+                last_error = exc
+        raise Conflict(
+            f"pipeline {name!r}: could not store the version after {_RACE_ATTEMPTS} attempts under contention",
+            code="contention",
+        ) from last_error
+
+    def _add_version(
+        self, session: Session, name: str, document: dict[str, Any], digest: str, created_by: str | None
+    ) -> tuple[PipelineVersion, bool]:
+        now = self._now()
+        # Locking the pipeline row serialises version numbering per pipeline (SQLite: BEGIN IMMEDIATE already
+        # does). Only the creation of a new pipeline can still race; its loser retries and finds the winner's.
+        pipeline = session.scalar(select(PipelineRow).where(PipelineRow.name == name).with_for_update())
+        if pipeline is None:
+            pipeline = PipelineRow(name=name, created_at=now)
+            session.add(pipeline)
+            session.flush()
+        existing = session.scalar(
+            select(PipelineVersionRow).where(
+                PipelineVersionRow.pipeline_id == pipeline.id, PipelineVersionRow.digest == digest
+            )
+        )
+        if existing is not None:
+            return _version(existing, name), False
+        latest = session.scalar(
+            select(func.max(PipelineVersionRow.number)).where(PipelineVersionRow.pipeline_id == pipeline.id)
+        )
+        row = PipelineVersionRow(
+            pipeline_id=pipeline.id,
+            number=(latest or 0) + 1,
+            digest=digest,
+            ir=document,
+            created_at=now,
+            created_by=created_by,
+        )
+        session.add(row)
+        session.flush()
+        return _version(row, name), True
+
+    def list_pipelines(self) -> tuple[Pipeline, ...]:
+        """Every pipeline, by name, with its versions (without IR documents)."""
+        with self._tx(write=False) as session:
+            pipelines = session.scalars(select(PipelineRow).order_by(PipelineRow.name)).all()
+            versions = session.scalars(
+                select(PipelineVersionRow)
+                .options(defer(PipelineVersionRow.ir, raiseload=True))
+                .order_by(PipelineVersionRow.pipeline_id, PipelineVersionRow.number)
+            ).all()
+            by_pipeline: dict[int, list[VersionInfo]] = {}
+            for version in versions:
+                by_pipeline.setdefault(version.pipeline_id, []).append(_version_info(version))
+            return tuple(Pipeline(p.name, p.created_at, tuple(by_pipeline.get(p.id, ()))) for p in pipelines)
+
+    def get_pipeline(self, name: str) -> Pipeline:
+        """The pipeline `name` with its versions (without IR documents); NotFound if there is none."""
+        with self._tx(write=False) as session:
+            pipeline = session.scalar(select(PipelineRow).where(PipelineRow.name == name))
+            if pipeline is None:
+                raise NotFound(f"no pipeline {name!r}", code="pipeline_not_found", details={"pipeline": name})
+            versions = session.scalars(
+                select(PipelineVersionRow)
+                .options(defer(PipelineVersionRow.ir, raiseload=True))
+                .where(PipelineVersionRow.pipeline_id == pipeline.id)
+                .order_by(PipelineVersionRow.number)
+            ).all()
+            return Pipeline(pipeline.name, pipeline.created_at, tuple(_version_info(v) for v in versions))
+
+    def get_version(self, name: str, number: int | None = None) -> PipelineVersion:
+        """Version `number` of pipeline `name`, with its IR; the latest one when `number` is None."""
+        with self._tx(write=False) as session:
+            query = (
+                select(PipelineVersionRow)
+                .join(PipelineRow, PipelineVersionRow.pipeline_id == PipelineRow.id)
+                .where(PipelineRow.name == name)
+            )
+            if number is None:
+                query = query.order_by(PipelineVersionRow.number.desc()).limit(1)
+            else:
+                query = query.where(PipelineVersionRow.number == number)
+            row = session.scalar(query)
+            if row is None:
+                what = f"pipeline {name!r}" if number is None else f"version {number} of pipeline {name!r}"
+                raise NotFound(
+                    f"no {what}",
+                    code="pipeline_version_not_found",
+                    details={"pipeline": name, "version": number},
+                )
+            return _version(row, name)
+
+    # -- jobs -------------------------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        version: PipelineVersion,
+        *,
+        parameters: Mapping[str, Any] | None = None,
+        environment: Mapping[str, Any] | None = None,
+        backend: str,
+        token_hash: str,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Create a PENDING job for `version` and its first event; returns `(job, created)`.
+
+        With an `idempotency_key` that an earlier job already used, that job is returned with
+        `created=False` and nothing is written, provided the request is the same one (same version,
+        parameters, environment and backend); a different request reusing the key is a `Conflict`. The
+        `token_hash` of a replayed request is ignored: the job keeps the hash it was created with.
+        """
+        _check_text(backend, "backend", _BACKEND_MAX, required=True)
+        _check_sha256(token_hash, "token_hash")
+        _check_text(idempotency_key, "idempotency_key", _IDEMPOTENCY_KEY_MAX, required=idempotency_key is not None)
+        params = _json_document(parameters, "parameters")
+        env = _json_document(environment, "environment")
+        if idempotency_key is not None:
+            replay = self._replay(idempotency_key, version, params, env, backend)
+            if replay is not None:
+                return replay, False
+        try:
+            with self._tx(write=True) as session:
+                return self._insert_job(session, version, params, env, backend, token_hash, idempotency_key)
+        except IntegrityError as exc:
+            # Either another caller committed a job with this idempotency key between the replay check and
+            # the insert (the unique constraint made us wait for, then see, its commit), or the version row
+            # does not exist.
+            if idempotency_key is not None:
+                replay = self._replay(idempotency_key, version, params, env, backend)
+                if replay is not None:
+                    return replay, False
+            raise NotFound(
+                f"no version {version.number} of pipeline {version.pipeline!r} (id {version.id})",
+                code="pipeline_version_not_found",
+                details={"pipeline": version.pipeline, "version": version.number},
+            ) from exc
+
+    def _replay(
+        self, key: str, version: PipelineVersion, params: dict[str, Any], env: dict[str, Any], backend: str
+    ) -> Job | None:
+        with self._tx(write=False) as session:
+            found = session.execute(_job_select().where(JobRow.idempotency_key == key)).one_or_none()
+            if found is None:
+                return None
+            row, pipeline, number = found
+            differences = [
+                name
+                for name, stored, asked in (
+                    ("pipeline version", row.pipeline_version_id, version.id),
+                    ("parameters", row.parameters, params),
+                    ("environment", row.environment, env),
+                    ("backend", row.backend, backend),
+                )
+                if stored != asked
+            ]
+            if differences:
+                raise Conflict(
+                    f"idempotency key {key!r} was used for a different request (job {row.id}): "
+                    f"{', '.join(differences)} differ",
+                    code="idempotency_key_reused",
+                    details={"job_id": str(row.id), "differs": differences},
+                )
+            return _job(row, pipeline, number)
+
+    def _insert_job(
+        self,
+        session: Session,
+        version: PipelineVersion,
+        params: dict[str, Any],
+        env: dict[str, Any],
+        backend: str,
+        token_hash: str,
+        idempotency_key: str | None,
+    ) -> tuple[Job, bool]:
+        now = self._now()
+        row = JobRow(
+            id=uuid.uuid4(),
+            pipeline_version_id=version.id,
+            state=JobState.PENDING.value,
+            task=None,
+            parameters=params,
+            environment=env,
+            backend=backend,
+            backend_ref=None,
+            idempotency_key=idempotency_key,
+            token_hash=token_hash,
+            created_at=now,
+            started_at=None,
+            finished_at=None,
+            reason=None,
+            message=None,
+            records_read=0,
+            records_written=0,
+            records_failed=0,
+        )
+        session.add(row)
+        session.flush()
+        self._record_event(session, row, now, None, CREATED_REASON, None)
+        session.flush()
+        # Read the pipeline name and number from the database, not from `version`: the row is the truth.
+        number, pipeline = session.execute(
+            select(PipelineVersionRow.number, PipelineRow.name)
+            .join(PipelineRow, PipelineVersionRow.pipeline_id == PipelineRow.id)
+            .where(PipelineVersionRow.id == version.id)
+        ).one()
+        return _job(row, pipeline, number), True
+
+    def get_job(self, job_id: uuid.UUID | str) -> Job:
+        """The job with its events, oldest first; NotFound if there is none."""
+        uid = _parse_job_id(job_id)
+        with self._tx(write=False) as session:
+            found = session.execute(_job_select().where(JobRow.id == uid)).one_or_none()
+            if found is None:
+                raise NotFound(f"no job {uid}", code="job_not_found", details={"job_id": str(uid)})
+            row, pipeline, number = found
+            events = session.scalars(
+                select(JobEventRow).where(JobEventRow.job_id == uid).order_by(JobEventRow.id)
+            ).all()
+            return _job(row, pipeline, number, tuple(_event(e) for e in events))
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | str | None = None,
+        pipeline: str | None = None,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> JobPage:
+        """Jobs newest first (by creation time, then id), optionally filtered, `limit` per page.
+
+        The cursor is opaque: pass back `next_cursor` unchanged. Pages are stable under inserts (new jobs
+        appear before the first page, never inside a later one) and jobs created at the same instant are
+        neither skipped nor repeated.
+        """
+        if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
+            raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}", details={"limit": limit})
+        query = _job_select()
+        if state is not None:
+            query = query.where(JobRow.state == _state(state).value)
+        if pipeline is not None:
+            query = query.where(PipelineRow.name == pipeline)
+        if cursor is not None:
+            at, last_id = _decode_cursor(cursor)
+            query = query.where(or_(JobRow.created_at < at, and_(JobRow.created_at == at, JobRow.id < last_id)))
+        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
+        with self._tx(write=False) as session:
+            rows = session.execute(query).all()
+            jobs = tuple(_job(row, name, number) for row, name, number in rows[:limit])
+        next_cursor = _encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
+        return JobPage(jobs, next_cursor)
+
+    def non_terminal_jobs(self) -> tuple[Job, ...]:
+        """Every job not yet in a terminal state, oldest first: what the reconciler re-syncs at start."""
+        query = (
+            _job_select().where(JobRow.state.not_in([s.value for s in TERMINAL])).order_by(JobRow.created_at, JobRow.id)
+        )
+        with self._tx(write=False) as session:
+            return tuple(_job(row, name, number) for row, name, number in session.execute(query).all())
+
+    # -- job changes ------------------------------------------------------------------------------------
+
+    def transition(
+        self,
+        job_id: uuid.UUID | str,
+        to_state: JobState | str,
+        *,
+        task: Task | str | None = None,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> Job:
+        """Move the job to `to_state` (and `task`, if given), atomically, and record the event.
+
+        Raises `IllegalTransition` (nothing changed) when `scheduler.states.ALLOWED` refuses the change
+        from the job's current state, as read under the row lock. Entering INSTALLING or RUNNING sets
+        `started_at` once; entering a terminal state sets `finished_at`. `reason`/`message`, when given,
+        also become the job's current reason and message.
+        """
+        uid = _parse_job_id(job_id)
+        target = _state(to_state)
+        new_task = _task(task) if task is not None else None
+        _check_text(reason, "reason", _REASON_MAX)
+        with self._tx(write=True) as session:
+            row, pipeline, number = self._locked_job(session, uid)
+            current = JobState(row.state)
+            check_transition(current, target, job_id=str(uid))
+            if new_task is not None:
+                _check_task_order(uid, row.task, new_task)
+                row.task = new_task.value
+            now = self._now()
+            row.state = target.value
+            if target in (JobState.INSTALLING, JobState.RUNNING) and row.started_at is None:
+                row.started_at = now
+            if target in TERMINAL:
+                row.finished_at = now
+            if reason is not None or message is not None:
+                row.reason, row.message = reason, message
+            self._record_event(session, row, now, current.value, reason, message)
+            session.flush()
+            return _job(row, pipeline, number)
+
+    def set_task(
+        self,
+        job_id: uuid.UUID | str,
+        task: Task | str,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> Job:
+        """Record that the job's pipeline task is now `task`, as an event with `from_state == to_state`.
+
+        Setting the task it already has changes nothing. Tasks only move forward (install, wait,
+        uninstall); a finished job's task cannot change. Both refusals are `Conflict`s.
+        """
+        uid = _parse_job_id(job_id)
+        new_task = _task(task)
+        _check_text(reason, "reason", _REASON_MAX)
+        with self._tx(write=True) as session:
+            row, pipeline, number = self._locked_job(session, uid)
+            if row.task == new_task.value:
+                return _job(row, pipeline, number)
+            if JobState(row.state) in TERMINAL:
+                raise Conflict(
+                    f"job {uid} is {row.state}: its task can no longer change",
+                    code="job_finished",
+                    details={"job_id": str(uid), "state": row.state},
+                )
+            _check_task_order(uid, row.task, new_task)
+            row.task = new_task.value
+            self._record_event(session, row, self._now(), row.state, reason, message)
+            session.flush()
+            return _job(row, pipeline, number)
+
+    def update_progress(self, job_id: uuid.UUID | str, read: int, written: int, failed: int) -> Job:
+        """Raise the job's record counters to the reported values; counters never go down.
+
+        Reports may arrive out of order (retries, several flow replicas), so a lower value than the stored
+        one is ignored rather than refused. Accepted for finished jobs too: the last report can race the end.
+        """
+        uid = _parse_job_id(job_id)
+        counts = {"read": read, "written": written, "failed": failed}
+        for name, value in counts.items():
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**63:
+                raise InvalidInput(f"records {name} must be a non-negative integer", details={name: value})
+        with self._tx(write=True) as session:
+            row, pipeline, number = self._locked_job(session, uid)
+            row.records_read = max(row.records_read, read)
+            row.records_written = max(row.records_written, written)
+            row.records_failed = max(row.records_failed, failed)
+            session.flush()
+            return _job(row, pipeline, number)
+
+    def set_backend_ref(self, job_id: uuid.UUID | str, backend_ref: Mapping[str, Any] | None) -> Job:
+        """Store how the backend finds this job's run again (e.g. `{"pipelinerun": "modelops-abc12"}`)."""
+        uid = _parse_job_id(job_id)
+        ref = _json_document(backend_ref, "backend_ref") if backend_ref is not None else None
+        with self._tx(write=True) as session:
+            row, pipeline, number = self._locked_job(session, uid)
+            row.backend_ref = ref
+            session.flush()
+            return _job(row, pipeline, number)
