@@ -8,10 +8,13 @@ the SQL for a DBA to apply.
 
 from __future__ import annotations
 
+from typing import Any, Literal
+
 from alembic import context
+from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 
-from scheduler.db.models import Base
+from scheduler.db.models import Base, UTCDateTime
 from scheduler.db.session import create_engine, normalise_url
 
 target_metadata = Base.metadata
@@ -26,11 +29,20 @@ def _database_url() -> str:
     return SchedulerSettings().database_url
 
 
+def _render_item(kind: str, obj: Any, _context: AutogenContext) -> str | Literal[False]:
+    """Autogenerate writes `UTCDateTime` as the plain column type it is in the database, so revisions do not
+    import application code (which may change after the revision is written)."""
+    if kind == "type" and isinstance(obj, UTCDateTime):
+        return "sa.DateTime(timezone=True)"
+    return False
+
+
 def _run(connection: Connection) -> None:
     context.configure(
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        render_item=_render_item,
         # The scheduler's SQLite engine emits BEGIN itself (see scheduler.db.session), so DDL is
         # transactional there too: a failed migration leaves nothing half-applied.
         transactional_ddl=True,
