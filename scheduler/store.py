@@ -154,6 +154,9 @@ class Job:
     records_read: int
     records_written: int
     records_failed: int
+    completion: str | None = None
+    """`succeeded` or `failed` once the scoring flows reported the end of their work; None before."""
+    completion_message: str | None = None
     events: tuple[JobEvent, ...] | None = None
 
     @property
@@ -314,6 +317,8 @@ def _job(row: JobRow, pipeline: str, version_number: int, events: tuple[JobEvent
         records_read=row.records_read,
         records_written=row.records_written,
         records_failed=row.records_failed,
+        completion=row.completion,
+        completion_message=row.completion_message,
         events=events,
     )
 
@@ -775,6 +780,28 @@ class JobStore:
             row.records_written = max(row.records_written, written)
             row.records_failed = max(row.records_failed, failed)
             session.flush()
+            return _job(row, pipeline, number)
+
+    def record_completion(self, job_id: uuid.UUID | str, succeeded: bool, message: str | None = None) -> Job:
+        """Record that the scoring flows finished (`/complete`); the first report wins, later ones change nothing.
+
+        Accepted while the job is INSTALLING or RUNNING (a fast batch flow can finish before install has seen
+        it ready). The job's state does not change here: the lifecycle engine ends `wait`, runs uninstall and
+        only then enters the terminal state. Refused with `Conflict` on a job that is cancelling or finished.
+        """
+        uid = _parse_job_id(job_id)
+        with self._tx(write=True) as session:
+            row, pipeline, number = self._locked_job(session, uid)
+            if row.completion is None:
+                if JobState(row.state) not in (JobState.INSTALLING, JobState.RUNNING):
+                    raise Conflict(
+                        f"job {uid} is {row.state}: it no longer accepts a completion report",
+                        code="job_not_running",
+                        details={"job_id": str(uid), "state": row.state},
+                    )
+                row.completion = "succeeded" if succeeded else "failed"
+                row.completion_message = message
+                session.flush()
             return _job(row, pipeline, number)
 
     def set_backend_ref(self, job_id: uuid.UUID | str, backend_ref: Mapping[str, Any] | None) -> Job:

@@ -144,6 +144,7 @@ class JobRow(Base):
         CheckConstraint(
             "records_read >= 0 AND records_written >= 0 AND records_failed >= 0", name="counters_non_negative"
         ),
+        CheckConstraint("completion IS NULL OR completion IN ('succeeded', 'failed')", name="completion_known"),
     )
 
     id: Mapped[uuid.UUID] = mapped_column(Uuid, primary_key=True)
@@ -168,6 +169,9 @@ class JobRow(Base):
     records_read: Mapped[int] = mapped_column(BigInteger, default=0)
     records_written: Mapped[int] = mapped_column(BigInteger, default=0)
     records_failed: Mapped[int] = mapped_column(BigInteger, default=0)
+    completion: Mapped[str | None] = mapped_column(String(16))
+    """What the scoring flows reported at the end of their work (`succeeded`/`failed`); ends the wait phase."""
+    completion_message: Mapped[str | None] = mapped_column(Text)
 
     version: Mapped[PipelineVersionRow] = relationship()
     events: Mapped[list[JobEventRow]] = relationship(

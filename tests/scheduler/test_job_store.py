@@ -509,3 +509,31 @@ def test_a_dead_database_makes_every_operation_report_the_store_unavailable(url:
             assert isinstance(caught.value.__cause__, sqlalchemy.exc.OperationalError)
     finally:
         engine.dispose()
+
+
+def test_the_first_completion_report_wins_and_the_state_does_not_change(store: JobStore, new_job: NewJob) -> None:
+    job = bring_to(store, new_job(), JobState.RUNNING)
+    first = store.record_completion(job.id, True, "source exhausted")
+    assert (first.state, first.completion, first.completion_message) == (
+        JobState.RUNNING,
+        "succeeded",
+        "source exhausted",
+    )
+    again = store.record_completion(job.id, False, "late failure")
+    assert (again.completion, again.completion_message) == ("succeeded", "source exhausted")
+    assert store.get_job(job.id).completion == "succeeded"
+
+
+def test_a_completion_may_arrive_while_installing(store: JobStore, new_job: NewJob) -> None:
+    job = bring_to(store, new_job(), JobState.INSTALLING)
+    assert store.record_completion(job.id, False, "flow crashed").completion == "failed"
+
+
+@pytest.mark.parametrize("state", [JobState.PENDING, JobState.CANCELLING, JobState.SUCCEEDED])
+def test_a_completion_is_refused_when_the_job_is_not_installing_or_running(
+    store: JobStore, new_job: NewJob, state: JobState
+) -> None:
+    job = bring_to(store, new_job(), state)
+    with pytest.raises(Conflict):
+        store.record_completion(job.id, True)
+    assert store.get_job(job.id).completion is None

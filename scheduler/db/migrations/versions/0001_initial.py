@@ -76,6 +76,8 @@ def upgrade() -> None:
         sa.Column("records_read", sa.BigInteger(), nullable=False),
         sa.Column("records_written", sa.BigInteger(), nullable=False),
         sa.Column("records_failed", sa.BigInteger(), nullable=False),
+        sa.Column("completion", sa.String(length=16), nullable=True),
+        sa.Column("completion_message", sa.Text(), nullable=True),
         sa.PrimaryKeyConstraint("id", name=op.f("pk_jobs")),
         sa.ForeignKeyConstraint(
             ["pipeline_version_id"],
@@ -89,6 +91,9 @@ def upgrade() -> None:
         sa.CheckConstraint(
             "records_read >= 0 AND records_written >= 0 AND records_failed >= 0",
             name=op.f("ck_jobs_counters_non_negative"),
+        ),
+        sa.CheckConstraint(
+            "completion IS NULL OR completion IN ('succeeded', 'failed')", name=op.f("ck_jobs_completion_known")
         ),
     )
     op.create_index(op.f("ix_jobs_created_at_id"), "jobs", ["created_at", "id"])
