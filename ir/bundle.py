@@ -107,7 +107,11 @@ def build_bundle(docs: list[RawDocument], issues: list[Issue]) -> Bundle:
         if typed is None:
             kind_and_name = doc.label.split(" ", 1)
             if len(kind_and_name) == 2 and kind_and_name[0] != "document":
-                broken.add((kind_and_name[0], kind_and_name[1]))
+                label_kind, label_name = kind_and_name
+                # a misspelt kind has its issue already: the name may stand for any kind, so no reference to it
+                # is reported as unknown
+                kinds = [label_kind] if label_kind in by_kind else list(by_kind)
+                broken.update((k, label_name) for k in kinds)
             continue
         kind: str = typed.kind  # type: ignore[attr-defined]
         name: str = typed.metadata.name  # type: ignore[attr-defined]
@@ -124,9 +128,10 @@ def build_bundle(docs: list[RawDocument], issues: list[Issue]) -> Bundle:
         if not problems:
             problems.append(Issue("<bundle>", "", "", "the bundle has no ScoringPipeline document"))
         raise IRValidationError(problems)
-    if len(pipelines) > 1:
-        for name, (_, doc) in sorted(pipelines.items())[1:]:
-            problems.append(doc.issue((), f"a bundle holds exactly one ScoringPipeline; found another one ('{name}')"))
+    in_file_order = sorted(pipelines.values(), key=lambda pair: (pair[1].file, pair[1].index))
+    for item, doc in in_file_order[1:]:  # the first one is the pipeline of the bundle, see below
+        name = item.metadata.name  # type: ignore[attr-defined]
+        problems.append(doc.issue((), f"a bundle holds exactly one ScoringPipeline; found another one ('{name}')"))
     origins = {(kind, name): doc for kind, items in by_kind.items() for name, (_, doc) in items.items()}
 
     def report_for(kind: str, name: str) -> Report:
@@ -137,7 +142,7 @@ def build_bundle(docs: list[RawDocument], issues: list[Issue]) -> Bundle:
 
         return report
 
-    pipeline = next(item for item, _ in sorted(pipelines.values(), key=lambda pair: pair[1].file))
+    pipeline = in_file_order[0][0]
     assert isinstance(pipeline, ScoringPipeline)
     flows = {n: t for n, (t, _) in by_kind["ScoringFlow"].items() if isinstance(t, ScoringFlow)}
     models = {n: t for n, (t, _) in by_kind["Model"].items() if isinstance(t, Model)}

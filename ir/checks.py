@@ -230,7 +230,8 @@ def check_flow(
             if ("Model", step.score.model) in broken:
                 schema = None  # the model's tensors are unknown: later fields cannot be checked
                 continue
-            _score_step(step.score, loc, schema, models, report)
+            if not _score_step(step.score, loc, schema, models, report):
+                schema = None  # an unknown model or output: the fields it makes are unknown, as for a broken model
         elif step.filter is not None:
             _filter_step(step.filter, loc, schema, params, report)
         elif step.python is not None:
@@ -296,18 +297,20 @@ def _map_step(step: MapStep, loc: Loc, schema: Schema, params: dict[str, Paramet
             schema[name] = param_field_type(param) if param is not None else FieldType(type="string")
         else:
             schema[name] = scalar_type(value)
-    for name in step.drop:
-        if _need(schema, name, (*loc, "drop"), report) is not None:
+    for i, name in enumerate(step.drop):
+        if _need(schema, name, (*loc, "drop", i), report) is not None:
             del schema[name]
 
 
-def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Model], report: Report) -> None:
+def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Model], report: Report) -> bool:
+    """Check one score step and add its output fields to `schema`; False when the fields it makes are unknown."""
     model = models.get(step.model)
     if model is None:
         report((*loc, "model"), f"unknown model '{step.model}'{did_you_mean(step.model, models)}")
-        return
+        return False
     tensors = {t.name: t for t in model.spec.inputs}
     fed: set[str] = set()
+    misnamed = False
     for i, mapping in enumerate(step.inputs):
         iloc: Loc = (*loc, "inputs", i)
         tensor = tensors.get(mapping.input)
@@ -316,6 +319,7 @@ def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Mod
                 (*iloc, "input"),
                 f"model '{step.model}' has no input '{mapping.input}'{did_you_mean(mapping.input, tensors)}",
             )
+            misnamed = True
             continue
         if mapping.input in fed:
             report((*iloc, "input"), f"input '{mapping.input}' is fed twice")
@@ -343,9 +347,10 @@ def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Mod
                 f"{'s' if width != 1 else ''}, but {len(names)} field{'s are' if len(names) != 1 else ' is'} mapped",
             )
     for name in tensors:
-        if name not in fed:
+        if name not in fed and not misnamed:  # a misnamed input is likely meant to be the one not fed
             report((*loc, "inputs"), f"model input '{name}' of model '{step.model}' is not fed by any field")
     outputs = {t.name: t for t in model.spec.outputs}
+    complete = True
     for i, out in enumerate(step.outputs):
         oloc: Loc = (*loc, "outputs", i)
         tensor = outputs.get(out.output)
@@ -354,6 +359,7 @@ def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Mod
                 (*oloc, "output"),
                 f"model '{step.model}' has no output '{out.output}'{did_you_mean(out.output, outputs)}",
             )
+            complete = False
             continue
         element = field_type_of(tensor.datatype)
         width = tensor.row_width
@@ -384,6 +390,7 @@ def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Mod
             if name in schema:
                 report(where, f"field '{name}' already exists: choose another name or drop it first")
             schema[name] = made
+    return complete
 
 
 def _filter_step(step: FilterStep, loc: Loc, schema: Schema, params: dict[str, Parameter], report: Report) -> None:
@@ -438,8 +445,8 @@ def _comparable(field: FieldType, param_kind: str | None, value: Any) -> bool:
 
 
 def _python_step(step: PythonStep, loc: Loc, schema: Schema, report: Report) -> None:
-    for name in step.removes:
-        if _need(schema, name, (*loc, "removes"), report) is not None:
+    for i, name in enumerate(step.removes):
+        if _need(schema, name, (*loc, "removes", i), report) is not None:
             del schema[name]
     for i, field in enumerate(step.adds):
         if field.name in schema:

@@ -158,8 +158,8 @@ def load_tarball(data: bytes, name: str = "bundle.tar.gz") -> tuple[list[RawDocu
                     files[str(clean)] = handle.read()
     except (tarfile.TarError, OSError, EOFError) as exc:
         return [], [Issue(name, "", "", f"not a readable .tar.gz archive ({exc})")]
-    if not files and not issues:
-        issues.append(Issue(name, "", "", "the archive holds no .yaml, .yml or .json files"))
+    if not files:  # `load_files` would add "the bundle is empty" to what is said here already
+        return [], issues or [Issue(name, "", "", "the archive holds no .yaml, .yml or .json files")]
     docs, more = load_files(files)
     return docs, issues + more
 
@@ -227,6 +227,8 @@ def _parse_json(name: str, text: str) -> tuple[list[RawDocument], list[Issue]]:
         return [], [Issue(name, "", "", f"invalid JSON: {exc.msg}", exc.lineno)]
     except RecursionError:
         return [], [Issue(name, "", "", f"nesting is too deep (more than {MAX_DEPTH} levels)")]
+    except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+        return [], [Issue(name, "", "", f"invalid JSON: {_value_problem(exc)}")]
     if _depth(data) > MAX_DEPTH:
         return [], [Issue(name, "", "", f"nesting is too deep (more than {MAX_DEPTH} levels)")]
     items = data if isinstance(data, list) else [data]
@@ -275,11 +277,18 @@ def _parse_yaml(name: str, text: str) -> tuple[list[RawDocument], list[Issue]]:
         return docs, [Issue(name, f"document {index + 1}", "", f"YAML error: {exc}")]
     except RecursionError:
         return docs, [Issue(name, f"document {index + 1}", "", f"nesting is too deep (more than {MAX_DEPTH} levels)")]
+    except ValueError as exc:  # e.g. an integer longer than sys.get_int_max_str_digits()
+        return docs, [Issue(name, f"document {index + 1}", "", f"invalid value: {_value_problem(exc)}")]
     finally:
         loader.dispose()
     if not docs:
         return [], [Issue(name, "", "", "the file holds no documents")]
     return docs, []
+
+
+def _value_problem(exc: ValueError) -> str:
+    """The reason of a ValueError raised while constructing a value, without Python-specific advice."""
+    return str(exc).partition("; use sys.set_int_max_str_digits()")[0]
 
 
 def _check_node(root: yaml.Node) -> tuple[str, int | None] | None:

@@ -23,6 +23,9 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 _DURATION = re.compile(r"^(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
 _QUANTITY = re.compile(r"^\d+(\.\d+)?(m|k|Ki|M|Mi|G|Gi|T|Ti)?$")
 PARAM_REF = re.compile(r"\$\{params\.([A-Za-z_][A-Za-z0-9_]*)\}")
+#: Context key of a `PydanticCustomError` raised by a model validator: the path, relative to the model, of the
+#: field the error is about (`ir.parse` appends it to pydantic's location, which stops at the model).
+AT = "at"
 
 
 class StrictModel(BaseModel):
@@ -166,10 +169,12 @@ class Tensor(StrictModel):
 
     @model_validator(mode="after")
     def _shape_dims(self) -> Tensor:
-        for dim in self.shape:
+        for i, dim in enumerate(self.shape):
             if dim == 0 or dim < -1:
                 raise PydanticCustomError(
-                    "shape", "shape dimensions must be positive, or -1 for a variable size (got {dim})", {"dim": dim}
+                    "shape",
+                    "shape dimensions must be positive, or -1 for a variable size (got {dim})",
+                    {"dim": dim, AT: ("shape", i)},
                 )
         return self
 
@@ -208,7 +213,7 @@ class Autoscaling(StrictModel):
             raise PydanticCustomError(
                 "bounds",
                 "minReplicas ({low}) is greater than maxReplicas ({high})",
-                {"low": self.min_replicas, "high": self.max_replicas},
+                {"low": self.min_replicas, "high": self.max_replicas, AT: ("minReplicas",)},
             )
         return self
 
@@ -241,24 +246,28 @@ class ModelSpec(StrictModel):
             raise PydanticCustomError(
                 "uri",
                 "uri scheme '{scheme}' is not supported: use a relative path, file://, http:// or https://",
-                {"scheme": scheme},
+                {"scheme": scheme, AT: ("uri",)},
             )
         if not scheme and self.uri.startswith("/"):
             raise PydanticCustomError(
-                "uri", "an absolute path must be written as a file:// URI (file://{uri})", {"uri": self.uri}
+                "uri",
+                "an absolute path must be written as a file:// URI (file://{uri})",
+                {"uri": self.uri, AT: ("uri",)},
             )
         if self.sha256 is None and self.runtime in PICKLE_RUNTIMES:
             raise PydanticCustomError(
                 "sha256_required",
                 "sha256 is required for runtime '{runtime}': its artifacts are unpickled, which runs code",
-                {"runtime": self.runtime},
+                {"runtime": self.runtime, AT: ("sha256",)},
             )
         for kind, tensors in (("input", self.inputs), ("output", self.outputs)):
             seen: set[str] = set()
-            for tensor in tensors:
+            for i, tensor in enumerate(tensors):
                 if tensor.name in seen:
                     raise PydanticCustomError(
-                        "duplicate", "{kind} '{name}' is declared twice", {"kind": kind, "name": tensor.name}
+                        "duplicate",
+                        "{kind} '{name}' is declared twice",
+                        {"kind": kind, "name": tensor.name, AT: (f"{kind}s", i, "name")},
                     )
                 seen.add(tensor.name)
         return self
@@ -299,12 +308,14 @@ class FieldType(StrictModel):
             raise PydanticCustomError(
                 "format",
                 "format '{format}' does not apply to type '{type}' (allowed: {names})",
-                {"format": self.format, "type": self.type, "names": names},
+                {"format": self.format, "type": self.type, "names": names, AT: ("format",)},
             )
         if self.type == "array" and self.items is None:
-            raise PydanticCustomError("items", "an array field needs 'items' (the type of its elements)", {})
+            raise PydanticCustomError(
+                "items", "an array field needs 'items' (the type of its elements)", {AT: ("items",)}
+            )
         if self.type != "array" and self.items is not None:
-            raise PydanticCustomError("items", "'items' applies only to type 'array'", {})
+            raise PydanticCustomError("items", "'items' applies only to type 'array'", {AT: ("items",)})
         return self
 
     def normalised(self) -> FieldType:
@@ -334,9 +345,11 @@ class RecordSchema(StrictModel):
     @model_validator(mode="after")
     def _unique(self) -> RecordSchema:
         seen: set[str] = set()
-        for field in self.fields:
+        for i, field in enumerate(self.fields):
             if field.name in seen:
-                raise PydanticCustomError("duplicate", "field '{name}' is declared twice", {"name": field.name})
+                raise PydanticCustomError(
+                    "duplicate", "field '{name}' is declared twice", {"name": field.name, AT: ("fields", i, "name")}
+                )
             seen.add(field.name)
         return self
 
@@ -357,7 +370,7 @@ class FileOptions(StrictModel):
     @model_validator(mode="after")
     def _csv_only(self) -> FileOptions:
         if self.csv is not None and self.format != "csv":
-            raise PydanticCustomError("csv", "'csv' options apply only to format 'csv'", {})
+            raise PydanticCustomError("csv", "'csv' options apply only to format 'csv'", {AT: ("csv",)})
         return self
 
 
@@ -407,24 +420,26 @@ class DataChannelSpec(StrictModel):
         present = [t for t in CHANNEL_TYPES if getattr(self, t) is not None]
         if self.type not in present:
             raise PydanticCustomError(
-                "options", "a channel of type '{type}' needs its options under '{type}'", {"type": self.type}
+                "options",
+                "a channel of type '{type}' needs its options under '{type}'",
+                {"type": self.type, AT: (self.type,)},
             )
         others = [t for t in present if t != self.type]
         if others:
             raise PydanticCustomError(
                 "options",
                 "options '{others}' do not apply to a channel of type '{type}'",
-                {"others": "', '".join(others), "type": self.type},
+                {"others": "', '".join(others), "type": self.type, AT: (others[0],)},
             )
         if self.sql is not None:
             if self.direction == "source" and (self.sql.query is None) == (self.sql.table is None):
-                raise PydanticCustomError("sql", "a sql source needs exactly one of 'query' or 'table'", {})
+                raise PydanticCustomError("sql", "a sql source needs exactly one of 'query' or 'table'", {AT: ("sql",)})
             if self.direction == "sink" and self.sql.table is None:
-                raise PydanticCustomError("sql", "a sql sink needs 'table'", {})
+                raise PydanticCustomError("sql", "a sql sink needs 'table'", {AT: ("sql", "table")})
             if self.direction == "sink" and self.sql.query is not None:
-                raise PydanticCustomError("sql", "'query' applies only to a sql source", {})
+                raise PydanticCustomError("sql", "'query' applies only to a sql source", {AT: ("sql", "query")})
         if self.redis is not None and self.direction == "source" and self.redis.consumer_group is None:
-            raise PydanticCustomError("redis", "a redis source needs 'consumerGroup'", {})
+            raise PydanticCustomError("redis", "a redis source needs 'consumerGroup'", {AT: ("redis", "consumerGroup")})
         return self
 
     @property
@@ -490,7 +505,7 @@ class ScoreOutput(StrictModel):
         if (self.field is None) == (self.fields is None):
             raise PydanticCustomError("target", "give exactly one of 'field' or 'fields'", {})
         if self.reduce is not None and self.field is None:
-            raise PydanticCustomError("reduce", "'reduce' writes one value: use it with 'field'", {})
+            raise PydanticCustomError("reduce", "'reduce' writes one value: use it with 'field'", {AT: ("reduce",)})
         return self
 
 
@@ -557,9 +572,9 @@ class ErrorPolicy(StrictModel):
     @model_validator(mode="after")
     def _sink(self) -> ErrorPolicy:
         if self.mode == "deadLetter" and self.sink is None:
-            raise PydanticCustomError("sink", "mode 'deadLetter' needs 'sink' (a sink data channel)", {})
+            raise PydanticCustomError("sink", "mode 'deadLetter' needs 'sink' (a sink data channel)", {AT: ("sink",)})
         if self.mode != "deadLetter" and self.sink is not None:
-            raise PydanticCustomError("sink", "'sink' applies only to mode 'deadLetter'", {})
+            raise PydanticCustomError("sink", "'sink' applies only to mode 'deadLetter'", {AT: ("sink",)})
         return self
 
 
@@ -615,10 +630,11 @@ class ScoringPipelineSpec(StrictModel):
     def _unique(self) -> ScoringPipelineSpec:
         for what, names in (("flow", self.flows), ("parameter", [p.name for p in self.parameters])):
             seen: set[str] = set()
-            for name in names:
+            for i, name in enumerate(names):
                 if name in seen:
+                    at: tuple[str | int, ...] = ("flows", i) if what == "flow" else ("parameters", i, "name")
                     raise PydanticCustomError(
-                        "duplicate", "{what} '{name}' is listed twice", {"what": what, "name": name}
+                        "duplicate", "{what} '{name}' is listed twice", {"what": what, "name": name, AT: at}
                     )
                 seen.add(name)
         return self

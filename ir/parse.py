@@ -17,7 +17,7 @@ from pydantic_core import ErrorDetails
 
 from ir.errors import Issue, Loc, did_you_mean
 from ir.load import RawDocument
-from ir.models import API_VERSION, KINDS, StrictModel
+from ir.models import API_VERSION, AT, KINDS, SecretRef, SecretSource, StrictModel
 
 # Tags pydantic adds to an error location to say which member of a union failed; they are not input keys.
 _UNION_TAGS = frozenset({"bool", "int", "float", "str", "none"})
@@ -51,7 +51,7 @@ def parse_document(doc: RawDocument) -> tuple[StrictModel | None, list[Issue]]:
 def _translate(doc: RawDocument, model: type[BaseModel], errors: list[ErrorDetails]) -> list[Issue]:
     grouped: dict[Loc, list[ErrorDetails]] = {}
     for error in errors:
-        loc = _strip_union_tags(error["loc"])
+        loc = _strip_union_tags(error["loc"]) + _validator_loc(error)
         grouped.setdefault(loc, []).append(error)
     issues: list[Issue] = []
     for loc, group in grouped.items():
@@ -67,6 +67,12 @@ def _strip_union_tags(loc: tuple[int | str, ...]) -> Loc:
         part for part in loc
         if not (isinstance(part, str) and (part in _UNION_TAGS or part.startswith(("list[", "function-"))))
     )  # fmt: skip
+
+
+def _validator_loc(error: ErrorDetails) -> Loc:
+    """The field a model validator's error is about, below the model pydantic locates it at (`ir.models.AT`)."""
+    at = (error.get("ctx") or {}).get(AT)
+    return tuple(at) if isinstance(at, tuple) else ()
 
 
 def _union_expectation(group: list[ErrorDetails]) -> str:
@@ -112,6 +118,9 @@ def _message(model: type[BaseModel], loc: Loc, error: ErrorDetails) -> str:
         options = ", ".join(f"'{e}'" for e in expected)
         return f"{value!r} is not one of {options}{hint}" if value is not None else f"must be one of {options}"
     if kind in ("dict_type", "model_type", "model_attributes_type"):
+        if _unwrap(_type_at(model, _strip_union_tags(error["loc"]))) in (SecretSource, SecretRef):
+            # never echo the value: it is likely a credential written inline
+            return "credentials are never written inline: use secretRef: {name: <secret>, key: <key>}"
         return f"expected a mapping{_got(error)}"
     if kind == "list_type":
         return f"expected a list{_got(error)}"
@@ -136,6 +145,14 @@ def _lower_first(text: str) -> str:
 
 def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
     """The keys the model accepts at `loc` (aliases), found by walking the type annotations."""
+    current = _unwrap(_type_at(model, loc))
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return [info.alias or name for name, info in current.model_fields.items()]
+    return []
+
+
+def _type_at(model: type[BaseModel], loc: Loc) -> Any:
+    """The annotation of the value at `loc` inside `model`, None when the path leaves the known types."""
     current: Any = model
     for part in loc:
         current = _unwrap(current)
@@ -148,13 +165,10 @@ def _allowed_keys(model: type[BaseModel], loc: Loc) -> list[str]:
         elif typing.get_origin(current) is dict:
             current = typing.get_args(current)[1]
         else:
-            return []
+            return None
         if current is None:
-            return []
-    current = _unwrap(current)
-    if isinstance(current, type) and issubclass(current, BaseModel):
-        return [info.alias or name for name, info in current.model_fields.items()]
-    return []
+            return None
+    return current
 
 
 def _field_by_key(model: type[BaseModel], key: str) -> Any:

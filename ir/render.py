@@ -18,14 +18,14 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from ir.bundle import Bundle
 from ir.checks import value_fits
-from ir.errors import IRValidationError, Issue, did_you_mean, format_loc
+from ir.errors import IRValidationError, Issue, Loc, did_you_mean, format_loc
 from ir.models import (
     PARAM_REF,
     Autoscaling,
@@ -42,6 +42,7 @@ from ir.models import (
 )
 
 SizeProfile = Literal["small", "medium", "large"]
+_M = TypeVar("_M", bound=BaseModel)
 
 #: Default requests and limits per size profile, used where a model gives no resources of its own.
 PROFILES: dict[str, dict[str, dict[str, str]]] = {
@@ -186,6 +187,8 @@ def resolve_parameters(bundle: Bundle, overrides: Mapping[str, Any]) -> dict[str
                 value = _coerce(raw, param.type)
             elif value_fits(raw, param.type):
                 value = float(raw) if param.type == "number" else raw
+                if value != value or value in (float("inf"), float("-inf")):
+                    raise ValueError("expected a finite number")
             else:
                 raise ValueError(f"expected a value of type '{param.type}'")
         except ValueError as exc:
@@ -285,6 +288,26 @@ def _resolve_uri(uri: str, store: str | None) -> str:
     return store.rstrip("/") + "/" + uri.removeprefix("./")
 
 
+def _revalidate(
+    bundle: Bundle, kind: str, name: str, loc: Loc, cls: type[_M], data: Any, issues: list[Issue]
+) -> _M | None:
+    """Validate a part of a document again once parameters are substituted; problems go to `issues`."""
+    from ir.parse import _message, _strip_union_tags, _validator_loc
+
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        origin = bundle.origins.get((kind, name))
+        for error in exc.errors(include_url=False):
+            at = _strip_union_tags(error["loc"]) + _validator_loc(error)
+            message = f"with the parameters applied: {_message(cls, at, error)}"
+            if origin is not None:
+                issues.append(origin.issue((*loc, *at), message))
+            else:
+                issues.append(Issue("<parameters>", f"{kind} {name}", format_loc((*loc, *at)), message))
+        return None
+
+
 def render(bundle: Bundle, params: Mapping[str, Any] | None = None, globals_: Globals | None = None) -> Values:
     """The four pre-processing steps. Raises `IRValidationError` for bad parameters."""
     settings = globals_ or Globals()
@@ -292,12 +315,15 @@ def render(bundle: Bundle, params: Mapping[str, Any] | None = None, globals_: Gl
     profile = Resources.model_validate(PROFILES[settings.size_profile])
     spec = bundle.pipeline.spec
 
+    issues: list[Issue] = []
     channels: dict[str, ChannelValues] = {}
     for channel in bundle.used_channels():
+        name = channel.metadata.name
         raw = channel.spec.model_dump(mode="json", by_alias=True, exclude_none=True)
-        channels[channel.metadata.name] = ChannelValues(
-            name=channel.metadata.name, spec=DataChannelSpec.model_validate(_substitute(raw, resolved, typed=False))
-        )
+        substituted = _substitute(raw, resolved, typed=False)
+        channel_spec = _revalidate(bundle, "DataChannel", name, ("spec",), DataChannelSpec, substituted, issues)
+        if channel_spec is not None:
+            channels[name] = ChannelValues(name=name, spec=channel_spec)
 
     services: dict[str, ScoringServiceValues] = {}
     for model in bundle.used_models():
@@ -314,12 +340,16 @@ def render(bundle: Bundle, params: Mapping[str, Any] | None = None, globals_: Gl
     flows: dict[str, ScoringFlowValues] = {}
     for flow in bundle.used_flows():
         fspec = flow.spec
-        steps = [
-            Step.model_validate(
-                _substitute_step(step.model_dump(mode="json", by_alias=True, exclude_none=True), resolved)
+        steps: list[Step] = []
+        for i, step in enumerate(fspec.steps):
+            raw_step = _substitute_step(step.model_dump(mode="json", by_alias=True, exclude_none=True), resolved)
+            checked = _revalidate(
+                bundle, "ScoringFlow", flow.metadata.name, ("spec", "steps", i), Step, raw_step, issues
             )
-            for step in fspec.steps
-        ]
+            if checked is not None:
+                steps.append(checked)
+        if issues:
+            continue
         used: list[str] = []
         for step in fspec.steps:
             if step.score is not None and step.score.model not in used:
@@ -337,6 +367,8 @@ def render(bundle: Bundle, params: Mapping[str, Any] | None = None, globals_: Gl
             resources=profile,
         )
 
+    if issues:
+        raise IRValidationError(issues)
     timeouts = spec.timeouts
     pipeline = PipelineValues(
         name=bundle.name,

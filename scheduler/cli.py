@@ -11,6 +11,7 @@ from typing import Annotated, NoReturn
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 import ir
 from ir.schema import dumps, ir_schema, values_schema
@@ -25,14 +26,15 @@ app = typer.Typer(
 ir_app = typer.Typer(help="Validate and render pipeline IR bundles.", no_args_is_help=True)
 app.add_typer(ir_app, name="ir")
 
-err = Console(stderr=True, highlight=False, soft_wrap=True)
-out = Console(highlight=False, soft_wrap=True)
+# markup off: messages quote user input (paths, keys, values), and '[/x]' in them must print as it is
+err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
+out = Console(highlight=False, soft_wrap=True, markup=False)
 
 
 def _fail_ir(exc: ir.IRValidationError) -> NoReturn:
     count = len(exc.issues)
     for issue in exc.issues:
-        err.print(f"[red]error[/red] {issue}", markup=True)
+        err.print(f"[red]error[/red] {escape(str(issue))}", markup=True)
     err.print(f"{count} problem{'s' if count != 1 else ''} found.")
     raise typer.Exit(1)
 
