@@ -534,14 +534,21 @@ class JobStore:
         backend: str,
         token_hash: str,
         idempotency_key: str | None = None,
+        job_id: uuid.UUID | None = None,
     ) -> tuple[Job, bool]:
         """Create a PENDING job for `version` and its first event; returns `(job, created)`.
+
+        `job_id` is the new job's id; a random UUID when None. Callers pass it when something derives from
+        the id before the job exists (the per-job token whose hash is `token_hash`). An id that is already
+        taken is a `Conflict`.
 
         With an `idempotency_key` that an earlier job already used, that job is returned with
         `created=False` and nothing is written, provided the request is the same one (same version,
         parameters, environment and backend); a different request reusing the key is a `Conflict`. The
-        `token_hash` of a replayed request is ignored: the job keeps the hash it was created with.
+        `token_hash` (and `job_id`) of a replayed request are ignored: the job keeps what it was created with.
         """
+        if job_id is not None and not isinstance(job_id, uuid.UUID):
+            raise InvalidInput("job_id must be a UUID", details={"job_id": str(job_id)})
         _check_text(backend, "backend", _BACKEND_MAX, required=True)
         _check_sha256(token_hash, "token_hash")
         _check_text(idempotency_key, "idempotency_key", _IDEMPOTENCY_KEY_MAX, required=idempotency_key is not None)
@@ -553,7 +560,9 @@ class JobStore:
                 return replay, False
         try:
             with self._tx(write=True) as session:
-                return self._insert_job(session, version, params, env, backend, token_hash, idempotency_key)
+                return self._insert_job(
+                    session, version, params, env, backend, token_hash, idempotency_key, job_id or uuid.uuid4()
+                )
         except IntegrityError as exc:
             # Either another caller committed a job with this idempotency key between the replay check and
             # the insert (the unique constraint made us wait for, then see, its commit), or the version row
@@ -562,6 +571,10 @@ class JobStore:
                 replay = self._replay(idempotency_key, version, params, env, backend)
                 if replay is not None:
                     return replay, False
+            if job_id is not None and self._job_exists(job_id):
+                raise Conflict(
+                    f"a job with id {job_id} already exists", code="job_exists", details={"job_id": str(job_id)}
+                ) from exc
             raise NotFound(
                 f"no version {version.number} of pipeline {version.pipeline!r} (id {version.id})",
                 code="pipeline_version_not_found",
@@ -595,6 +608,10 @@ class JobStore:
                 )
             return _job(row, pipeline, number)
 
+    def _job_exists(self, job_id: uuid.UUID) -> bool:
+        with self._tx(write=False) as session:
+            return session.scalar(select(JobRow.id).where(JobRow.id == job_id)) is not None
+
     def _insert_job(
         self,
         session: Session,
@@ -604,10 +621,11 @@ class JobStore:
         backend: str,
         token_hash: str,
         idempotency_key: str | None,
+        job_id: uuid.UUID,
     ) -> tuple[Job, bool]:
         now = self._now()
         row = JobRow(
-            id=uuid.uuid4(),
+            id=job_id,
             pipeline_version_id=version.id,
             state=JobState.PENDING.value,
             task=None,
@@ -689,6 +707,33 @@ class JobStore:
         )
         with self._tx(write=False) as session:
             return tuple(_job(row, name, number) for row, name, number in session.execute(query).all())
+
+    def count_jobs_by_state(self) -> dict[JobState, int]:
+        """How many jobs are in each state (every state present, zero included): the jobs-by-state gauge."""
+        counts = dict.fromkeys(JobState, 0)
+        with self._tx(write=False) as session:
+            for state, count in session.execute(select(JobRow.state, func.count()).group_by(JobRow.state)).all():
+                counts[JobState(state)] = int(count)
+        return counts
+
+    def count_transitions(self) -> dict[tuple[JobState | None, JobState], int]:
+        """How many recorded events went from one state to another (`None`: job creation).
+
+        Task changes within a state (`from_state == to_state`) are not transitions and are left out. Events
+        are append-only, so each count only grows: it is a Prometheus counter read from the database, right
+        across restarts and replicas.
+        """
+        counts: dict[tuple[JobState | None, JobState], int] = {}
+        query = (
+            select(JobEventRow.from_state, JobEventRow.to_state, func.count())
+            .where(or_(JobEventRow.from_state.is_(None), JobEventRow.from_state != JobEventRow.to_state))
+            .group_by(JobEventRow.from_state, JobEventRow.to_state)
+        )
+        with self._tx(write=False) as session:
+            for from_state, to_state, count in session.execute(query).all():
+                key = (JobState(from_state) if from_state is not None else None, JobState(to_state))
+                counts[key] = int(count)
+        return counts
 
     # -- job changes ------------------------------------------------------------------------------------
 
