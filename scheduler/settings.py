@@ -159,6 +159,32 @@ class SchedulerSettings(BaseSettings):
     uninstall_grace_seconds: float = Field(default=30.0, ge=0)
     """How long uninstall lets processes and pods stop gracefully before they are killed."""
 
+    public_url: str = Field(default_factory=lambda data: _default_public_url(data.get("host"), data.get("port")))
+    """The URL scoring flows use to reach this scheduler (progress and completion reports); it goes into every
+    job's values as `global.scheduler.url`. Default `http://{host}:{port}`, with a wildcard host (`0.0.0.0`,
+    `::`) replaced by the loopback address, which is right for the local backend; behind a proxy or on
+    Kubernetes set the address the pods can reach."""
+
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    """Log level given to the scoring services and flows of every job (`global.logLevel` in the values)."""
+
+    size_profile: Literal["small", "medium", "large"] = "small"
+    """Default requests and limits for components whose IR gives none (`global.sizeProfile`)."""
+
+    model_store: str | None = None
+    """Base URI that relative model artifact paths are resolved against (`global.modelStore`), e.g.
+    `file:///srv/models` or `https://models.example.org/`; unset leaves relative paths as they are."""
+
+    image_registry: str = Field(default="ghcr.io/modelops", min_length=1)
+    """Registry and path prefix of the modelops images the Helm deployer installs (`global.image.registry`)."""
+
+    image_tag: str = Field(default="0.1.0", min_length=1)
+    """Tag of the modelops images (`global.image.tag`)."""
+
+    poll_interval_seconds: float = Field(default=1.0, gt=0, le=60)
+    """How often the wait phase looks at the deployed flows and at the store, besides being woken at once by a
+    completion report: the bound on how late a flow's exit or a report delivered elsewhere is noticed."""
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:
@@ -195,6 +221,17 @@ class SchedulerSettings(BaseSettings):
             raise ValueError("host must be an interface name or address such as 127.0.0.1 or 0.0.0.0")
         return value.strip()
 
+    @field_validator("public_url")
+    @classmethod
+    def _check_public_url(cls, value: str) -> str:
+        value = value.strip().rstrip("/")
+        if not re.match(r"^https?://[^/\s]+", value):
+            raise ValueError("public_url must be an http:// or https:// URL, e.g. http://scheduler.example:8787")
+        reason = _looks_like_placeholder(value)
+        if reason:
+            raise ValueError(f"public_url {reason}")
+        return value
+
     @field_validator("tokens", mode="before")
     @classmethod
     def _parse_tokens(cls, value: Any) -> Any:
@@ -222,6 +259,16 @@ class SchedulerSettings(BaseSettings):
             if hmac.compare_digest(token.sha256, digest):
                 found = token
         return found
+
+
+def _default_public_url(host: object, port: object) -> str:
+    """`http://host:port` as local processes reach it: a wildcard address becomes the loopback one."""
+    name = host if isinstance(host, str) and host else "127.0.0.1"
+    if name in ("0.0.0.0", "::", "[::]"):
+        name = "127.0.0.1"
+    elif ":" in name and not name.startswith("["):
+        name = f"[{name}]"  # an IPv6 literal
+    return f"http://{name}:{port if isinstance(port, int) else 8787}"
 
 
 def _render(url: URL) -> str:

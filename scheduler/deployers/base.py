@@ -36,13 +36,20 @@ class DeployError(Exception):
     """Deploying, becoming ready or tearing down failed; the message says what and where (with log tails)."""
 
 
+class ReadinessTimeout(DeployError):
+    """`wait_ready` gave up: the deployed work did not become ready within its timeout (nothing exited).
+
+    Separate from a plain `DeployError` so the lifecycle can tell `InstallTimeout` from `InstallFailed`.
+    """
+
+
 class Deployer(Protocol):
     async def deploy(self, job_id: str, values: dict[str, Any], log: LogFn) -> Deployment:
         """Start everything the values describe (services first, then flows). Raises DeployError."""
         ...
 
     async def wait_ready(self, deployment: Deployment, timeout: float, log: LogFn) -> None:
-        """Return once every service and flow is ready; DeployError on timeout or an early exit."""
+        """Return once every service and flow is ready; ReadinessTimeout on timeout, DeployError on an early exit."""
 
     async def status(self, deployment: Deployment) -> RunStatus:
         """Whether the flows still run, all ended well, or one failed."""

@@ -1,0 +1,75 @@
+"""A stand-in scoring flow for the lifecycle tests: reads its values, prints, and ends as told.
+
+Standard library and PyYAML only. It can run until stopped, exit with a chosen code, and report completion to the
+scheduler named in its values (`global.scheduler.url`, with the job token), the way a batch flow will.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import sys
+import time
+import urllib.request
+
+import yaml
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--values", default=os.environ.get("MODELOPS_VALUES"))
+    parser.add_argument("--lines", type=int, default=0, help="numbered log lines to print first")
+    parser.add_argument("--run-for", type=float, default=None, help="seconds to run; default: until stopped")
+    parser.add_argument("--until-file", default=None, help="run until this file exists")
+    parser.add_argument("--exit-code", type=int, default=0)
+    parser.add_argument("--complete", choices=["succeeded", "failed"], default=None, help="report this first")
+    parser.add_argument("--message", default="all records scored")
+    parser.add_argument("--ignore-sigterm", action="store_true")
+    args = parser.parse_args()
+
+    name = os.environ.get("MODELOPS_COMPONENT", "?")
+    with open(args.values, encoding="utf-8") as handle:
+        text = handle.read()
+    print(f"fake flow {name} pid {os.getpid()} read {len(text)} bytes of values", flush=True)
+    print(f"services: {os.environ.get('MODELOPS_SERVICE_URLS', '{}')}", flush=True)
+    leaked = sorted(k for k in os.environ if k.startswith("MODELOPS_SCHEDULER_"))
+    print(f"scheduler variables seen: {leaked}", flush=True)
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
+    for i in range(args.lines):
+        print(f"{name} line {i + 1}", flush=True)
+
+    if args.complete is not None:
+        url, token, job_id = _scheduler(text)
+        body = json.dumps({"succeeded": args.complete == "succeeded", "message": args.message}).encode()
+        request = urllib.request.Request(
+            f"{url}/api/v1/jobs/{job_id}/complete",
+            data=body,
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(f"reported completion: HTTP {response.status}", flush=True)
+
+    if args.until_file is not None:
+        while not os.path.exists(args.until_file):
+            time.sleep(0.02)
+    elif args.run_for is None:
+        while True:
+            time.sleep(3600)
+    else:
+        time.sleep(args.run_for)
+    print(f"fake flow {name} exits with code {args.exit_code}", flush=True)
+    return args.exit_code
+
+
+def _scheduler(values_yaml: str) -> tuple[str, str, str]:
+    """`global.scheduler.url`, `.token` and `global.jobId` from the values."""
+    values = yaml.safe_load(values_yaml)
+    return values["global"]["scheduler"]["url"], values["global"]["scheduler"]["token"], values["global"]["jobId"]
+
+
+if __name__ == "__main__":
+    sys.exit(main())
