@@ -43,7 +43,11 @@ def bundle_of(document: Mapping[str, Any]) -> ir.Bundle:
 
 
 def scheduler_url(settings: SchedulerSettings) -> str:
-    """Where processes on this machine reach the API: the bound address, loopback for a wildcard bind."""
+    """Where scoring flows report to: `settings.public_url` when the settings have it, else the bound address
+    with a wildcard host replaced by loopback (right for the local backend)."""
+    public = getattr(settings, "public_url", None)
+    if isinstance(public, str) and public:
+        return public
     host = settings.host
     if host in _WILDCARDS:
         host = "127.0.0.1" if host != "::" else "::1"
@@ -55,11 +59,30 @@ def scheduler_url(settings: SchedulerSettings) -> str:
     return f"http://{host}:{settings.port}"
 
 
-def globals_for(settings: SchedulerSettings, job_id: uuid.UUID, token: str | None = None) -> ir.Globals:
-    """The global settings (step 4 of rendering) of job `job_id`; `token` is its job token, None in previews."""
-    return ir.make_globals(
-        {"jobId": str(job_id), "scheduler": {"url": scheduler_url(settings), "token": token}},
-    )
+def globals_for(
+    settings: SchedulerSettings,
+    job_id: uuid.UUID,
+    token: str | None = None,
+    environment: Mapping[str, Any] | None = None,
+) -> ir.Globals:
+    """The global settings (step 4 of rendering) of job `job_id`: from the server's settings, the job's
+    `environment` (its `namespace`), and `token`, the job token (None in previews).
+
+    Mirrors what the lifecycle's install renders with (`scheduler.lifecycle.Lifecycle.render`). Settings
+    fields that an older `SchedulerSettings` lacks are left at the IR's defaults.
+    """
+    data: dict[str, Any] = {"jobId": str(job_id), "scheduler": {"url": scheduler_url(settings), "token": token}}
+    registry, tag = getattr(settings, "image_registry", None), getattr(settings, "image_tag", None)
+    if registry is not None and tag is not None:
+        data["image"] = {"registry": registry, "tag": tag}
+    for key, attribute in (("logLevel", "log_level"), ("sizeProfile", "size_profile"), ("modelStore", "model_store")):
+        value = getattr(settings, attribute, None)
+        if value is not None:
+            data[key] = value
+    namespace = (environment or {}).get("namespace")
+    if namespace is not None:
+        data["namespace"] = namespace
+    return ir.make_globals(data)
 
 
 def render_values(
@@ -68,6 +91,7 @@ def render_values(
     settings: SchedulerSettings,
     job_id: uuid.UUID = PREVIEW_JOB_ID,
     token: str | None = None,
+    environment: Mapping[str, Any] | None = None,
 ) -> ir.Values:
-    """Render a stored IR with job parameters; raises `ir.IRValidationError` for bad parameters."""
-    return ir.render(bundle_of(document), parameters, globals_for(settings, job_id, token))
+    """Render a stored IR for a job; raises `ir.IRValidationError` for bad parameters or environment."""
+    return ir.render(bundle_of(document), parameters, globals_for(settings, job_id, token, environment))

@@ -1,0 +1,185 @@
+"""`/api/v1/jobs`: start, list, inspect and cancel jobs; progress and completion reports; logs.
+
+Job ids in paths are UUIDs: anything else is refused with 422 (the standard error body, never a 500).
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import AsyncIterator
+from typing import Annotated, Final
+
+from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi.responses import StreamingResponse
+
+from scheduler.api.deps import API_PREFIX, Service
+from scheduler.api.errors import error_responses
+from scheduler.api.models import (
+    NAME_MAX,
+    NAME_PATTERN,
+    CompleteIn,
+    JobCreate,
+    JobDetail,
+    JobOut,
+    JobPageOut,
+    ProgressIn,
+)
+from scheduler.auth import ReadPrincipal, Reporter, WritePrincipal
+from scheduler.errors import SchedulerError
+from scheduler.states import JobState, Task
+from scheduler.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
+
+IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x21-\x7e]{1,255}$"
+CURSOR_PATTERN: Final = r"^[A-Za-z0-9_-]+$"
+
+JobIdPath = Annotated[uuid.UUID, Path(description="The job's id (a UUID).")]
+
+
+@router.post(
+    "",
+    summary="Start a job",
+    description="Create a job of a pipeline version (the latest unless `version` is given) and start it. "
+    "Parameters are checked first: a bad request creates nothing. With an `Idempotency-Key`, retrying the "
+    "same request returns the same job (200); the key with a different request is a 409.",
+    status_code=status.HTTP_201_CREATED,
+    response_model=JobOut,
+    responses={
+        200: {"model": JobOut, "description": "The Idempotency-Key replayed an earlier request: its job."},
+        **error_responses(401, 403, 404, 409, 422, 503),
+    },
+)
+async def create_job(
+    body: JobCreate,
+    response: Response,
+    service: Service,
+    _: WritePrincipal,
+    idempotency_key: Annotated[
+        str | None,
+        Header(
+            alias="Idempotency-Key",
+            pattern=IDEMPOTENCY_KEY_PATTERN,
+            description="Makes retries safe: the same key and request return the same job.",
+        ),
+    ] = None,
+) -> JobOut:
+    job, created = await service.create_job(
+        body.pipeline, body.version, body.parameters, body.environment, idempotency_key
+    )
+    if not created:
+        response.status_code = status.HTTP_200_OK
+    return JobOut.of(job)
+
+
+@router.get(
+    "",
+    summary="List jobs",
+    description="Newest first, filtered by state and pipeline, one page at a time.",
+    response_model=JobPageOut,
+    responses=error_responses(401, 403, 422, 503),
+)
+async def list_jobs(
+    service: Service,
+    _: ReadPrincipal,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state.")] = None,
+    pipeline: Annotated[
+        str | None, Query(max_length=NAME_MAX, pattern=NAME_PATTERN, description="Only jobs of this pipeline.")
+    ] = None,
+    cursor: Annotated[
+        str | None,
+        Query(max_length=512, pattern=CURSOR_PATTERN, description="The `next_cursor` of the previous page."),
+    ] = None,
+    limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page.")] = DEFAULT_PAGE_SIZE,
+) -> JobPageOut:
+    page = await service.list_jobs(state=state, pipeline=pipeline, cursor=cursor, limit=limit)
+    return JobPageOut(items=[JobOut.of(job) for job in page.items], next_cursor=page.next_cursor)
+
+
+@router.get(
+    "/{job_id}",
+    summary="Get a job",
+    description="State, current task, reason and message, timestamps, progress, completion, the backend's "
+    "reference to the run, and every event.",
+    response_model=JobDetail,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def get_job(job_id: JobIdPath, service: Service, _: ReadPrincipal) -> JobDetail:
+    return JobDetail.of(await service.get_job(job_id))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    summary="Cancel a job",
+    description="Moves the job to CANCELLING; the backend stops it, runs uninstall and ends it CANCELLED. "
+    "Cancelling a job that is already CANCELLING returns it unchanged; a finished job is a 409.",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def cancel_job(job_id: JobIdPath, service: Service, principal: WritePrincipal) -> JobOut:
+    return JobOut.of(await service.cancel_job(job_id, principal))
+
+
+@router.post(
+    "/{job_id}/progress",
+    summary="Report progress",
+    description="For the scoring flows: record counters as totals so far. Authenticated with the job's own "
+    "token (`Bearer mjt_...`) or an API token with the write scope.",
+    response_model=JobOut,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def report_progress(job_id: JobIdPath, body: ProgressIn, service: Service, credential: Reporter) -> JobOut:
+    return JobOut.of(await service.report_progress(job_id, credential, body.read, body.written, body.failed))
+
+
+@router.post(
+    "/{job_id}/complete",
+    summary="Report completion",
+    description="For the scoring flows: the work is done (a batch source is exhausted), well or not. Ends the "
+    "wait phase; uninstall follows. The first report wins. Authenticated like progress reports.",
+    status_code=status.HTTP_202_ACCEPTED,
+    response_model=JobOut,
+    responses=error_responses(401, 403, 404, 409, 422, 503),
+)
+async def complete_job(job_id: JobIdPath, body: CompleteIn, service: Service, credential: Reporter) -> JobOut:
+    return JobOut.of(await service.complete_job(job_id, credential, body.succeeded, body.message))
+
+
+@router.get(
+    "/{job_id}/logs",
+    summary="Read a job's logs",
+    description="Plain text, one line per log line, of one task or of all tasks in order. With `follow`, the "
+    "response streams until the task (or the job) has ended.",
+    response_class=StreamingResponse,
+    responses={
+        200: {"content": {"text/plain": {"schema": {"type": "string"}, "example": "install: rendering values\n"}}},
+        **error_responses(401, 403, 404, 422, 503),
+    },
+)
+async def job_logs(
+    job_id: JobIdPath,
+    service: Service,
+    _: ReadPrincipal,
+    task: Annotated[Task | None, Query(description="Only this task's log; all tasks in order when omitted.")] = None,
+    follow: Annotated[bool, Query(description="Keep streaming new lines until the task has ended.")] = False,
+) -> StreamingResponse:
+    lines = await service.logs(job_id, task, follow)
+    return StreamingResponse(
+        _guarded(job_id, lines), media_type="text/plain; charset=utf-8", headers={"Cache-Control": "no-cache"}
+    )
+
+
+async def _guarded(job_id: uuid.UUID, lines: AsyncIterator[str]) -> AsyncIterator[bytes]:
+    """The lines as UTF-8; once the status line is sent an error can only end the text, so it says why."""
+    try:
+        async for line in lines:
+            yield line.encode("utf-8", errors="replace")
+    except SchedulerError as exc:
+        yield f"[modelops] the log stream ended with an error: {exc.message}\n".encode(errors="replace")
+    except Exception:
+        log.exception("job %s: reading its logs failed", job_id)
+        yield b"[modelops] the log stream ended with an internal error (see the server log)\n"

@@ -1,0 +1,433 @@
+"""Request and response bodies of the REST API, as pydantic models: the OpenAPI schema is generated from them.
+
+Request models are strict where a loose reading would hide a client bug (counters are integers, not "5" or
+5.0; `succeeded` is a boolean), and bound every value so nothing reaches the database that it would refuse
+with an error of its own (64-bit integers, finite numbers, text without NUL or lone surrogates).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import datetime
+from typing import Annotated, Any, Final
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+
+from scheduler.service import json_object_problem, text_problem
+from scheduler.states import JobState, Task
+from scheduler.store import Job, JobEvent, Pipeline, PipelineVersion, VersionInfo
+
+INT64_MAX: Final = 2**63 - 1
+VERSION_MAX: Final = 2**31 - 1
+"""Version numbers are 32-bit in the database."""
+NAME_PATTERN: Final = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""A pipeline name: a DNS label, as the IR requires of `metadata.name`."""
+NAME_MAX: Final = 63
+MESSAGE_MAX: Final = 16_384
+
+EXAMPLE_JOB_ID: Final = "3f2b6c1e-8f7d-4c52-9d8e-2a1b0c9d8e7f"
+EXAMPLE_DIGEST: Final = "9a0364b9e99bb480dd25e1f0284c8555a2d3b0c9e1d5b1e6a2f4c8e7d6b5a4c3"
+EXAMPLE_TIME: Final = "2025-06-01T12:00:00Z"
+
+
+def _clean_text(value: str) -> str:
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+def _clean_object(value: dict[str, Any]) -> dict[str, Any]:
+    problem = json_object_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+CleanText = Annotated[str, AfterValidator(_clean_text)]
+JsonObject = Annotated[dict[str, Any], AfterValidator(_clean_object)]
+PipelineName = Annotated[str, Field(min_length=1, max_length=NAME_MAX, pattern=NAME_PATTERN)]
+ParameterValue = (
+    Annotated[StrictBool, Field(title="boolean")]
+    | Annotated[StrictInt, Field(ge=-INT64_MAX - 1, le=INT64_MAX, title="integer")]
+    | Annotated[float, Field(allow_inf_nan=False, title="number")]
+    | Annotated[CleanText, Field(max_length=MESSAGE_MAX, title="string")]
+)
+Counter = Annotated[StrictInt, Field(ge=0, le=INT64_MAX)]
+
+
+def _examples(*examples: dict[str, Any]) -> ConfigDict:
+    return ConfigDict(json_schema_extra={"examples": list(examples)})
+
+
+# ------------------------------------------------------------------------------------------------ pipelines
+
+
+class FilesBundle(BaseModel):
+    """An IR bundle as named files: file name (e.g. `flows/score.yaml`) -> its YAML or JSON text."""
+
+    model_config = _examples(
+        {
+            "files": {
+                "pipeline.yaml": "apiVersion: modelops/v1\nkind: ScoringPipeline\nmetadata: {name: digits}\n...",
+                "flows/digits-batch.yaml": "apiVersion: modelops/v1\nkind: ScoringFlow\n...",
+            }
+        }
+    )
+
+    files: dict[CleanText, CleanText] = Field(description="File name -> file content (UTF-8 YAML or JSON text).")
+
+
+class DeploymentOut(BaseModel):
+    """A deployed pipeline version. `created` is false when the same IR was already stored (HTTP 200)."""
+
+    model_config = _examples(
+        {
+            "name": "digits",
+            "version": 3,
+            "digest": EXAMPLE_DIGEST,
+            "created": True,
+            "created_at": EXAMPLE_TIME,
+            "created_by": "ci",
+        }
+    )
+
+    name: str
+    version: int = Field(description="The version number, 1 for the first deploy of the pipeline.")
+    digest: str = Field(description="SHA-256 of the normalised IR: equal IR, equal digest.")
+    created: bool = Field(description="True when this request stored a new version.")
+    created_at: datetime
+    created_by: str | None = Field(description="Name of the API token that deployed it.")
+
+    @classmethod
+    def of(cls, version: PipelineVersion, created: bool) -> DeploymentOut:
+        return cls(
+            name=version.pipeline,
+            version=version.number,
+            digest=version.digest,
+            created=created,
+            created_at=version.created_at,
+            created_by=version.created_by,
+        )
+
+
+class VersionSummary(BaseModel):
+    """One version of a pipeline, without its IR."""
+
+    version: int
+    digest: str
+    created_at: datetime
+    created_by: str | None
+
+    @classmethod
+    def of(cls, info: VersionInfo) -> VersionSummary:
+        return cls(version=info.number, digest=info.digest, created_at=info.created_at, created_by=info.created_by)
+
+
+class PipelineOut(BaseModel):
+    """A pipeline and its versions, oldest first."""
+
+    model_config = _examples(
+        {
+            "name": "digits",
+            "created_at": EXAMPLE_TIME,
+            "latest_version": 2,
+            "versions": [
+                {"version": 1, "digest": EXAMPLE_DIGEST, "created_at": EXAMPLE_TIME, "created_by": "ci"},
+                {"version": 2, "digest": EXAMPLE_DIGEST[::-1], "created_at": EXAMPLE_TIME, "created_by": "alice"},
+            ],
+        }
+    )
+
+    name: str
+    created_at: datetime
+    latest_version: int
+    versions: list[VersionSummary]
+
+    @classmethod
+    def of(cls, pipeline: Pipeline) -> PipelineOut:
+        return cls(
+            name=pipeline.name,
+            created_at=pipeline.created_at,
+            latest_version=pipeline.latest.number,
+            versions=[VersionSummary.of(v) for v in pipeline.versions],
+        )
+
+
+class PipelineList(BaseModel):
+    """Every pipeline, by name."""
+
+    items: list[PipelineOut]
+
+
+class VersionOut(BaseModel):
+    """A stored pipeline version: its normalised IR documents (defaults explicit, canonical order)."""
+
+    model_config = _examples(
+        {
+            "name": "digits",
+            "version": 1,
+            "digest": EXAMPLE_DIGEST,
+            "created_at": EXAMPLE_TIME,
+            "created_by": "ci",
+            "documents": [
+                {"apiVersion": "modelops/v1", "kind": "ScoringPipeline", "metadata": {"name": "digits"}, "spec": {}}
+            ],
+        }
+    )
+
+    name: str
+    version: int
+    digest: str
+    created_at: datetime
+    created_by: str | None
+    documents: list[dict[str, Any]] = Field(description="The IR documents: pipeline, channels, flows, models.")
+
+    @classmethod
+    def of(cls, version: PipelineVersion) -> VersionOut:
+        documents = version.ir.get("documents")
+        return cls(
+            name=version.pipeline,
+            version=version.number,
+            digest=version.digest,
+            created_at=version.created_at,
+            created_by=version.created_by,
+            documents=documents if isinstance(documents, list) else [],
+        )
+
+
+class ValuesOut(BaseModel):
+    """The Helm values document `install` would deploy for a job of this version (rendered with a preview
+    job id, the nil UUID, and without a job token)."""
+
+    model_config = _examples(
+        {
+            "name": "digits",
+            "version": 1,
+            "job_id": "00000000-0000-0000-0000-000000000000",
+            "values": {"global": {"jobId": "00000000-0000-0000-0000-000000000000"}, "pipeline": {"name": "digits"}},
+        }
+    )
+
+    name: str
+    version: int
+    job_id: uuid.UUID
+    values: dict[str, Any]
+
+
+# ------------------------------------------------------------------------------------------------ jobs
+
+
+class JobCreate(BaseModel):
+    """A request to run a pipeline version."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"pipeline": "digits"},
+                {
+                    "pipeline": "digits",
+                    "version": 2,
+                    "parameters": {"input": "data/today.csv", "threshold": 0.8},
+                    "environment": {"namespace": "scoring"},
+                },
+            ]
+        },
+    )
+
+    pipeline: PipelineName
+    version: Annotated[StrictInt, Field(ge=1, le=VERSION_MAX)] | None = Field(
+        default=None, description="The version to run; the latest when omitted."
+    )
+    parameters: dict[Annotated[CleanText, Field(max_length=128)], ParameterValue] | None = Field(
+        default=None, description="Values of the pipeline's declared parameters (the rest keep their defaults)."
+    )
+    environment: JsonObject | None = Field(
+        default=None, description="Where and how the job runs, e.g. `{namespace: scoring}`; backend-specific."
+    )
+
+
+class ProgressOut(BaseModel):
+    read: int = Field(description="Records read from the source.")
+    written: int = Field(description="Records written to the sinks.")
+    failed: int = Field(description="Records that failed.")
+
+
+class CompletionOut(BaseModel):
+    succeeded: bool
+    message: str | None
+
+
+class JobEventOut(BaseModel):
+    """One entry of a job's history: a state change, or a task change (`from == to`)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    at: datetime
+    from_state: JobState | None = Field(alias="from", description="None for the creation of the job.")
+    to_state: JobState = Field(alias="to")
+    task: Task | None
+    reason: str | None
+    message: str | None
+
+    @classmethod
+    def of(cls, event: JobEvent) -> JobEventOut:
+        return cls.model_validate(
+            {
+                "at": event.at,
+                "from": event.from_state,
+                "to": event.to_state,
+                "task": event.task,
+                "reason": event.reason,
+                "message": event.message,
+            }
+        )
+
+
+_JOB_EXAMPLE: Final[dict[str, Any]] = {
+    "id": EXAMPLE_JOB_ID,
+    "pipeline": "digits",
+    "version": 2,
+    "state": "RUNNING",
+    "task": "wait",
+    "reason": "Ready",
+    "message": "1 scoring service(s) ready, 1 scoring flow(s) running",
+    "parameters": {"input": "data/today.csv"},
+    "environment": {},
+    "backend": "local",
+    "backend_ref": None,
+    "created_at": EXAMPLE_TIME,
+    "started_at": EXAMPLE_TIME,
+    "finished_at": None,
+    "progress": {"read": 5000, "written": 4990, "failed": 10},
+    "completion": None,
+}
+
+
+class JobOut(BaseModel):
+    """A job: where it stands (`state`, current pipeline `task`), why (`reason`, `message`), and how far."""
+
+    model_config = _examples(_JOB_EXAMPLE)
+
+    id: uuid.UUID
+    pipeline: str
+    version: int
+    state: JobState
+    task: Task | None = Field(description="The pipeline task running: install, wait or uninstall.")
+    reason: str | None
+    message: str | None
+    parameters: dict[str, Any]
+    environment: dict[str, Any]
+    backend: str
+    backend_ref: dict[str, Any] | None = Field(description="How the backend finds the job's run.")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: ProgressOut
+    completion: CompletionOut | None = Field(description="What the scoring flows reported at the end, if they did.")
+
+    @classmethod
+    def fields_of(cls, job: Job) -> dict[str, Any]:
+        return {
+            "id": job.id,
+            "pipeline": job.pipeline,
+            "version": job.pipeline_version,
+            "state": job.state,
+            "task": job.task,
+            "reason": job.reason,
+            "message": job.message,
+            "parameters": job.parameters,
+            "environment": job.environment,
+            "backend": job.backend,
+            "backend_ref": job.backend_ref,
+            "created_at": job.created_at,
+            "started_at": job.started_at,
+            "finished_at": job.finished_at,
+            "progress": ProgressOut(read=job.records_read, written=job.records_written, failed=job.records_failed),
+            "completion": (
+                CompletionOut(succeeded=job.completion == "succeeded", message=job.completion_message)
+                if job.completion is not None
+                else None
+            ),
+        }
+
+    @classmethod
+    def of(cls, job: Job) -> JobOut:
+        return cls(**cls.fields_of(job))
+
+
+class JobDetail(JobOut):
+    """A job with its history of events, oldest first."""
+
+    model_config = _examples(
+        {
+            **_JOB_EXAMPLE,
+            "events": [
+                {"at": EXAMPLE_TIME, "from": None, "to": "PENDING", "task": None, "reason": "Created", "message": None},
+                {
+                    "at": EXAMPLE_TIME,
+                    "from": "PENDING",
+                    "to": "INSTALLING",
+                    "task": "install",
+                    "reason": None,
+                    "message": None,
+                },
+            ],
+        }
+    )
+
+    events: list[JobEventOut]
+
+    @classmethod
+    def of(cls, job: Job) -> JobDetail:
+        return cls(**cls.fields_of(job), events=[JobEventOut.of(e) for e in job.events or ()])
+
+
+class JobPageOut(BaseModel):
+    """One page of jobs, newest first. Pass `next_cursor` as `cursor` for the next page (null: no more)."""
+
+    model_config = _examples({"items": [_JOB_EXAMPLE], "next_cursor": None})
+
+    items: list[JobOut]
+    next_cursor: str | None
+
+
+class ProgressIn(BaseModel):
+    """Record counters of a running job, as totals so far (lower values than stored ones are ignored)."""
+
+    model_config = ConfigDict(
+        extra="forbid", json_schema_extra={"examples": [{"read": 5000, "written": 4990, "failed": 10}]}
+    )
+
+    read: Counter = 0
+    written: Counter = 0
+    failed: Counter = 0
+
+
+class CompleteIn(BaseModel):
+    """The scoring flows finished their work (batch source exhausted), well or not."""
+
+    model_config = ConfigDict(
+        extra="forbid",
+        json_schema_extra={"examples": [{"succeeded": True}, {"succeeded": False, "message": "sink unreachable"}]},
+    )
+
+    succeeded: StrictBool
+    message: Annotated[CleanText, Field(max_length=MESSAGE_MAX)] | None = None
+
+
+# ------------------------------------------------------------------------------------------------ health
+
+
+class HealthOut(BaseModel):
+    model_config = _examples({"status": "ok"})
+
+    status: str
+
+
+class ReadyOut(BaseModel):
+    model_config = _examples({"status": "ready", "database": "ok"})
+
+    status: str
+    database: str

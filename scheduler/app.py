@@ -1,0 +1,131 @@
+"""The scheduling server's app factory: `create_app(settings)` builds a FastAPI app; its lifespan starts it.
+
+Nothing is created at import time. `create_app` checks what can be checked without I/O (API tokens versus the
+bound host) and wires routes, error handlers and metrics; the lifespan, when the server starts:
+
+1. creates the database engine and refuses to start unless the schema is exactly the one this code knows
+   (the message says to run `modelops db upgrade`);
+2. builds the `JobStore`, loads the job-token secret and the backend (`local` by default), and the service;
+3. `await backend.recover()`: re-attach to or clean up the jobs a previous run left non-terminal;
+
+and when it stops: `await backend.close()` (job states untouched: the next start recovers them), then disposes
+of the engine.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from typing import Any, cast
+
+import anyio.to_thread
+from fastapi import FastAPI
+from sqlalchemy.engine import Engine
+
+from scheduler.api import health, jobs, pipelines
+from scheduler.api.errors import install_error_handlers
+from scheduler.auth import OPEN_MODE_WARNING, Authenticator, OpenModeRefused
+from scheduler.backends.base import Backend
+from scheduler.db import check_schema, create_engine
+from scheduler.errors import StoreUnavailable
+from scheduler.metrics import Metrics, RequestMetricsMiddleware
+from scheduler.service import SchedulerService
+from scheduler.settings import SchedulerSettings
+from scheduler.store import JobStore
+from scheduler.tokens import load_secret
+
+__all__ = ["BackendFactory", "StartupRefused", "create_app", "default_backend"]
+
+log = logging.getLogger(__name__)
+
+BackendFactory = Callable[[JobStore, SchedulerSettings, bytes], Backend]
+"""Builds the backend from the store, the settings and the job-token secret (tests pass a fake one)."""
+
+
+class StartupRefused(RuntimeError):
+    """The server must not start as configured; the message says why and what to do."""
+
+
+def default_backend(store: JobStore, settings: SchedulerSettings, secret: bytes) -> Backend:
+    """The backend `settings.backend` names. Imported here, at start, not when this module is imported."""
+    if settings.backend == "local":
+        module: Any = importlib.import_module("scheduler.backends.local")
+        return cast(Backend, module.LocalBackend(store, settings, secret))
+    raise StartupRefused(f"the {settings.backend!r} backend is not available in this version: use 'local'")
+
+
+def create_app(settings: SchedulerSettings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
+    """The scheduling server as an ASGI app; serve it with uvicorn (the lifespan must run).
+
+    `settings` default to `SchedulerSettings()` (the environment). Raises `StartupRefused` when no API token is
+    configured and the server would listen beyond loopback.
+    """
+    settings = settings if settings is not None else SchedulerSettings()
+    try:
+        auth = Authenticator(settings)
+    except OpenModeRefused as exc:
+        raise StartupRefused(str(exc)) from None
+    factory = backend_factory or default_backend
+    metrics = Metrics()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if auth.open_mode:
+            log.warning(OPEN_MODE_WARNING)
+        engine = create_engine(settings.database_url)
+        try:
+            store = await _open_store(engine)
+            secret = await anyio.to_thread.run_sync(load_secret, settings.home)
+            backend = factory(store, settings, secret)
+            try:
+                await backend.recover()
+                app.state.engine = engine
+                app.state.service = SchedulerService(store, backend, settings, secret)
+                metrics.attach(store)
+                log.info(
+                    "scheduler ready: %s backend, database %s",
+                    backend.name,
+                    engine.url.render_as_string(hide_password=True),
+                )
+                yield
+            finally:
+                metrics.attach(None)
+                app.state.service = None
+                app.state.engine = None
+                await backend.close()
+        finally:
+            await anyio.to_thread.run_sync(engine.dispose)
+
+    app = FastAPI(
+        title="ModelOps scheduler",
+        version="1",
+        summary="Deploys scoring-pipeline IR and runs it as jobs: install, wait, uninstall.",
+        description="Pipelines are deployed as IR bundles and stored as immutable versions; jobs run a version "
+        "through `install -> wait -> uninstall`. Every error has the body "
+        '`{"error": {"code", "message", "details"}}`. Authenticate with `Authorization: Bearer <token>`.',
+        lifespan=lifespan,
+    )
+    app.state.settings = settings
+    app.state.auth = auth
+    app.state.metrics = metrics
+    app.state.service = None
+    app.state.engine = None
+    install_error_handlers(app)
+    app.include_router(pipelines.router)
+    app.include_router(jobs.router)
+    app.include_router(health.router)
+    app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
+    return app
+
+
+async def _open_store(engine: Engine) -> JobStore:
+    """A store on `engine` once the schema is known to be current; `StartupRefused` otherwise."""
+    try:
+        check = await anyio.to_thread.run_sync(check_schema, engine)
+    except StoreUnavailable as exc:
+        raise StartupRefused(f"cannot start: {exc.message}") from exc
+    if not check.ok:
+        raise StartupRefused(f"cannot start: {check.message}")
+    return JobStore(engine)

@@ -1,0 +1,142 @@
+"""Prometheus metrics of the scheduling server, in a registry of its own per app.
+
+- `modelops_scheduler_jobs{state}`: jobs in each state, counted in the database at scrape time, so the figure
+  is right across restarts and with several replicas sharing one database;
+- `modelops_scheduler_job_transitions_total{from,to}`: state transitions, read from the append-only
+  `job_events` table at scrape time (`from="none"` counts job creations); a counter, since events are never
+  removed. Both are one GROUP BY each, cheap next to a 15-60 s scrape interval;
+- `modelops_scheduler_store_up`: 1 when the scrape could read the database, else 0 (the two above are then
+  left out rather than failing the scrape);
+- `modelops_scheduler_http_request_duration_seconds{method,route,status}`: request latency by route
+  *template* (`/api/v1/jobs/{job_id}`), never the raw path, so ids do not explode the label space.
+
+A registry per app (not prometheus_client's global one) keeps apps built in one process, as tests do,
+independent.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from scheduler.errors import StoreUnavailable
+from scheduler.store import JobStore
+
+__all__ = ["CONTENT_TYPE", "Metrics", "RequestMetricsMiddleware"]
+
+log = logging.getLogger(__name__)
+
+CONTENT_TYPE: Final = "text/plain; version=0.0.4; charset=utf-8"
+_METHODS: Final = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# Latency buckets from 1 ms to 10 s: API calls are a few ms; deploys of large bundles take seconds.
+_BUCKETS: Final = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class _StoreCollector(Collector):
+    """Jobs by state and transition counts, read from the store at each scrape."""
+
+    def __init__(self) -> None:
+        self.store: JobStore | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        # Declared without samples so registering does not query the database.
+        yield GaugeMetricFamily("modelops_scheduler_jobs", "Jobs by state.", labels=["state"])
+        yield CounterMetricFamily("modelops_scheduler_job_transitions", "Job state transitions.", labels=["from", "to"])
+        yield GaugeMetricFamily("modelops_scheduler_store_up", "1 if the database answered the scrape.")
+
+    def collect(self) -> Iterable[Metric]:
+        store = self.store
+        up = GaugeMetricFamily("modelops_scheduler_store_up", "1 if the database answered the scrape.")
+        if store is None:
+            up.add_metric([], 0)
+            yield up
+            return
+        try:
+            states = store.count_jobs_by_state()
+            transitions = store.count_transitions()
+        except StoreUnavailable as exc:
+            log.warning("metrics: %s", exc.message)
+            up.add_metric([], 0)
+            yield up
+            return
+        up.add_metric([], 1)
+        yield up
+        jobs = GaugeMetricFamily("modelops_scheduler_jobs", "Jobs by state.", labels=["state"])
+        for state, count in sorted(states.items()):
+            jobs.add_metric([state.value], count)
+        yield jobs
+        counter = CounterMetricFamily(
+            "modelops_scheduler_job_transitions", "Job state transitions.", labels=["from", "to"]
+        )
+        for (from_state, to_state), count in sorted(
+            transitions.items(), key=lambda item: (item[0][0] or "", item[0][1])
+        ):
+            counter.add_metric([from_state.value if from_state is not None else "none", to_state.value], count)
+        yield counter
+
+
+class Metrics:
+    """The metrics of one app: its registry, the request histogram, and the store-backed collector."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=False)
+        self.request_duration = Histogram(
+            "modelops_scheduler_http_request_duration_seconds",
+            "Time to answer an API request, by method, route template and status.",
+            labelnames=("method", "route", "status"),
+            buckets=_BUCKETS,
+            registry=self.registry,
+        )
+        self._store_collector = _StoreCollector()
+        self.registry.register(self._store_collector)
+
+    def attach(self, store: JobStore | None) -> None:
+        """Read job figures from `store` (None: the app is not started, report the store as down)."""
+        self._store_collector.store = store
+
+    def render(self) -> bytes:
+        """The Prometheus text exposition (queries the database: call it from a worker thread)."""
+        return generate_latest(self.registry)
+
+    def observe(self, method: str, route: str, status: int, seconds: float) -> None:
+        self.request_duration.labels(method if method in _METHODS else "OTHER", route, str(status)).observe(seconds)
+
+
+class RequestMetricsMiddleware:
+    """Pure ASGI middleware timing every HTTP request (streamed responses until their last byte)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = time.perf_counter()
+        status = 500
+
+        async def send_and_note(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        finally:
+            route = scope.get("route")
+            template = getattr(route, "path", None)
+            self.metrics.observe(
+                str(scope.get("method", "")),
+                template if isinstance(template, str) else "<unmatched>",
+                status,
+                time.perf_counter() - started,
+            )

@@ -1,0 +1,345 @@
+"""What the REST routes call: the scheduler's use cases, independent of HTTP.
+
+The routes parse requests and format responses; everything else happens here, so tests (and a future
+second transport) can call it directly. The service owns the order of operations the `Backend` protocol
+expects: create a PENDING job in the store, then `backend.start`; move a job to CANCELLING, then
+`backend.cancel`; record a completion, then `backend.completed`.
+
+`JobStore` is synchronous (see `scheduler.db.session`): every store call and every CPU-heavy IR operation
+(loading, validating, rendering a bundle) runs in a worker thread, so the event loop keeps serving other
+requests and the log streams meanwhile.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import uuid
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, replace
+from enum import StrEnum
+from typing import Any, Final, ParamSpec, TypeVar
+
+import anyio.to_thread
+
+import ir
+from scheduler.auth import Principal, ReporterCredential, Unauthorized
+from scheduler.backends.base import Backend
+from scheduler.errors import Conflict, IllegalTransition, InvalidInput
+from scheduler.settings import SchedulerSettings
+from scheduler.states import TERMINAL, JobState, Task
+from scheduler.store import DEFAULT_PAGE_SIZE, Job, JobPage, JobStore, Pipeline, PipelineVersion
+from scheduler.tokens import job_token, job_token_hash, verify_job_token
+from scheduler.values import render_values, stored_ir
+
+__all__ = [
+    "BundleFormat",
+    "Deployment",
+    "SchedulerService",
+    "json_object_problem",
+    "text_problem",
+]
+
+log = logging.getLogger(__name__)
+
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+
+MAX_JSON_DEPTH: Final = 16
+"""Nesting limit of free-form request objects (`environment`): deeper input is refused, not recursed into."""
+MAX_JSON_ITEMS: Final = 10_000
+"""Limit on the number of values in one free-form request object."""
+_INT64: Final = 2**63
+
+CANCEL_REASON: Final = "Cancelled"
+START_FAILED_REASON: Final = "BackendStartFailed"
+
+
+class BundleFormat(StrEnum):
+    """How an IR bundle arrives: multi-document YAML text, named files, or a gzip-compressed tarball."""
+
+    YAML = "yaml"
+    FILES = "files"
+    TARBALL = "tarball"
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """The outcome of a deploy: the stored version, and whether this deploy created it."""
+
+    version: PipelineVersion
+    created: bool
+
+
+def text_problem(text: str) -> str | None:
+    """Why `text` cannot be stored or returned as UTF-8 JSON (NUL, lone surrogates), or None."""
+    if "\x00" in text:
+        return "must not contain NUL characters"
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return "must be valid Unicode text (no lone surrogates)"
+    return None
+
+
+def json_object_problem(value: Any) -> str | None:
+    """Why `value` is not a plain, bounded JSON object the database takes as it is, or None.
+
+    Checked without recursion: deeply nested input must get a 422, not a `RecursionError` somewhere below.
+    """
+    if not isinstance(value, dict):
+        return "must be a JSON object"
+    stack: list[tuple[Any, int]] = [(value, 1)]
+    seen = 0
+    while stack:
+        item, depth = stack.pop()
+        seen += 1
+        if seen > MAX_JSON_ITEMS:
+            return f"holds more than {MAX_JSON_ITEMS} values"
+        if isinstance(item, dict):
+            if depth > MAX_JSON_DEPTH:
+                return f"is nested more than {MAX_JSON_DEPTH} levels deep"
+            for key, child in item.items():
+                if not isinstance(key, str):
+                    return "has a key that is not a string"
+                problem = text_problem(key)
+                if problem:
+                    return f"key {problem}"
+                stack.append((child, depth + 1))
+        elif isinstance(item, list):
+            if depth > MAX_JSON_DEPTH:
+                return f"is nested more than {MAX_JSON_DEPTH} levels deep"
+            stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            problem = text_problem(item)
+            if problem:
+                return f"text {problem}"
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not -_INT64 <= item < _INT64:
+                return "has an integer outside the 64-bit range"
+        elif isinstance(item, float):
+            if not math.isfinite(item):
+                return "has a number that is not finite"
+        else:
+            return f"has a value of type {type(item).__name__}, which is not JSON"
+    return None
+
+
+async def _in_thread(function: Callable[_P, _T], *args: _P.args, **kwargs: _P.kwargs) -> _T:
+    def call() -> _T:
+        return function(*args, **kwargs)
+
+    return await anyio.to_thread.run_sync(call)
+
+
+def _load_bundle(fmt: BundleFormat, payload: bytes | Mapping[str, str]) -> ir.Bundle:
+    if fmt is BundleFormat.FILES:
+        if not isinstance(payload, Mapping):
+            raise TypeError("a files bundle is a mapping of file names to contents")
+        return ir.load_bundle_files(payload)
+    if not isinstance(payload, bytes):
+        raise TypeError("a YAML or tarball bundle is given as bytes")
+    if fmt is BundleFormat.TARBALL:
+        return ir.load_bundle_tarball(payload)
+    return ir.load_bundle_files({"bundle.yaml": payload})
+
+
+class SchedulerService:
+    """The scheduler's use cases over one store and one backend. Safe to share between requests."""
+
+    def __init__(self, store: JobStore, backend: Backend, settings: SchedulerSettings, secret: bytes) -> None:
+        self.store = store
+        self.backend = backend
+        self.settings = settings
+        self._secret = secret
+
+    # -- pipelines ----------------------------------------------------------------------------------------
+
+    async def deploy(self, fmt: BundleFormat, payload: bytes | Mapping[str, str], created_by: str | None) -> Deployment:
+        """Validate an IR bundle and store it as the next version of its pipeline (or find the same one).
+
+        Raises `ir.IRValidationError` listing every problem with its location.
+        """
+        bundle = await _in_thread(_load_bundle, fmt, payload)
+        version, created = await _in_thread(
+            self.store.add_pipeline_version, bundle.name, stored_ir(bundle), bundle.digest(), created_by
+        )
+        if created:
+            log.info(
+                "pipeline %s: stored version %d (%s) by %s",
+                version.pipeline,
+                version.number,
+                version.digest[:12],
+                created_by,
+            )
+        return Deployment(version, created)
+
+    async def list_pipelines(self) -> tuple[Pipeline, ...]:
+        return await _in_thread(self.store.list_pipelines)
+
+    async def get_pipeline(self, name: str) -> Pipeline:
+        return await _in_thread(self.store.get_pipeline, name)
+
+    async def get_version(self, name: str, number: int | None = None) -> PipelineVersion:
+        return await _in_thread(self.store.get_version, name, number)
+
+    async def preview_values(
+        self, name: str, number: int, parameters: Mapping[str, str]
+    ) -> tuple[PipelineVersion, ir.Values]:
+        """The values `install` would deploy for a job of this version with these parameters (preview job id)."""
+        version = await self.get_version(name, number)
+        values = await _in_thread(render_values, version.ir, parameters, self.settings)
+        return version, values
+
+    # -- jobs ---------------------------------------------------------------------------------------------
+
+    async def create_job(
+        self,
+        pipeline: str,
+        version: int | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        environment: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> tuple[Job, bool]:
+        """Create a PENDING job and start it on the backend; `(job, created)`.
+
+        The parameters are checked by rendering the values before anything is written, so a bad request
+        creates nothing (`ir.IRValidationError`). A replayed idempotency key returns the first job with
+        `created=False` and does not start it again.
+        """
+        params = dict(parameters or {})
+        env = dict(environment or {})
+        for what, document in (("parameters", params), ("environment", env)):
+            problem = json_object_problem(document)
+            if problem:
+                raise InvalidInput(f"{what} {problem}", details={"field": what})
+        stored = await self.get_version(pipeline, version)
+        job_id = uuid.uuid4()
+        await _in_thread(render_values, stored.ir, params, self.settings, job_id, None, env)
+        job, created = await _in_thread(
+            self.store.create_job,
+            stored,
+            parameters=params,
+            environment=env,
+            backend=self.backend.name,
+            token_hash=job_token_hash(self._secret, job_id),
+            idempotency_key=idempotency_key,
+            job_id=job_id,
+        )
+        if not created:
+            return job, False
+        log.info("job %s: created for %s version %d", job.id, job.pipeline, job.pipeline_version)
+        try:
+            await self.backend.start(job.id)
+        except Exception as exc:  # the backend's failure must not leave a PENDING job behind
+            log.exception("job %s: the %s backend could not start it", job.id, self.backend.name)
+            job = await self._fail_unstarted(job, f"the {self.backend.name} backend could not start the job: {exc}")
+            return job, True
+        return await self.get_job(job.id, events=False), True
+
+    async def _fail_unstarted(self, job: Job, message: str) -> Job:
+        try:
+            return await _in_thread(
+                self.store.transition, job.id, JobState.FAILED, reason=START_FAILED_REASON, message=message
+            )
+        except IllegalTransition:  # the backend got further than it said: report where the job is
+            return await self.get_job(job.id, events=False)
+
+    async def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        pipeline: str | None = None,
+        cursor: str | None = None,
+        limit: int = DEFAULT_PAGE_SIZE,
+    ) -> JobPage:
+        return await _in_thread(
+            lambda: self.store.list_jobs(state=state, pipeline=pipeline, cursor=cursor, limit=limit)
+        )
+
+    async def get_job(self, job_id: uuid.UUID, *, events: bool = True) -> Job:
+        job = await _in_thread(self.store.get_job, job_id)
+        return job if events else _without_events(job)
+
+    async def cancel_job(self, job_id: uuid.UUID, by: Principal) -> Job:
+        """Ask for the job to stop: CANCELLING, then the backend runs uninstall and ends it CANCELLED.
+
+        Idempotent: a job already CANCELLING is returned as it is. A finished job is a `Conflict`.
+        """
+        job = await self.get_job(job_id, events=False)
+        if job.state is JobState.CANCELLING:
+            return job
+        if job.state in TERMINAL:
+            raise _finished(job, "cancelled")
+        try:
+            job = await _in_thread(
+                self.store.transition,
+                job_id,
+                JobState.CANCELLING,
+                reason=CANCEL_REASON,
+                message=f"cancelled by {by.name}",
+            )
+        except IllegalTransition:
+            job = await self.get_job(job_id, events=False)  # lost a race: someone else decided first
+            if job.state is JobState.CANCELLING:
+                return job
+            raise _finished(job, "cancelled") from None
+        log.info("job %s: cancel requested by %s", job_id, by.name)
+        await self.backend.cancel(job_id)
+        return await self.get_job(job_id, events=False)
+
+    async def report_progress(
+        self, job_id: uuid.UUID, credential: ReporterCredential, read: int, written: int, failed: int
+    ) -> Job:
+        """Raise the job's record counters (they never go down)."""
+        await self._authorize_report(job_id, credential)
+        return await _in_thread(self.store.update_progress, job_id, read, written, failed)
+
+    async def complete_job(
+        self, job_id: uuid.UUID, credential: ReporterCredential, succeeded: bool, message: str | None = None
+    ) -> Job:
+        """Record that the scoring flows finished (the first report wins), then let the backend end `wait`."""
+        await self._authorize_report(job_id, credential)
+        job = await _in_thread(self.store.record_completion, job_id, succeeded, message)
+        await self.backend.completed(job_id)
+        return await self.get_job(job.id, events=False)
+
+    async def _authorize_report(self, job_id: uuid.UUID, credential: ReporterCredential) -> None:
+        if credential.job_token is None:
+            return  # an API token with the write scope, or open mode: checked by the authenticator
+        job = await self.get_job(job_id, events=False)
+        if not verify_job_token(job.token_hash, credential.job_token):
+            raise Unauthorized(f"the job token is not the token of job {job_id}", code="invalid_job_token")
+
+    async def logs(self, job_id: uuid.UUID, task: Task | None, follow: bool) -> AsyncIterator[str]:
+        """The job's log lines from the backend (each ending in a newline); NotFound for an unknown job."""
+        await self.get_job(job_id, events=False)
+        return _lines(self.backend.logs(job_id, task, follow))
+
+    def job_token(self, job_id: uuid.UUID) -> str:
+        """The plaintext token of a job (what install puts into its values)."""
+        return job_token(self._secret, job_id)
+
+
+async def _lines(source: AsyncIterator[str]) -> AsyncIterator[str]:
+    try:
+        async for line in source:
+            yield line if line.endswith("\n") else line + "\n"
+    finally:
+        close = getattr(source, "aclose", None)
+        if close is not None:
+            await close()
+
+
+def _without_events(job: Job) -> Job:
+    return job if job.events is None else replace(job, events=None)
+
+
+def _finished(job: Job, verb: str) -> Conflict:
+    return Conflict(
+        f"job {job.id} is {job.state.value}: a finished job cannot be {verb}",
+        code="job_finished",
+        details={"job_id": str(job.id), "state": job.state.value},
+    )
