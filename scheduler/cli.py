@@ -26,6 +26,11 @@ app = typer.Typer(
 ir_app = typer.Typer(help="Validate and render pipeline IR bundles.", no_args_is_help=True)
 app.add_typer(ir_app, name="ir")
 
+# The scoring service (issue 4) lives in scoring_services; its command is only mounted here.
+from scoring_services.cli import serve_command  # noqa: E402
+
+app.command("scoring-service")(serve_command)
+
 # markup off: messages quote user input (paths, keys, values), and '[/x]' in them must print as it is
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)

@@ -1,0 +1,167 @@
+"""Model artifacts: where a URI points, downloading http(s):// ones to a cache, and sha256 checks.
+
+A model URI is a relative path (resolved against the model store, by default the working directory), a
+`file://` URI, or an `http(s)://` URL. Downloads land in the cache folder under their sha256 (or the hash of
+the URL when none is given) and are verified before they are used; an archive (`.tar.gz`, `.tgz`, `.zip`) is
+unpacked next to it, so folder artifacts (transformers models, python modules) can be served from a URL.
+
+The sha256 of a folder is defined as the sha256 of its manifest: one line `<sha256 of file>  <relative path>`
+per file, sorted by path (what `sha256sum $(find . -type f | sort)` prints, with `./` removed).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tarfile
+import tempfile
+import zipfile
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import httpx
+
+from scoring_services.errors import ModelLoadError
+
+__all__ = ["ARCHIVE_SUFFIXES", "directory_sha256", "file_sha256", "read_verified", "resolve_uri", "verify"]
+
+log = logging.getLogger(__name__)
+ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
+_CHUNK = 1 << 20
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(_CHUNK), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def directory_sha256(path: Path) -> str:
+    """sha256 of the folder's manifest (see the module docstring)."""
+    lines = [
+        f"{file_sha256(item)}  {item.relative_to(path).as_posix()}\n"
+        for item in sorted(p for p in path.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    ]
+    return hashlib.sha256("".join(lines).encode()).hexdigest()
+
+
+def verify(path: Path, sha256: str | None) -> None:
+    """Raise `ModelLoadError` when `path` (a file or a folder) does not have the expected sha256."""
+    if sha256 is None:
+        return
+    actual = directory_sha256(path) if path.is_dir() else file_sha256(path)
+    if actual != sha256:
+        raise ModelLoadError(
+            f"sha256 mismatch for {path}: expected {sha256}, the artifact has {actual}; refusing to load it"
+        )
+
+
+def read_verified(path: Path, sha256: str | None) -> bytes:
+    """The file's bytes, checked against `sha256` first: what is unpickled is exactly what was hashed."""
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read model artifact {path}: {exc.strerror or exc}") from exc
+    if sha256 is not None:
+        actual = hashlib.sha256(data).hexdigest()
+        if actual != sha256:
+            raise ModelLoadError(
+                f"sha256 mismatch for {path}: expected {sha256}, the artifact has {actual}; refusing to load it"
+            )
+    return data
+
+
+def _store_base(model_store: str | None) -> Path:
+    if model_store is None:
+        return Path.cwd()
+    if model_store.startswith("file://"):
+        return Path(unquote(urlsplit(model_store).path))
+    if "://" in model_store:
+        raise ModelLoadError(f"model store {model_store!r} must be a folder or a file:// URI")
+    return Path(model_store)
+
+
+def _unpack(archive: Path, target: Path) -> Path:
+    if target.is_dir():
+        return target
+    staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+    try:
+        if archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zipped:
+                for member in zipped.namelist():
+                    if member.startswith("/") or ".." in Path(member).parts:
+                        raise ModelLoadError(f"archive {archive.name} has an unsafe member path {member!r}")
+                zipped.extractall(staging)
+        else:
+            with tarfile.open(archive) as tarred:
+                tarred.extractall(staging, filter="data")
+        entries = list(staging.iterdir())
+        root = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
+        os.replace(root, target)
+    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
+        raise ModelLoadError(f"cannot unpack {archive.name}: {exc}") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _download(url: str, sha256: str | None, cache_dir: Path, timeout_s: float) -> Path:
+    name = urlsplit(url).path.rsplit("/", 1)[-1] or "artifact"
+    suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), "")
+    key = sha256 or hashlib.sha256(url.encode()).hexdigest()
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    target = cache_dir / f"{key}{suffix}"
+    if target.is_file() and sha256 is not None and file_sha256(target) == sha256:
+        log.info("using cached download of %s (%s)", url, target)
+    else:
+        fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
+        tmp = Path(tmp_name)
+        digest = hashlib.sha256()
+        try:
+            with os.fdopen(fd, "wb") as handle, httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as r:
+                if r.status_code != 200:
+                    raise ModelLoadError(f"downloading {url} failed: HTTP {r.status_code}")
+                for chunk in r.iter_bytes(_CHUNK):
+                    digest.update(chunk)
+                    handle.write(chunk)
+            if sha256 is not None and digest.hexdigest() != sha256:
+                raise ModelLoadError(
+                    f"sha256 mismatch for {url}: expected {sha256}, downloaded {digest.hexdigest()}; "
+                    "refusing to load it"
+                )
+            os.replace(tmp, target)
+        except httpx.HTTPError as exc:
+            raise ModelLoadError(f"downloading {url} failed: {exc}") from exc
+        finally:
+            tmp.unlink(missing_ok=True)
+        log.info("downloaded %s to %s", url, target)
+    if suffix:
+        return _unpack(target, cache_dir / key)
+    return target
+
+
+def resolve_uri(
+    uri: str, *, sha256: str | None, model_store: str | None, cache_dir: Path, timeout_s: float = 120.0
+) -> tuple[Path, bool]:
+    """A local path for `uri`, and whether its sha256 was already verified (downloads are checked on arrival).
+
+    Archives downloaded over http(s) are verified as archives and returned unpacked.
+    """
+    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    if scheme in ("http", "https"):
+        return _download(uri, sha256, cache_dir, timeout_s), True
+    if scheme == "file":
+        path = Path(unquote(urlsplit(uri).path))
+    elif scheme:
+        raise ModelLoadError(f"uri scheme '{scheme}' is not supported: use a path, file://, http:// or https://")
+    else:
+        path = Path(uri)
+        if not path.is_absolute():
+            path = _store_base(model_store) / path
+    if not path.exists():
+        raise ModelLoadError(f"model artifact {path} does not exist (uri {uri!r})")
+    return path, False

@@ -1,0 +1,339 @@
+"""Open Inference Protocol tensors on the wire <-> numpy arrays, JSON and binary.
+
+Decoding is defensive (every malformed body becomes `InvalidRequest`, never a 500) and vectorised: numeric
+`data` goes through one `np.array(...)` call, binary tensors through `np.frombuffer` without a copy. Encoding
+uses orjson's native numpy serialisation, so a response is one C call away from bytes.
+
+The binary tensor data extension (Triton's, which KServe clients implement): a request body is a JSON header
+of `Inference-Header-Content-Length` bytes followed by the raw tensors of the inputs whose
+`parameters.binary_data_size` is set, in input order. Responses carry requested outputs the same way. Numeric
+tensors are little-endian row-major; BOOL is one byte per element; BYTES elements are a 4-byte little-endian
+length followed by the bytes.
+"""
+
+from __future__ import annotations
+
+import math
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any, Final
+
+import numpy as np
+import orjson
+
+from scoring_services.errors import InvalidRequest
+from scoring_services.types import Array
+
+__all__ = [
+    "DATATYPES",
+    "DecodedRequest",
+    "EncodedOutput",
+    "RequestedOutput",
+    "datatype_of",
+    "decode_infer_request",
+    "encode_infer_response",
+]
+
+#: V2 datatype -> numpy dtype (native byte order); BYTES elements are `bytes` objects in an object array.
+DATATYPES: Final[dict[str, np.dtype[Any]]] = {
+    "BOOL": np.dtype(np.bool_),
+    "UINT8": np.dtype(np.uint8),
+    "UINT16": np.dtype(np.uint16),
+    "UINT32": np.dtype(np.uint32),
+    "UINT64": np.dtype(np.uint64),
+    "INT8": np.dtype(np.int8),
+    "INT16": np.dtype(np.int16),
+    "INT32": np.dtype(np.int32),
+    "INT64": np.dtype(np.int64),
+    "FP16": np.dtype(np.float16),
+    "FP32": np.dtype(np.float32),
+    "FP64": np.dtype(np.float64),
+    "BYTES": np.dtype(np.object_),
+}
+#: The same in little-endian, the byte order of binary tensors.
+_WIRE: Final[dict[str, np.dtype[Any]]] = {
+    name: dtype.newbyteorder("<") for name, dtype in DATATYPES.items() if name != "BYTES"
+}
+_BY_DTYPE: Final[dict[np.dtype[Any], str]] = {dtype: name for name, dtype in DATATYPES.items()}
+_INT_LIMITS: Final[dict[str, tuple[int, int]]] = {
+    name: (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
+    for name, dtype in DATATYPES.items()
+    if dtype.kind in "iu"
+}
+#: Shapes beyond this many elements are refused before any allocation (2**31: far above any body limit).
+_MAX_ELEMENTS: Final = 1 << 31
+_LENGTH: Final = struct.Struct("<I")
+_JSON_NUMPY: Final = orjson.OPT_SERIALIZE_NUMPY
+
+
+def datatype_of(dtype: np.dtype[Any]) -> str:
+    """The V2 datatype of a numpy dtype (strings and bytes are BYTES); `InvalidRequest` if none fits."""
+    name = _BY_DTYPE.get(dtype)
+    if name is not None:
+        return name
+    if dtype.kind in "SUO":
+        return "BYTES"
+    native = _BY_DTYPE.get(dtype.newbyteorder("="))
+    if native is not None:
+        return native
+    raise InvalidRequest(f"numpy dtype {dtype} has no Open Inference Protocol datatype")
+
+
+@dataclass(frozen=True, slots=True)
+class RequestedOutput:
+    name: str
+    binary: bool
+
+
+@dataclass(slots=True)
+class DecodedRequest:
+    """One inference request: inputs by the names the client used, as numpy arrays shaped as declared."""
+
+    id: str | None
+    inputs: dict[str, Array]
+    datatypes: dict[str, str]
+    outputs: list[RequestedOutput] | None
+    parameters: dict[str, Any]
+    binary_outputs: bool
+
+
+def _loc(index: int, name: object) -> str:
+    return f"input '{name}'" if isinstance(name, str) else f"inputs[{index}]"
+
+
+def _shape(raw: object, where: str) -> tuple[int, ...]:
+    if not isinstance(raw, list):
+        raise InvalidRequest(f"{where}: 'shape' must be a list of non-negative integers")
+    shape: list[int] = []
+    for dim in raw:
+        if type(dim) is not int or dim < 0:
+            raise InvalidRequest(f"{where}: 'shape' must be a list of non-negative integers (got {dim!r})")
+        shape.append(dim)
+    if math.prod(shape) > _MAX_ELEMENTS:
+        raise InvalidRequest(f"{where}: shape {shape} has more than {_MAX_ELEMENTS} elements")
+    return tuple(shape)
+
+
+def _flatten_strings(data: list[Any], out: list[bytes], where: str) -> None:
+    for item in data:
+        if isinstance(item, str):
+            out.append(item.encode("utf-8", "surrogatepass"))
+        elif isinstance(item, list):
+            _flatten_strings(item, out, where)
+        else:
+            raise InvalidRequest(f"{where}: BYTES data must be strings (got {type(item).__name__})")
+
+
+def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str) -> Array:
+    if not isinstance(data, list):
+        raise InvalidRequest(f"{where}: 'data' must be a list (row-major, flat or nested)")
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        items: list[bytes] = []
+        _flatten_strings(data, items, where)
+        if len(items) != count:
+            raise InvalidRequest(f"{where}: shape {list(shape)} needs {count} elements, 'data' has {len(items)}")
+        array = np.empty(count, dtype=np.object_)
+        array[:] = items
+        return array.reshape(shape)
+    dtype = DATATYPES[datatype]
+    try:
+        if dtype.kind == "f":
+            array = np.array(data, dtype=dtype)
+        else:
+            array = np.array(data)
+            if array.size and (array.dtype.kind not in ("b" if dtype.kind == "b" else "iu")):
+                raise InvalidRequest(
+                    f"{where}: datatype {datatype} needs {'true/false' if dtype.kind == 'b' else 'integer'} data"
+                )
+            if dtype.kind in "iu" and array.size and datatype != "INT64":
+                low, high = _INT_LIMITS[datatype]
+                if int(array.min()) < low or int(array.max()) > high:
+                    raise InvalidRequest(f"{where}: a value is out of the range of {datatype} [{low}, {high}]")
+            array = array.astype(dtype, copy=False)
+    except (ValueError, TypeError, OverflowError) as exc:
+        raise InvalidRequest(
+            f"{where}: 'data' does not fit datatype {datatype} and shape {list(shape)}: {exc}"
+        ) from None
+    if array.size != count:
+        raise InvalidRequest(f"{where}: shape {list(shape)} needs {count} elements, 'data' has {array.size}")
+    return array.reshape(shape)
+
+
+def _binary_tensor(blob: memoryview, datatype: str, shape: tuple[int, ...], where: str) -> Array:
+    count = math.prod(shape)
+    if datatype == "BYTES":
+        items: list[bytes] = []
+        offset, end = 0, len(blob)
+        while offset < end:
+            if offset + 4 > end:
+                raise InvalidRequest(f"{where}: binary BYTES element at byte {offset} has a truncated length")
+            (length,) = _LENGTH.unpack_from(blob, offset)
+            offset += 4
+            if offset + length > end:
+                raise InvalidRequest(f"{where}: binary BYTES element at byte {offset - 4} runs past its tensor")
+            items.append(bytes(blob[offset : offset + length]))
+            offset += length
+        if len(items) != count:
+            raise InvalidRequest(f"{where}: shape {list(shape)} needs {count} elements, binary data has {len(items)}")
+        array = np.empty(count, dtype=np.object_)
+        array[:] = items
+        return array.reshape(shape)
+    wire = _WIRE[datatype]
+    if len(blob) != count * wire.itemsize:
+        raise InvalidRequest(
+            f"{where}: shape {list(shape)} of {datatype} needs {count * wire.itemsize} bytes, "
+            f"binary_data_size is {len(blob)}"
+        )
+    if datatype == "BOOL":
+        flags: Array = np.frombuffer(blob, dtype=np.uint8).reshape(shape) != 0
+        return flags
+    array = np.frombuffer(blob, dtype=wire)
+    if not wire.isnative:
+        array = array.astype(wire.newbyteorder("="))
+    return array.reshape(shape)
+
+
+def _parameters(raw: object, where: str) -> dict[str, Any]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise InvalidRequest(f"{where}: 'parameters' must be an object")
+    return raw
+
+
+def decode_infer_request(body: bytes, header_length: int | None = None) -> DecodedRequest:
+    """Parse an inference request (JSON, or JSON header + binary tensors when `header_length` is given)."""
+    if header_length is not None:
+        if header_length < 0 or header_length > len(body):
+            raise InvalidRequest(
+                f"Inference-Header-Content-Length is {header_length} but the body has {len(body)} bytes"
+            )
+        head, tail = memoryview(body)[:header_length], memoryview(body)[header_length:]
+    else:
+        head, tail = memoryview(body), memoryview(b"")
+    try:
+        document = orjson.loads(head)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+    if not isinstance(document, dict):
+        raise InvalidRequest("the request body must be a JSON object with 'inputs'")
+    raw_inputs = document.get("inputs")
+    if not isinstance(raw_inputs, list) or not raw_inputs:
+        raise InvalidRequest("'inputs' must be a non-empty list of tensors")
+    request_id = document.get("id")
+    if request_id is not None and not isinstance(request_id, str):
+        raise InvalidRequest("'id' must be a string")
+    parameters = _parameters(document.get("parameters"), "request")
+    binary_outputs = parameters.pop("binary_data_output", False)
+    if not isinstance(binary_outputs, bool):
+        raise InvalidRequest("parameter 'binary_data_output' must be true or false")
+
+    inputs: dict[str, Array] = {}
+    datatypes: dict[str, str] = {}
+    offset = 0
+    for index, raw in enumerate(raw_inputs):
+        if not isinstance(raw, dict):
+            raise InvalidRequest(f"inputs[{index}] must be an object with name, datatype, shape and data")
+        name = raw.get("name")
+        where = _loc(index, name)
+        if not isinstance(name, str) or not name:
+            raise InvalidRequest(f"{where}: 'name' must be a non-empty string")
+        if name in inputs:
+            raise InvalidRequest(f"{where} is given twice")
+        datatype = raw.get("datatype")
+        if datatype not in DATATYPES:
+            raise InvalidRequest(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
+        shape = _shape(raw.get("shape"), where)
+        size = _parameters(raw.get("parameters"), where).get("binary_data_size")
+        if size is not None:
+            if type(size) is not int or size < 0:
+                raise InvalidRequest(f"{where}: 'binary_data_size' must be a non-negative integer")
+            if "data" in raw:
+                raise InvalidRequest(f"{where}: give either 'data' or 'binary_data_size', not both")
+            if offset + size > len(tail):
+                raise InvalidRequest(
+                    f"{where}: binary_data_size {size} at offset {offset} runs past the {len(tail)} binary bytes"
+                )
+            inputs[name] = _binary_tensor(tail[offset : offset + size], datatype, shape, where)
+            offset += size
+        else:
+            if "data" not in raw:
+                raise InvalidRequest(f"{where}: 'data' is missing")
+            inputs[name] = _json_tensor(raw["data"], datatype, shape, where)
+        datatypes[name] = datatype
+    if offset != len(tail):
+        raise InvalidRequest(f"the body has {len(tail) - offset} binary bytes that no input's binary_data_size covers")
+
+    outputs: list[RequestedOutput] | None = None
+    raw_outputs = document.get("outputs")
+    if raw_outputs is not None:
+        if not isinstance(raw_outputs, list):
+            raise InvalidRequest("'outputs' must be a list of {name, parameters}")
+        outputs = []
+        for index, raw in enumerate(raw_outputs):
+            if not isinstance(raw, dict) or not isinstance(raw.get("name"), str):
+                raise InvalidRequest(f"outputs[{index}] must be an object with a 'name'")
+            binary = _parameters(raw.get("parameters"), f"outputs[{index}]").get("binary_data", binary_outputs)
+            if not isinstance(binary, bool):
+                raise InvalidRequest(f"outputs[{index}]: parameter 'binary_data' must be true or false")
+            outputs.append(RequestedOutput(raw["name"], binary))
+    return DecodedRequest(request_id, inputs, datatypes, outputs, parameters, binary_outputs)
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedOutput:
+    name: str
+    datatype: str
+    array: Array
+    binary: bool
+
+
+def _bytes_element(item: object) -> bytes:
+    if isinstance(item, bytes):
+        return item
+    if isinstance(item, str):
+        return item.encode("utf-8")
+    if isinstance(item, np.bytes_ | bytearray | memoryview):
+        return bytes(item)
+    return str(item).encode("utf-8")
+
+
+def _json_data(array: Array, datatype: str) -> Any:
+    if datatype == "BYTES":
+        return [
+            item.decode("utf-8", "replace") if isinstance(item, bytes) else str(item) for item in array.ravel().tolist()
+        ]
+    if not array.flags.c_contiguous or not array.dtype.isnative:
+        array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("="))
+    flat: Array = array.reshape(-1)
+    return flat
+
+
+def encode_infer_response(
+    model_name: str, model_version: str, request_id: str | None, outputs: Sequence[EncodedOutput]
+) -> tuple[bytes, int | None]:
+    """The response body, and the JSON header's length when binary outputs follow it (else None)."""
+    entries: list[dict[str, Any]] = []
+    blobs: list[bytes] = []
+    for out in outputs:
+        entry: dict[str, Any] = {"name": out.name, "datatype": out.datatype, "shape": list(out.array.shape)}
+        if out.binary:
+            if out.datatype == "BYTES":
+                parts = [_bytes_element(item) for item in out.array.ravel().tolist()]
+                blob = b"".join(_LENGTH.pack(len(part)) + part for part in parts)
+            else:
+                blob = np.ascontiguousarray(out.array, dtype=_WIRE[out.datatype]).tobytes()
+            entry["parameters"] = {"binary_data_size": len(blob)}
+            blobs.append(blob)
+        else:
+            entry["data"] = _json_data(out.array, out.datatype)
+        entries.append(entry)
+    document: dict[str, Any] = {"model_name": model_name, "model_version": model_version, "outputs": entries}
+    if request_id is not None:
+        document["id"] = request_id
+    head = orjson.dumps(document, option=_JSON_NUMPY)
+    if not blobs:
+        return head, None
+    return b"".join([head, *blobs]), len(head)

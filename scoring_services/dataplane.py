@@ -1,0 +1,246 @@
+"""The transport-neutral core of the Open Inference Protocol: what every route delegates to.
+
+`DataPlane` answers health, metadata and readiness, runs inference (decode, check against the served signature,
+submit to the model's batcher, encode) and the repository extension. It knows nothing about HTTP beyond
+returning bodies and raising `ScoringError`s that carry their status; tests call it directly.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from scoring_services.codecs import (
+    DATATYPES,
+    EncodedOutput,
+    RequestedOutput,
+    decode_infer_request,
+    encode_infer_response,
+)
+from scoring_services.errors import (
+    InferenceError,
+    InvalidRequest,
+    ModelLoadError,
+    ModelNotFound,
+    ModelNotReady,
+    ScoringError,
+)
+from scoring_services.metrics import ScoringMetrics
+from scoring_services.repository import ModelEntry, ModelRepository, ModelState
+from scoring_services.settings import ScoringSettings
+from scoring_services.types import Array, ModelConfig, TensorSpec
+
+__all__ = ["SERVER_NAME", "DataPlane", "InferResult"]
+
+log = logging.getLogger(__name__)
+SERVER_NAME = "modelops-scoring"
+SERVER_VERSION = "0.1.0"
+EXTENSIONS = ["binary_tensor_data", "model_repository"]
+
+
+@dataclass(frozen=True, slots=True)
+class InferResult:
+    body: bytes
+    #: Length of the JSON header when binary outputs follow it, else None.
+    header_length: int | None
+
+
+def _shape_fits(shape: tuple[int, ...], declared: tuple[int, ...]) -> bool:
+    if len(shape) != len(declared):
+        return False
+    return all(want == -1 or want == got for got, want in zip(shape, declared, strict=True))
+
+
+def _output_array(array: Array, spec: TensorSpec, model: str) -> Array:
+    if spec.datatype == "BYTES":
+        if array.dtype.kind != "O":
+            if array.dtype.kind not in "SU":
+                raise InferenceError(f"model '{model}' returned {array.dtype} for BYTES output '{spec.name}'")
+            array = array.astype(np.object_)
+        return array
+    dtype = DATATYPES[spec.datatype]
+    if array.dtype != dtype:
+        try:
+            array = array.astype(dtype)
+        except (ValueError, TypeError) as exc:
+            raise InferenceError(
+                f"model '{model}' returned {array.dtype} for output '{spec.name}', not convertible to {spec.datatype}"
+            ) from exc
+    return array
+
+
+class DataPlane:
+    def __init__(
+        self,
+        configs: Iterable[ModelConfig],
+        settings: ScoringSettings,
+        executor: Executor,
+        metrics: ScoringMetrics | None = None,
+    ) -> None:
+        self.settings = settings
+        self.metrics = metrics or ScoringMetrics()
+        self.repository = ModelRepository(configs, settings, executor, self.metrics)
+        self.started = False
+        self._startup_failed = False
+
+    # ------------------------------------------------------------------ lifecycle
+
+    async def load_all(self) -> None:
+        """Load every configured model (at startup); raises the first `ModelLoadError` after trying them all."""
+        failures: list[ModelLoadError] = []
+        for name in list(self.repository.entries):
+            try:
+                await self.repository.load(name)
+            except ModelLoadError as exc:
+                failures.append(exc)
+        self.started = True
+        if failures:
+            self._startup_failed = True
+            raise failures[0]
+
+    async def close(self) -> None:
+        await self.repository.unload_all()
+
+    # ------------------------------------------------------------------ health and metadata
+
+    def live(self) -> bool:
+        return True
+
+    def ready(self) -> bool:
+        return self.started and not self._startup_failed
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}
+
+    def entry(self, name: str, version: str | None = None) -> ModelEntry:
+        entry = self.repository.get(name)
+        if version is not None and version != entry.config.version:
+            raise ModelNotFound(
+                f"model '{name}' has no version '{version}' (it serves version '{entry.config.version}')"
+            )
+        return entry
+
+    def model_metadata(self, name: str, version: str | None = None) -> dict[str, Any]:
+        entry = self.entry(name, version)
+        inputs, outputs = entry.signature()
+        return {
+            "name": name,
+            "versions": [entry.config.version],
+            "platform": entry.config.runtime,
+            "inputs": [spec.to_json() for spec in inputs],
+            "outputs": [spec.to_json() for spec in outputs],
+        }
+
+    def model_ready(self, name: str, version: str | None = None) -> bool:
+        return self.entry(name, version).ready
+
+    # ------------------------------------------------------------------ repository extension
+
+    def repository_index(self, ready_only: bool = False) -> list[dict[str, str]]:
+        return [
+            {"name": e.name, "version": e.config.version, "state": e.state.value, "reason": e.reason}
+            for e in self.repository.entries.values()
+            if not ready_only or e.state is ModelState.READY
+        ]
+
+    async def load_model(self, name: str) -> None:
+        await self.repository.load(name)
+
+    async def unload_model(self, name: str) -> None:
+        await self.repository.unload(name)
+
+    # ------------------------------------------------------------------ inference
+
+    async def infer(self, name: str, version: str | None, body: bytes, header_length: int | None = None) -> InferResult:
+        entry = self.entry(name, version)
+        metrics = entry.metrics
+        metrics.requests.inc()
+        started = time.perf_counter()
+        try:
+            result = await self._infer(entry, body, header_length)
+        except ScoringError as exc:
+            metrics.error(exc.http_status)
+            raise
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # the last line of defence: log it, answer 500, keep serving
+            metrics.error(500)
+            log.exception("inference on model '%s' failed", name)
+            raise InferenceError(f"inference on model '{name}' failed: {type(exc).__name__}") from exc
+        metrics.latency.observe(time.perf_counter() - started)
+        return result
+
+    async def _infer(self, entry: ModelEntry, body: bytes, header_length: int | None) -> InferResult:
+        if not entry.ready:
+            raise ModelNotReady(f"model '{entry.name}' is not ready ({entry.state.value.lower()})")
+        request = decode_infer_request(body, header_length)
+        given = request.inputs
+        inputs: dict[str, Array] = {}
+        rows = -1
+        for spec in entry.inputs:
+            array = given.get(spec.name)
+            if array is None:
+                raise InvalidRequest(
+                    f"input '{spec.name}' is missing (model '{entry.name}' takes "
+                    f"{', '.join(s.name for s in entry.inputs)})"
+                )
+            datatype = request.datatypes[spec.name]
+            if datatype != spec.datatype:
+                raise InvalidRequest(f"input '{spec.name}' has datatype {datatype}; the model expects {spec.datatype}")
+            if not _shape_fits(array.shape, spec.shape):
+                raise InvalidRequest(
+                    f"input '{spec.name}' has shape {list(array.shape)}; the model expects {list(spec.shape)} "
+                    "(-1: any size)"
+                )
+            count = int(array.shape[0]) if array.ndim else 1
+            if rows not in (-1, count):
+                raise InvalidRequest(f"input '{spec.name}' has {count} rows; the other inputs have {rows}")
+            rows = count
+            inputs[entry.input_names[spec.name]] = array
+        if len(given) != len(entry.inputs):
+            known = {spec.name for spec in entry.inputs}
+            unknown = ", ".join(name for name in given if name not in known)
+            raise InvalidRequest(f"unknown input(s) {unknown} (model '{entry.name}' takes {', '.join(sorted(known))})")
+
+        wanted: list[tuple[TensorSpec, bool]]
+        if request.outputs is None:
+            wanted = [(spec, request.binary_outputs) for spec in entry.outputs]
+        else:
+            wanted = self._requested(entry, request.outputs)
+        names = frozenset(entry.output_names[spec.name] for spec, _ in wanted)
+
+        runtime, predictor = entry.runtime, entry.predictor
+        if runtime is None or predictor is None:
+            raise ModelNotReady(f"model '{entry.name}' is not ready")
+        runtime.check(inputs, request.parameters)
+        result = await predictor.submit(inputs, names, request.parameters, max(rows, 0))
+
+        encoded: list[EncodedOutput] = []
+        for spec, binary in wanted:
+            array = result.get(entry.output_names[spec.name])
+            if array is None:
+                raise InferenceError(f"model '{entry.name}' did not return output '{spec.name}'")
+            encoded.append(EncodedOutput(spec.name, spec.datatype, _output_array(array, spec, entry.name), binary))
+        body_out, length = encode_infer_response(entry.name, entry.config.version, request.id, encoded)
+        return InferResult(body_out, length)
+
+    @staticmethod
+    def _requested(entry: ModelEntry, outputs: list[RequestedOutput]) -> list[tuple[TensorSpec, bool]]:
+        by_name = {spec.name: spec for spec in entry.outputs}
+        wanted: list[tuple[TensorSpec, bool]] = []
+        for out in outputs:
+            spec = by_name.get(out.name)
+            if spec is None:
+                raise InvalidRequest(f"unknown output '{out.name}' (model '{entry.name}' has {', '.join(by_name)})")
+            wanted.append((spec, out.binary))
+        if not wanted:
+            raise InvalidRequest("'outputs' is empty: leave it out to get every output")
+        return wanted

@@ -1,0 +1,223 @@
+"""The models a service knows, their states, and loading/unloading them (the repository extension's core).
+
+A model is configured once (from the IR via a values document, or from the command line) and then moves
+between UNAVAILABLE, LOADING, READY, UNLOADING and back; a failed load leaves it UNAVAILABLE with the reason.
+Loading resolves the URI (downloading http(s) artifacts), instantiates the runtime, lets it load off the event
+loop, binds the declared signature to the one the artifact has, and starts the model's batcher.
+
+Binding names: a declared input or output is bound to the artifact's tensor of the same name; when both sides
+have exactly one, they are bound whatever their names (an IR input `input` to skl2onnx's `X`). A runtime that
+cannot tell its signature (TorchScript, python modules) serves the declared one as is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Iterable
+from concurrent.futures import Executor
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from scoring_services.artifacts import resolve_uri
+from scoring_services.batching import Batcher, DirectCaller, Predictor
+from scoring_services.codecs import DATATYPES
+from scoring_services.errors import ModelLoadError, ModelNotFound, ScoringError
+from scoring_services.metrics import ModelMetrics, ScoringMetrics
+from scoring_services.runtimes import runtime_class
+from scoring_services.runtimes.base import ModelRuntime
+from scoring_services.settings import ScoringSettings
+from scoring_services.types import ModelConfig, TensorSpec
+
+__all__ = ["ModelEntry", "ModelRepository", "ModelState"]
+
+log = logging.getLogger(__name__)
+
+
+class ModelState(StrEnum):
+    UNAVAILABLE = "UNAVAILABLE"
+    LOADING = "LOADING"
+    READY = "READY"
+    UNLOADING = "UNLOADING"
+
+
+@dataclass(slots=True)
+class ModelEntry:
+    config: ModelConfig
+    metrics: ModelMetrics
+    state: ModelState = ModelState.UNAVAILABLE
+    reason: str = ""
+    runtime: ModelRuntime | None = None
+    predictor: Predictor | None = None
+    #: The served signature (declared, else the artifact's) and its binding to the runtime's names.
+    inputs: tuple[TensorSpec, ...] = ()
+    outputs: tuple[TensorSpec, ...] = ()
+    input_names: dict[str, str] = field(default_factory=dict)
+    output_names: dict[str, str] = field(default_factory=dict)
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def ready(self) -> bool:
+        return self.state is ModelState.READY
+
+    def signature(self) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...]]:
+        if self.ready:
+            return self.inputs, self.outputs
+        return self.config.inputs, self.config.outputs
+
+
+def _bind(model: str, kind: str, declared: tuple[TensorSpec, ...], found: tuple[TensorSpec, ...]) -> dict[str, str]:
+    if not declared:
+        return {spec.name: spec.name for spec in found}
+    if not found:
+        return {spec.name: spec.name for spec in declared}
+    names = {spec.name for spec in found}
+    if all(spec.name in names for spec in declared):
+        return {spec.name: spec.name for spec in declared}
+    if len(declared) == 1 and len(found) == 1:
+        log.info("model '%s': %s '%s' is bound to the artifact's '%s'", model, kind, declared[0].name, found[0].name)
+        return {declared[0].name: found[0].name}
+    missing = ", ".join(spec.name for spec in declared if spec.name not in names)
+    raise ModelLoadError(
+        f"model '{model}': declared {kind}(s) {missing} not found in the artifact, which has {', '.join(sorted(names))}"
+    )
+
+
+def _describe(specs: Iterable[TensorSpec]) -> str:
+    return ", ".join(f"{s.name} {s.datatype}{list(s.shape)}" for s in specs)
+
+
+class ModelRepository:
+    def __init__(
+        self, configs: Iterable[ModelConfig], settings: ScoringSettings, executor: Executor, metrics: ScoringMetrics
+    ) -> None:
+        self.settings = settings
+        self.executor = executor
+        self.entries: dict[str, ModelEntry] = {}
+        for config in configs:
+            if config.name in self.entries:
+                raise ModelLoadError(f"model '{config.name}' is configured twice")
+            for spec in (*config.inputs, *config.outputs):
+                if spec.datatype not in DATATYPES:
+                    raise ModelLoadError(f"model '{config.name}': '{spec.name}' has unknown datatype {spec.datatype}")
+            self.entries[config.name] = ModelEntry(config, metrics.model(config.name))
+
+    def get(self, name: str) -> ModelEntry:
+        entry = self.entries.get(name)
+        if entry is None:
+            raise ModelNotFound(f"model '{name}' is not served here")
+        return entry
+
+    async def load(self, name: str) -> ModelEntry:
+        """Load (or reload) a model; on failure it stays UNAVAILABLE with the reason and `ModelLoadError` is raised."""
+        entry = self.get(name)
+        async with entry.lock:
+            if entry.state is ModelState.READY:
+                await self._unload(entry)
+            entry.state, entry.reason = ModelState.LOADING, ""
+            started = time.perf_counter()
+            try:
+                await self._load(entry)
+            except ScoringError as exc:
+                entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
+                log.error("model '%s' failed to load: %s", name, exc.message)
+                raise ModelLoadError(exc.message) from exc
+            except Exception as exc:
+                entry.state, entry.reason = ModelState.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+                log.exception("model '%s' failed to load", name)
+                raise ModelLoadError(f"model '{name}' failed to load: {entry.reason}") from exc
+            entry.state = ModelState.READY
+            cfg = entry.config
+            batching = (
+                f"batching up to {cfg.batching.max_batch_size} rows / {cfg.batching.max_latency_ms:g} ms"
+                if isinstance(entry.predictor, Batcher)
+                else "no batching"
+            )
+            log.info(
+                "loaded model '%s' (runtime %s, version %s) from %s in %.2fs; inputs: %s; outputs: %s; %s",
+                name,
+                cfg.runtime,
+                cfg.version,
+                entry.runtime.path if entry.runtime else cfg.uri,
+                time.perf_counter() - started,
+                _describe(entry.inputs),
+                _describe(entry.outputs),
+                batching,
+            )
+            return entry
+
+    async def _load(self, entry: ModelEntry) -> None:
+        cfg = entry.config
+        cls = runtime_class(cfg.runtime)
+        loop = asyncio.get_running_loop()
+        path, _ = await loop.run_in_executor(
+            self.executor,
+            lambda: resolve_uri(
+                cfg.uri,
+                sha256=cfg.sha256,
+                model_store=self.settings.model_store,
+                cache_dir=self.settings.cache_dir,
+                timeout_s=self.settings.download_timeout_s,
+            ),
+        )
+        runtime = cls(cfg, path, self.executor)
+        await runtime.load()
+        try:
+            in_map = _bind(cfg.name, "input", cfg.inputs, runtime.inputs)
+            out_map = _bind(cfg.name, "output", cfg.outputs, runtime.outputs)
+            inputs = cfg.inputs or runtime.inputs
+            outputs = cfg.outputs or runtime.outputs
+            if not inputs or not outputs:
+                raise ModelLoadError(
+                    f"model '{cfg.name}': the {cfg.runtime} artifact does not tell its "
+                    f"{'inputs' if not inputs else 'outputs'}: declare them"
+                )
+        except BaseException:
+            await runtime.unload()
+            raise
+        batching = cfg.batching
+        predictor: Predictor
+        if batching.enabled and self.settings.batching and runtime.batchable:
+            predictor = Batcher(
+                runtime,
+                cfg.name,
+                entry.metrics,
+                max_batch_size=batching.max_batch_size,
+                max_latency_ms=batching.max_latency_ms,
+                concurrency=self.settings.batch_concurrency,
+            )
+        else:
+            predictor = DirectCaller(runtime, cfg.name, entry.metrics)
+        predictor.start()
+        entry.runtime, entry.predictor = runtime, predictor
+        entry.inputs, entry.outputs = inputs, outputs
+        entry.input_names, entry.output_names = in_map, out_map
+
+    async def unload(self, name: str) -> None:
+        entry = self.get(name)
+        async with entry.lock:
+            await self._unload(entry)
+
+    async def _unload(self, entry: ModelEntry) -> None:
+        if entry.state is not ModelState.READY:
+            return
+        entry.state = ModelState.UNLOADING
+        predictor, runtime = entry.predictor, entry.runtime
+        entry.predictor = entry.runtime = None
+        try:
+            if predictor is not None:
+                await predictor.stop()
+            if runtime is not None:
+                await runtime.unload()
+        finally:
+            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+        log.info("unloaded model '%s'", entry.name)
+
+    async def unload_all(self) -> None:
+        for name in list(self.entries):
+            await self.unload(name)

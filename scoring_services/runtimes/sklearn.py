@@ -1,0 +1,88 @@
+"""scikit-learn runtime: a joblib or pickle artifact, verified against its sha256 before it is unpickled.
+
+Outputs are `predict` and, where the estimator has it, `predict_proba`. Only the outputs some request asked
+for are computed; when both are asked of a forest classifier, `predict` is taken from `predict_proba`
+(argmax over the classes, which is how the forest computes it) instead of running the trees twice.
+Several declared inputs (one per feature, shape [-1] or [-1, k]) are stacked into one matrix in declared order.
+
+Option: `nJobs` (int) sets the estimator's `n_jobs` when it has one (default: left as trained).
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping
+from typing import Any
+
+import joblib
+import numpy as np
+from sklearn.ensemble._forest import ForestClassifier
+
+from scoring_services.artifacts import read_verified
+from scoring_services.codecs import datatype_of
+from scoring_services.errors import ModelLoadError
+from scoring_services.runtimes.base import ModelRuntime, option
+from scoring_services.types import Array, Batch, TensorSpec
+
+__all__ = ["SklearnRuntime"]
+
+
+class SklearnRuntime(ModelRuntime):
+    name = "sklearn"
+    requires_sha256 = True
+
+    def _load(self) -> None:
+        if not self.path.is_file():
+            raise ModelLoadError(f"model '{self.config.name}': {self.path} is not a file")
+        data = read_verified(self.path, self.config.sha256)
+        try:
+            model = joblib.load(io.BytesIO(data))
+        except Exception as exc:  # unpickling can raise anything
+            raise ModelLoadError(f"model '{self.config.name}': cannot unpickle {self.path.name}: {exc}") from exc
+        if not hasattr(model, "predict"):
+            raise ModelLoadError(f"model '{self.config.name}': {type(model).__name__} has no predict method")
+        jobs = option(self.config, "nJobs", 0, int)
+        if jobs and hasattr(model, "n_jobs"):
+            model.n_jobs = jobs
+        self.model: Any = model
+        self._stack = len(self.config.inputs) > 1
+        width = getattr(model, "n_features_in_", None)
+        if not self._stack:
+            self.inputs = (TensorSpec("input", "FP64", (-1, int(width) if width else -1)),)
+        classes = getattr(model, "classes_", None)
+        predict_type = "FP64"
+        if isinstance(classes, np.ndarray) and classes.ndim == 1:
+            predict_type = datatype_of(classes.dtype)
+        outputs = [TensorSpec("predict", predict_type, (-1,))]
+        self._has_proba = hasattr(model, "predict_proba") and isinstance(classes, np.ndarray) and classes.ndim == 1
+        if self._has_proba:
+            outputs.append(TensorSpec("predict_proba", "FP64", (-1, len(classes))))  # type: ignore[arg-type]
+        self.outputs = tuple(outputs)
+        self._predict_from_proba = (
+            self._has_proba
+            and isinstance(model, ForestClassifier)
+            and type(model).predict is ForestClassifier.predict
+            and getattr(model, "n_outputs_", 1) == 1
+        )
+
+    def _features(self, batch: Batch) -> Array:
+        if not self._stack:
+            return next(iter(batch.inputs.values()))
+        columns = [batch.inputs[spec.name] for spec in self.config.inputs]
+        return np.column_stack([c.reshape(c.shape[0], -1) for c in columns])
+
+    def _predict(self, batch: Batch) -> Mapping[str, Any]:
+        features = self._features(batch)
+        wanted = batch.outputs
+        result: dict[str, Any] = {}
+        if "predict_proba" in wanted and self._has_proba:
+            proba = self.model.predict_proba(features)
+            result["predict_proba"] = proba
+            if "predict" in wanted and self._predict_from_proba:
+                result["predict"] = self.model.classes_.take(np.argmax(proba, axis=1), axis=0)
+        if "predict" in wanted and "predict" not in result:
+            result["predict"] = self.model.predict(features)
+        return result
+
+    def _unload(self) -> None:
+        self.model = None
