@@ -145,9 +145,10 @@ class LocalBackend:
           names, then FAILED with reason `SchedulerRestarted`.
         """
         jobs = await self.lifecycle.db(self.store.non_terminal_jobs)
-        for job in jobs:
-            if job.backend != self.name or job.id in self._runs:
+        for listed in jobs:
+            if listed.backend != self.name or listed.id in self._runs:
                 continue
+            job = await self.lifecycle.db(self.store.get_job, listed.id)  # with its events
             run = _LocalRun(job.id)
             run.deployment = self._deployment_of(job)
             mode, outcome = self._recovery_plan(job, run.deployment)
@@ -194,6 +195,9 @@ class LocalBackend:
             recorded = next((e for e in reversed(job.events or ()) if e.task == Task.UNINSTALL), None)
             if recorded is not None and recorded.reason:
                 return "uninstall", Outcome.from_reason(recorded.reason, recorded.message)
+            return "uninstall", Outcome.failed(
+                SCHEDULER_RESTARTED, f"the scheduler restarted while the job was uninstalling ({job.state})"
+            )
         if job.state == JobState.RUNNING:
             if deployment is not None and self.deployer.alive(deployment):
                 return "reattach", None

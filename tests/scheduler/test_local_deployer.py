@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from lifecycle_kit import PROCS, FakeCommands, any_running, pipeline_bundle, running
+from lifecycle_kit import PROCS, FakeCommands, any_running, pipeline_bundle, running, wait_until
 
 import ir
 from scheduler.deployers.base import DeployError, Deployment, ReadinessTimeout
@@ -52,6 +52,12 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
                 await deployer.teardown(recorded, 0, Lines())
 
 
+async def flow_started(run: Path) -> None:
+    """Until the fake flow has printed what it was given (readiness only waits for the services)."""
+    log = run / "flows" / "f1.log"
+    await wait_until(lambda: "scheduler variables seen" in log.read_text(), what="the flow to start")
+
+
 def job() -> str:
     return str(uuid.uuid4())
 
@@ -72,8 +78,8 @@ async def test_each_service_and_flow_runs_as_its_own_process_with_its_own_log(ma
     assert (await deployer.status(deployment)).state == "running"
 
     run = tmp_path / "jobs" / job_id
+    await flow_started(run)
     flow_log = (run / "flows" / "f1.log").read_text()
-    assert "fake flow f1" in flow_log
     assert f"http://127.0.0.1:{processes['m1']['port']}" in flow_log  # the flow was told where its service is
     assert "fake service m1" in (run / "services" / "m1.log").read_text()
     assert deployer.recorded(job_id) == deployment
@@ -93,6 +99,7 @@ async def test_the_scheduler_s_own_variables_are_not_passed_to_components(
     job_id, log = job(), Lines()
     deployment = await deployer.deploy(job_id, values(), log)
     await deployer.wait_ready(deployment, 10, log)
+    await flow_started(tmp_path / "jobs" / job_id)
     await deployer.teardown(deployment, 5, log)
     assert "scheduler variables seen: []" in (tmp_path / "jobs" / job_id / "flows" / "f1.log").read_text()
 
@@ -153,6 +160,7 @@ async def test_a_process_ignoring_sigterm_is_killed_after_the_grace(make: Make, 
     job_id, log = job(), Lines()
     deployment = await deployer.deploy(job_id, values(), log)
     await deployer.wait_ready(deployment, 10, log)
+    await flow_started(tmp_path / "jobs" / job_id)  # its SIGTERM handler is in place
     await deployer.teardown(deployment, 0.3, log)
     assert "service m1 did not stop within 0.3s: sent SIGKILL" in log.text()
     assert "flow f1 did not stop within 0.3s: sent SIGKILL" in log.text()

@@ -29,6 +29,8 @@ def main() -> int:
     parser.add_argument("--ignore-sigterm", action="store_true")
     args = parser.parse_args()
 
+    if args.ignore_sigterm:
+        signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
     name = os.environ.get("MODELOPS_COMPONENT", "?")
     with open(args.values, encoding="utf-8") as handle:
         text = handle.read()
@@ -36,8 +38,6 @@ def main() -> int:
     print(f"services: {os.environ.get('MODELOPS_SERVICE_URLS', '{}')}", flush=True)
     leaked = sorted(k for k in os.environ if k.startswith("MODELOPS_SCHEDULER_"))
     print(f"scheduler variables seen: {leaked}", flush=True)
-    if args.ignore_sigterm:
-        signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
     for i in range(args.lines):
         print(f"{name} line {i + 1}", flush=True)
 
