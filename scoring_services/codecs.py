@@ -243,7 +243,7 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Decod
         if name in inputs:
             raise InvalidRequest(f"{where} is given twice")
         datatype = raw.get("datatype")
-        if datatype not in DATATYPES:
+        if not isinstance(datatype, str) or datatype not in DATATYPES:
             raise InvalidRequest(f"{where}: datatype {datatype!r} is not one of {', '.join(DATATYPES)}")
         shape = _shape(raw.get("shape"), where)
         size = _parameters(raw.get("parameters"), where).get("binary_data_size")

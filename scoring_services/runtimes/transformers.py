@@ -1,0 +1,162 @@
+"""Hugging Face transformers runtime: a local model folder (config, weights, tokenizer), on CPU.
+
+Tasks (option `task`; default from the architecture: `...ForSequenceClassification` -> text-classification,
+`...ForCausalLM`/`...LMHeadModel` -> text-generation, anything else -> feature-extraction):
+- `text-classification`: input `text` BYTES [-1]; outputs `label` BYTES [-1] (the config's id2label),
+  `score` FP32 [-1] (its softmax probability) and `logits` FP32 [-1, labels];
+- `feature-extraction`: outputs `embedding` FP32 [-1, hidden] (mean of the last hidden states over the
+  attention mask);
+- `text-generation`: output `generated_text` BYTES [-1], the continuation only (greedy decoding, so answers
+  are reproducible). Not batched across requests: padding prompts of different lengths changes what a small
+  model generates, and one call per request keeps each answer equal to the in-process one.
+
+Token budget (option `maxTokens`, default 256, as the seeds' LM service has it): for generation, prompt tokens
+plus `max_new_tokens` (request parameter, else option `maxNewTokens`, default 32) must not exceed it; for the
+other tasks, the text's tokens must not. Over budget the request is refused with 400 naming the counts,
+before it is queued. Other options: `threads` (torch.set_num_threads, process-wide).
+
+Loading never reaches a hub: `local_files_only=True`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any, Final
+
+import numpy as np
+import torch
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    AutoModelForCausalLM,
+    AutoModelForSequenceClassification,
+    AutoTokenizer,
+)
+
+from scoring_services.artifacts import verify
+from scoring_services.errors import InvalidRequest, ModelLoadError
+from scoring_services.runtimes.base import ModelRuntime, option
+from scoring_services.types import Array, Batch, TensorSpec
+
+__all__ = ["TransformersRuntime"]
+
+TASKS: Final = ("text-classification", "feature-extraction", "text-generation")
+DEFAULT_MAX_TOKENS: Final = 256
+DEFAULT_NEW_TOKENS: Final = 32
+
+
+def _texts(array: Array) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in array.ravel().tolist()]
+
+
+class TransformersRuntime(ModelRuntime):
+    name = "transformers"
+
+    def _load(self) -> None:
+        cfg = self.config
+        if not self.path.is_dir():
+            raise ModelLoadError(f"model '{cfg.name}': {self.path} is not a model folder")
+        verify(self.path, cfg.sha256)
+        self.max_tokens = option(cfg, "maxTokens", DEFAULT_MAX_TOKENS, int)
+        self.new_tokens = option(cfg, "maxNewTokens", DEFAULT_NEW_TOKENS, int)
+        threads = option(cfg, "threads", 0, int)
+        if threads:
+            torch.set_num_threads(threads)
+        try:
+            config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+            task = option(cfg, "task", self._default_task(config), str)
+            if task not in TASKS:
+                raise ModelLoadError(f"model '{cfg.name}': task must be one of {', '.join(TASKS)} (got {task!r})")
+            self.task = task
+            self.tokenizer: Any = AutoTokenizer.from_pretrained(self.path, local_files_only=True)
+            loader: Any = {
+                "text-classification": AutoModelForSequenceClassification,
+                "text-generation": AutoModelForCausalLM,
+                "feature-extraction": AutoModel,
+            }[task]
+            self.model: Any = loader.from_pretrained(self.path, local_files_only=True)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # OSError for missing files, ValueError for unknown architectures...
+            raise ModelLoadError(f"model '{cfg.name}': transformers cannot load {self.path}: {exc}") from exc
+        self.model.eval()
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.inputs = (TensorSpec("text", "BYTES", (-1,)),)
+        if task == "text-classification":
+            labels = int(self.model.config.num_labels)
+            self.outputs = (
+                TensorSpec("label", "BYTES", (-1,)),
+                TensorSpec("score", "FP32", (-1,)),
+                TensorSpec("logits", "FP32", (-1, labels)),
+            )
+        elif task == "feature-extraction":
+            self.outputs = (TensorSpec("embedding", "FP32", (-1, int(self.model.config.hidden_size))),)
+        else:
+            self.outputs = (TensorSpec("generated_text", "BYTES", (-1,)),)
+            self.tokenizer.padding_side = "left"
+            self.batchable = False
+
+    @staticmethod
+    def _default_task(config: Any) -> str:
+        architectures = [str(a) for a in (getattr(config, "architectures", None) or [])]
+        if any(a.endswith("ForSequenceClassification") for a in architectures):
+            return "text-classification"
+        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
+            return "text-generation"
+        return "feature-extraction"
+
+    def _new_tokens(self, parameters: Mapping[str, Any]) -> int:
+        value = parameters.get("max_new_tokens", self.new_tokens)
+        if type(value) is not int or value < 1:
+            raise InvalidRequest(f"parameter max_new_tokens must be a positive integer (got {value!r})")
+        return value
+
+    def check(self, inputs: Mapping[str, Array], parameters: Mapping[str, Any]) -> None:
+        texts = _texts(next(iter(inputs.values())))
+        lengths = [len(ids) for ids in self.tokenizer(texts)["input_ids"]]
+        longest = max(lengths, default=0)
+        if self.task == "text-generation":
+            new = self._new_tokens(parameters)
+            if longest + new > self.max_tokens:
+                raise InvalidRequest(
+                    f"the prompt has {longest} tokens and max_new_tokens is {new}: {longest} + {new} = "
+                    f"{longest + new} exceeds the token budget of {self.max_tokens}"
+                )
+        elif longest > self.max_tokens:
+            raise InvalidRequest(f"the text has {longest} tokens; the token budget is {self.max_tokens}")
+
+    def _predict(self, batch: Batch) -> Mapping[str, Any]:
+        texts = _texts(next(iter(batch.inputs.values())))
+        encoded = self.tokenizer(texts, padding=True, return_tensors="pt")
+        with torch.inference_mode():
+            if self.task == "text-generation":
+                generated = self.model.generate(
+                    **encoded,
+                    max_new_tokens=self._new_tokens(batch.parameters),
+                    do_sample=False,
+                    pad_token_id=self.tokenizer.pad_token_id,
+                )
+                continuation = generated[:, encoded["input_ids"].shape[1] :]
+                decoded = self.tokenizer.batch_decode(continuation, skip_special_tokens=True)
+                return {"generated_text": np.array([t.encode() for t in decoded], dtype=np.object_)}
+            output = self.model(**encoded)
+        if self.task == "text-classification":
+            logits = output.logits.float()
+            probabilities = torch.softmax(logits, dim=-1)
+            score, index = probabilities.max(dim=-1)
+            id2label = self.model.config.id2label
+            labels = [str(id2label.get(i, i)).encode() for i in index.tolist()]
+            return {
+                "label": np.array(labels, dtype=np.object_),
+                "score": score.numpy(),
+                "logits": logits.numpy(),
+            }
+        hidden = output.last_hidden_state.float()
+        mask = encoded["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        embedding = (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+        return {"embedding": embedding.numpy()}
+
+    def _unload(self) -> None:
+        self.model = None
+        self.tokenizer = None
