@@ -5,13 +5,12 @@ these functions, so the preview is what install deploys:
 
 - a pipeline version's IR is stored as `{"documents": bundle.canonical()}` (the store keeps JSON objects;
   the canonical IR is a list of documents, in canonical order, defaults made explicit);
-- the global settings of a job come from the server's settings (`globals_for`): the job id, the URL flows
-  report to, and the job's token (never in a preview).
+- the global settings of a job come from the server's settings (`globals_for`): the job id, images, log
+  level, size profile, model store, the URL flows report to, and the job's token (never in a preview).
 """
 
 from __future__ import annotations
 
-import ipaddress
 import uuid
 from collections.abc import Mapping
 from typing import Any, Final
@@ -19,14 +18,12 @@ from typing import Any, Final
 import ir
 from scheduler.settings import SchedulerSettings
 
-__all__ = ["PREVIEW_JOB_ID", "bundle_of", "globals_for", "render_values", "scheduler_url", "stored_ir"]
+__all__ = ["PREVIEW_JOB_ID", "bundle_of", "globals_for", "render_values", "stored_ir"]
 
 DOCUMENTS_KEY: Final = "documents"
 
 PREVIEW_JOB_ID: Final = uuid.UUID(int=0)
 """The job id a values preview renders with: the nil UUID, which no real job gets."""
-
-_WILDCARDS: Final = frozenset({"0.0.0.0", "::", ""})
 
 
 def stored_ir(bundle: ir.Bundle) -> dict[str, Any]:
@@ -42,23 +39,6 @@ def bundle_of(document: Mapping[str, Any]) -> ir.Bundle:
     return ir.bundle_from_canonical(documents)
 
 
-def scheduler_url(settings: SchedulerSettings) -> str:
-    """Where scoring flows report to: `settings.public_url` when the settings have it, else the bound address
-    with a wildcard host replaced by loopback (right for the local backend)."""
-    public = getattr(settings, "public_url", None)
-    if isinstance(public, str) and public:
-        return public
-    host = settings.host
-    if host in _WILDCARDS:
-        host = "127.0.0.1" if host != "::" else "::1"
-    try:
-        if ipaddress.ip_address(host).version == 6:
-            host = f"[{host}]"
-    except ValueError:
-        pass  # a host name
-    return f"http://{host}:{settings.port}"
-
-
 def globals_for(
     settings: SchedulerSettings,
     job_id: uuid.UUID,
@@ -68,20 +48,20 @@ def globals_for(
     """The global settings (step 4 of rendering) of job `job_id`: from the server's settings, the job's
     `environment` (its `namespace`), and `token`, the job token (None in previews).
 
-    Mirrors what the lifecycle's install renders with (`scheduler.lifecycle.Lifecycle.render`). Settings
-    fields that an older `SchedulerSettings` lacks are left at the IR's defaults.
+    The same globals as the lifecycle's install (`scheduler.lifecycle.Lifecycle.render`); a test compares them.
     """
-    data: dict[str, Any] = {"jobId": str(job_id), "scheduler": {"url": scheduler_url(settings), "token": token}}
-    registry, tag = getattr(settings, "image_registry", None), getattr(settings, "image_tag", None)
-    if registry is not None and tag is not None:
-        data["image"] = {"registry": registry, "tag": tag}
-    for key, attribute in (("logLevel", "log_level"), ("sizeProfile", "size_profile"), ("modelStore", "model_store")):
-        value = getattr(settings, attribute, None)
-        if value is not None:
-            data[key] = value
+    data: dict[str, Any] = {
+        "jobId": str(job_id),
+        "image": {"registry": settings.image_registry, "tag": settings.image_tag},
+        "logLevel": settings.log_level,
+        "sizeProfile": settings.size_profile,
+        "scheduler": {"url": settings.public_url, "token": token},
+    }
     namespace = (environment or {}).get("namespace")
     if namespace is not None:
         data["namespace"] = namespace
+    if settings.model_store is not None:
+        data["modelStore"] = settings.model_store
     return ir.make_globals(data)
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import sqlalchemy
+from api_kit import api_database_url, migrated_sqlite_template  # noqa: F401 (fixtures of the API tests)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from store_kit import DIGITS_IR, FrozenClock, digest_of

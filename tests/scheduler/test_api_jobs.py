@@ -1,0 +1,402 @@
+"""`/api/v1/jobs` through httpx on SQLite and PostgreSQL, with the fake backend driving the jobs: create with
+idempotency, validation before anything is written, listing and pagination, cancel, progress and completion
+with per-job tokens, logs."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from api_kit import (
+    READ,
+    WRITE,
+    Api,
+    assert_error,
+    bearer,
+    changed,
+    running,
+    settings_for,
+    tiny_documents,
+)
+
+from scheduler.states import JobState, Task
+
+JOBS = "/api/v1/jobs"
+
+
+@pytest.fixture
+async def api(api_database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    async with running(settings_for(tmp_path / "home", api_database_url)) as started:
+        await started.deploy()
+        yield started
+
+
+@pytest.fixture
+async def idle(api_database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    """An app whose fake backend records calls but moves no job: jobs stay where the API put them."""
+    async with running(settings_for(tmp_path / "home", api_database_url), drive=False) as started:
+        await started.deploy()
+        yield started
+
+
+# ------------------------------------------------------------------------------------------------ create
+
+
+async def test_a_job_is_created_started_and_returned_with_201(api: Api) -> None:
+    response = await api.client.post(
+        JOBS,
+        json={"pipeline": "tiny", "parameters": {"threshold": 0.7}, "environment": {"namespace": "scoring"}},
+        headers=WRITE,
+    )
+    assert response.status_code == 201, response.text
+    job = response.json()
+    job_id = uuid.UUID(job["id"])
+    assert api.backend.called("start") == [job_id]
+    assert job["pipeline"] == "tiny"
+    assert job["version"] == 1
+    assert job["state"] == "RUNNING"  # the fake backend moved it on at once
+    assert job["task"] == "wait"
+    assert job["parameters"] == {"threshold": 0.7}
+    assert job["environment"] == {"namespace": "scoring"}
+    assert job["backend"] == "fake"
+    assert job["progress"] == {"read": 0, "written": 0, "failed": 0}
+    assert job["completion"] is None
+
+
+async def test_the_job_token_hash_is_derived_from_the_job_id(api: Api) -> None:
+    job = await api.start_job()
+    stored = api.store.get_job(job["id"])
+    from scheduler.tokens import job_token_hash, load_secret
+
+    assert stored.token_hash == job_token_hash(load_secret(api.settings.home), stored.id)
+
+
+async def test_a_job_runs_the_latest_version_unless_told_otherwise(api: Api) -> None:
+    await api.deploy(changed(tiny_documents(), "data/v2.csv"))
+    latest = await api.start_job()
+    first = await api.start_job(version=1)
+    assert (latest["version"], first["version"]) == (2, 1)
+
+
+async def test_an_idempotency_key_replays_the_same_job_with_200(api: Api) -> None:
+    headers = {**WRITE, "Idempotency-Key": "nightly-2025-06-01"}
+    body = {"pipeline": "tiny", "parameters": {"limit": 5}}
+    first = await api.client.post(JOBS, json=body, headers=headers)
+    again = await api.client.post(JOBS, json=body, headers=headers)
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert again.json()["id"] == first.json()["id"]
+    assert len(api.backend.called("start")) == 1
+
+
+async def test_an_idempotency_key_reused_for_another_request_is_409(api: Api) -> None:
+    headers = {**WRITE, "Idempotency-Key": "k-1"}
+    assert (await api.client.post(JOBS, json={"pipeline": "tiny"}, headers=headers)).status_code == 201
+    response = await api.client.post(JOBS, json={"pipeline": "tiny", "parameters": {"limit": 3}}, headers=headers)
+    error = assert_error(response, 409, "idempotency_key_reused")
+    assert error["details"]["differs"] == ["parameters"]
+
+
+@pytest.mark.parametrize("body", [{"pipeline": "nope"}, {"pipeline": "tiny", "version": 9}])
+async def test_an_unknown_pipeline_or_version_is_404_and_creates_nothing(api: Api, body: dict[str, object]) -> None:
+    assert_error(await api.client.post(JOBS, json=body, headers=WRITE), 404)
+    assert (await api.client.get(JOBS, headers=READ)).json()["items"] == []
+    assert api.backend.called("start") == []
+
+
+@pytest.mark.parametrize(
+    ("parameters", "path"),
+    [
+        ({"limit": "many"}, "limit"),
+        ({"limit": 1.5}, "limit"),
+        ({"threshold": "high"}, "threshold"),
+        ({"thresold": 0.2}, "thresold"),
+        ({"input": True}, "input"),
+    ],
+)
+async def test_bad_parameters_are_422_with_issues_and_create_nothing(
+    api: Api, parameters: dict[str, object], path: str
+) -> None:
+    response = await api.client.post(JOBS, json={"pipeline": "tiny", "parameters": parameters}, headers=WRITE)
+    error = assert_error(response, 422, "invalid_ir")
+    assert [issue["path"] for issue in error["details"]] == [path]
+    assert (await api.client.get(JOBS, headers=READ)).json()["items"] == []
+    assert api.backend.called("start") == []
+
+
+async def test_a_bad_namespace_in_the_environment_is_422_before_anything_is_created(api: Api) -> None:
+    response = await api.client.post(
+        JOBS, json={"pipeline": "tiny", "environment": {"namespace": "Not A Namespace"}}, headers=WRITE
+    )
+    assert_error(response, 422, "invalid_ir")
+    assert (await api.client.get(JOBS, headers=READ)).json()["items"] == []
+
+
+async def test_a_backend_that_cannot_start_the_job_leaves_it_failed_not_pending(api: Api) -> None:
+    api.backend.fail_start = True
+    response = await api.client.post(JOBS, json={"pipeline": "tiny"}, headers=WRITE)
+    assert response.status_code == 201
+    job = response.json()
+    assert job["state"] == "FAILED"
+    assert job["reason"] == "BackendStartFailed"
+    assert "no capacity left" in job["message"]
+
+
+# ------------------------------------------------------------------------------------------------ read
+
+
+async def test_a_job_is_shown_with_its_events_and_timestamps(api: Api) -> None:
+    created = await api.start_job()
+    response = await api.client.get(f"{JOBS}/{created['id']}", headers=READ)
+    assert response.status_code == 200
+    job = response.json()
+    assert [(e["from"], e["to"], e["task"]) for e in job["events"]] == [
+        (None, "PENDING", None),
+        ("PENDING", "INSTALLING", "install"),
+        ("INSTALLING", "RUNNING", "wait"),
+    ]
+    assert job["started_at"] is not None
+    assert job["finished_at"] is None
+    assert job["reason"] == "Ready"
+
+
+@pytest.mark.parametrize("job_id", ["not-a-uuid", "1234", "%00", "00000000-0000-0000-0000-00000000000g"])
+async def test_a_malformed_job_id_is_422_with_the_error_body(api: Api, job_id: str) -> None:
+    for method, suffix in [("GET", ""), ("POST", "/cancel"), ("GET", "/logs")]:
+        response = await api.client.request(method, f"{JOBS}/{job_id}{suffix}", headers=WRITE)
+        assert_error(response, 422, "invalid_request")
+
+
+async def test_an_unknown_job_is_404(api: Api) -> None:
+    unknown = uuid.uuid4()
+    for method, suffix in [("GET", ""), ("POST", "/cancel"), ("GET", "/logs")]:
+        response = await api.client.request(method, f"{JOBS}/{unknown}{suffix}", headers=WRITE)
+        assert_error(response, 404, "job_not_found")
+
+
+async def test_jobs_are_listed_newest_first_one_page_at_a_time(api: Api) -> None:
+    created = [(await api.start_job())["id"] for _ in range(5)]
+    seen: list[str] = []
+    cursor: str | None = None
+    pages = 0
+    while True:
+        params: dict[str, str | int] = {"limit": 2}
+        if cursor is not None:
+            params["cursor"] = cursor
+        page = (await api.client.get(JOBS, params=params, headers=READ)).json()
+        pages += 1
+        seen.extend(item["id"] for item in page["items"])
+        assert "events" not in page["items"][0]
+        cursor = page["next_cursor"]
+        if cursor is None:
+            break
+    assert pages == 3
+    assert seen == list(reversed(created))
+
+
+async def test_jobs_are_filtered_by_state_and_by_pipeline(api: Api) -> None:
+    await api.deploy(tiny_documents("other"))
+    keep = await api.start_job()
+    cancelled = await api.start_job()
+    other = (await api.client.post(JOBS, json={"pipeline": "other"}, headers=WRITE)).json()
+    await api.client.post(f"{JOBS}/{cancelled['id']}/cancel", headers=WRITE)
+
+    by_state = (await api.client.get(JOBS, params={"state": "CANCELLED"}, headers=READ)).json()
+    assert [j["id"] for j in by_state["items"]] == [cancelled["id"]]
+    by_pipeline = (await api.client.get(JOBS, params={"pipeline": "other"}, headers=READ)).json()
+    assert [j["id"] for j in by_pipeline["items"]] == [other["id"]]
+    both = (await api.client.get(JOBS, params={"pipeline": "tiny", "state": "RUNNING"}, headers=READ)).json()
+    assert [j["id"] for j in both["items"]] == [keep["id"]]
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"state": "SLEEPING"},
+        {"limit": 0},
+        {"limit": 501},
+        {"limit": "ten"},
+        {"cursor": "!!!"},
+        {"cursor": "bm90LWEtY3Vyc29y"},
+        {"pipeline": "Bad Name"},
+    ],
+)
+async def test_bad_list_parameters_are_422(api: Api, params: dict[str, object]) -> None:
+    response = await api.client.get(JOBS, params=params, headers=READ)
+    error = assert_error(response, 422)
+    assert error["code"] in ("invalid_request", "invalid_cursor")
+
+
+# ------------------------------------------------------------------------------------------------ cancel
+
+
+async def test_cancel_is_202_and_the_backend_is_told(idle: Api) -> None:
+    job = await idle.start_job()
+    response = await idle.client.post(f"{JOBS}/{job['id']}/cancel", headers=WRITE)
+    assert response.status_code == 202
+    assert response.json()["state"] == "CANCELLING"
+    assert response.json()["message"] == "cancelled by ci"
+    assert idle.backend.called("cancel") == [uuid.UUID(job["id"])]
+
+
+async def test_cancelling_a_cancelling_job_returns_it_unchanged(idle: Api) -> None:
+    job = await idle.start_job()
+    first = await idle.client.post(f"{JOBS}/{job['id']}/cancel", headers=WRITE)
+    again = await idle.client.post(f"{JOBS}/{job['id']}/cancel", headers=WRITE)
+    assert (first.status_code, again.status_code) == (202, 202)
+    assert again.json()["state"] == "CANCELLING"
+    assert len(idle.backend.called("cancel")) == 1
+    events = idle.store.get_job(job["id"]).events or ()
+    assert [e.to_state for e in events].count(JobState.CANCELLING) == 1
+
+
+async def test_concurrent_cancels_record_one_cancel(idle: Api) -> None:
+    job = await idle.start_job()
+    responses = await asyncio.gather(*(idle.client.post(f"{JOBS}/{job['id']}/cancel", headers=WRITE) for _ in range(5)))
+    assert {r.status_code for r in responses} == {202}
+    events = idle.store.get_job(job["id"]).events or ()
+    assert [e.to_state for e in events].count(JobState.CANCELLING) == 1
+
+
+async def test_cancelling_a_finished_job_is_409(api: Api) -> None:
+    job = await api.start_job()
+    assert (await api.client.post(f"{JOBS}/{job['id']}/cancel", headers=WRITE)).json()["state"] == "CANCELLED"
+    response = await api.client.post(f"{JOBS}/{job['id']}/cancel", headers=WRITE)
+    error = assert_error(response, 409, "job_finished")
+    assert error["details"]["state"] == "CANCELLED"
+
+
+# ------------------------------------------------------------------------------------------------ reports
+
+
+async def test_progress_is_recorded_with_the_job_token(api: Api) -> None:
+    job = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(job["id"])))
+    response = await api.client.post(
+        f"{JOBS}/{job['id']}/progress", json={"read": 100, "written": 90, "failed": 10}, headers=token
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["progress"] == {"read": 100, "written": 90, "failed": 10}
+    lower = await api.client.post(f"{JOBS}/{job['id']}/progress", json={"read": 50}, headers=token)
+    assert lower.json()["progress"] == {"read": 100, "written": 90, "failed": 10}
+
+
+async def test_completion_with_the_job_token_ends_the_job(api: Api) -> None:
+    job = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(job["id"])))
+    response = await api.client.post(
+        f"{JOBS}/{job['id']}/complete", json={"succeeded": True, "message": "all scored"}, headers=token
+    )
+    assert response.status_code == 202, response.text
+    body = response.json()
+    assert body["completion"] == {"succeeded": True, "message": "all scored"}
+    assert body["state"] == "SUCCEEDED"
+    assert api.backend.called("completed") == [uuid.UUID(job["id"])]
+    shown = (await api.client.get(f"{JOBS}/{job['id']}", headers=READ)).json()
+    assert [e["task"] for e in shown["events"]][-2:] == ["uninstall", "uninstall"]
+
+
+async def test_a_failed_completion_ends_the_job_failed(api: Api) -> None:
+    job = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(job["id"])))
+    body = (
+        await api.client.post(
+            f"{JOBS}/{job['id']}/complete", json={"succeeded": False, "message": "sink down"}, headers=token
+        )
+    ).json()
+    assert (body["state"], body["message"]) == ("FAILED", "sink down")
+
+
+@pytest.mark.parametrize("route", ["progress", "complete"])
+async def test_reports_without_a_token_are_401(api: Api, route: str) -> None:
+    job = await api.start_job()
+    body = {"succeeded": True} if route == "complete" else {"read": 1}
+    response = await api.client.post(f"{JOBS}/{job['id']}/{route}", json=body)
+    assert_error(response, 401)
+    assert response.headers["WWW-Authenticate"].startswith("Bearer")
+
+
+@pytest.mark.parametrize("route", ["progress", "complete"])
+async def test_reports_with_another_jobs_token_are_refused(api: Api, route: str) -> None:
+    job = await api.start_job()
+    other = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(other["id"])))
+    body = {"succeeded": True} if route == "complete" else {"read": 1}
+    response = await api.client.post(f"{JOBS}/{job['id']}/{route}", json=body, headers=token)
+    assert_error(response, 401, "invalid_job_token")
+    stored = api.store.get_job(job["id"])
+    assert (stored.records_read, stored.completion) == (0, None)
+
+
+@pytest.mark.parametrize("route", ["progress", "complete"])
+async def test_reports_accept_a_write_token_but_not_a_read_token(api: Api, route: str) -> None:
+    job = await api.start_job()
+    body = {"succeeded": True} if route == "complete" else {"read": 1}
+    assert_error(await api.client.post(f"{JOBS}/{job['id']}/{route}", json=body, headers=READ), 403)
+    response = await api.client.post(f"{JOBS}/{job['id']}/{route}", json=body, headers=WRITE)
+    assert response.status_code in (200, 202), response.text
+
+
+async def test_a_forged_job_token_is_401(api: Api) -> None:
+    job = await api.start_job()
+    response = await api.client.post(
+        f"{JOBS}/{job['id']}/progress", json={"read": 1}, headers=bearer("mjt_" + "A" * 43)
+    )
+    assert_error(response, 401, "invalid_job_token")
+
+
+async def test_a_completion_on_a_cancelling_job_is_409(idle: Api) -> None:
+    job = await idle.start_job()
+    await idle.client.post(f"{JOBS}/{job['id']}/cancel", headers=WRITE)
+    token = bearer(idle.service.job_token(uuid.UUID(job["id"])))
+    response = await idle.client.post(f"{JOBS}/{job['id']}/complete", json={"succeeded": True}, headers=token)
+    assert_error(response, 409, "job_not_running")
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+
+async def test_logs_are_plain_text_of_all_tasks_or_one(api: Api) -> None:
+    job = await api.start_job()
+    everything = await api.client.get(f"{JOBS}/{job['id']}/logs", headers=READ)
+    assert everything.status_code == 200
+    assert everything.headers["content-type"].startswith("text/plain")
+    assert everything.text == "install: rendering values\ninstall: deploying 1 service, 1 flow\n"
+    wait_only = await api.client.get(f"{JOBS}/{job['id']}/logs", params={"task": "wait"}, headers=READ)
+    assert wait_only.text == ""
+    assert_error(await api.client.get(f"{JOBS}/{job['id']}/logs", params={"task": "build"}, headers=READ), 422)
+
+
+async def test_following_logs_streams_lines_as_they_come_until_the_end(api: Api) -> None:
+    job = await api.start_job()
+    job_id = uuid.UUID(job["id"])
+    queue = api.backend.follow_queue(job_id)
+
+    async def produce() -> None:
+        for n in range(3):
+            await asyncio.sleep(0.01)
+            await queue.put(f"wait: line {n}")
+        await queue.put(None)
+
+    producer = asyncio.create_task(produce())
+    response = await api.client.get(f"{JOBS}/{job_id}/logs", params={"task": "install", "follow": "true"}, headers=READ)
+    await producer
+    assert response.status_code == 200
+    assert response.text.splitlines() == [
+        "install: rendering values",
+        "install: deploying 1 service, 1 flow",
+        "wait: line 0",
+        "wait: line 1",
+        "wait: line 2",
+    ]
+    assert api.backend.calls.count(("logs", job_id)) == 1
+
+
+async def test_the_service_can_be_called_without_http(api: Api) -> None:
+    job, created = await api.service.create_job("tiny", parameters={"limit": 2})
+    assert created
+    assert job.state is JobState.RUNNING
+    assert job.task is Task.WAIT
+    assert job.events is None
