@@ -36,7 +36,8 @@ class Backend(Protocol):
         """A flow reported completion (already recorded in the store): end `wait`, run uninstall."""
 
     def logs(self, job_id: uuid.UUID, task: Task | None, follow: bool) -> AsyncIterator[str]:
-        """Log lines of one task (or all tasks in order); with `follow`, until the task has ended."""
+        """Log lines of one task (or all tasks in order), each without its line break; with `follow`, until
+        the task has ended (the job moved on to a later task, or finished)."""
         ...
 
     async def recover(self) -> None:

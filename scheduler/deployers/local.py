@@ -354,7 +354,8 @@ class LocalProcessDeployer:
         (run / "services").mkdir(parents=True, exist_ok=True)
         (run / "flows").mkdir(parents=True, exist_ok=True)
         values_path = run / "values.yaml"
-        if not values_path.exists():
+        if not values_path.exists():  # the lifecycle writes it first; this is for direct use of the deployer
+            values_path.touch(mode=0o600)  # the values hold the job token
             values_path.write_text(yaml.safe_dump(values, sort_keys=True), encoding="utf-8")
         services = values.get("scoringServices") or {}
         flows = values.get("scoringFlows") or {}
@@ -435,7 +436,8 @@ class LocalProcessDeployer:
         pending = {p.name: p for p in procs if p.kind == "service"}
         if not pending:
             log("no scoring services to wait for")
-        async with httpx.AsyncClient(timeout=_READY_REQUEST_TIMEOUT_SECONDS) as client:
+        # trust_env=False: a proxy from HTTP_PROXY must not stand between us and a loopback port.
+        async with httpx.AsyncClient(timeout=_READY_REQUEST_TIMEOUT_SECONDS, trust_env=False) as client:
             while True:
                 self._check_no_early_exit(procs, log)
                 for name, proc in list(pending.items()):
