@@ -1,0 +1,174 @@
+"""V2 tensors on the wire <-> numpy: every datatype in JSON and in binary, and what is refused."""
+
+from __future__ import annotations
+
+import struct
+from typing import Any
+
+import numpy as np
+import orjson
+import pytest
+
+from scoring_services.codecs import (
+    DATATYPES,
+    EncodedOutput,
+    datatype_of,
+    decode_infer_request,
+    encode_infer_response,
+)
+from scoring_services.errors import InvalidRequest
+
+SAMPLES: dict[str, list[Any]] = {
+    "BOOL": [True, False, True, True],
+    "UINT8": [0, 1, 200, 255],
+    "UINT16": [0, 1, 60000, 65535],
+    "UINT32": [0, 1, 4_000_000_000, 7],
+    "UINT64": [0, 1, 2**63 - 1, 9],
+    "INT8": [-128, -1, 0, 127],
+    "INT16": [-32768, -1, 0, 32767],
+    "INT32": [-(2**31), -1, 0, 2**31 - 1],
+    "INT64": [-(2**63), -1, 0, 2**63 - 1],
+    "FP16": [0.5, -1.25, 65504.0, 0.0009765625],
+    "FP32": [0.1, -1.5, 3.4e38, 1e-30],
+    "FP64": [0.1, -1.5, 1.7e308, 5e-324],
+    "BYTES": ["a", "", "héllo", "zz"],
+}
+
+
+def json_request(datatype: str, data: list[Any], shape: list[int]) -> bytes:
+    return orjson.dumps({"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "data": data}]})
+
+
+def binary_request(datatype: str, blob: bytes, shape: list[int]) -> tuple[bytes, int]:
+    head = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": datatype, "shape": shape, "parameters": {"binary_data_size": len(blob)}}]}
+    )
+    return head + blob, len(head)
+
+
+def expected(datatype: str) -> np.ndarray:
+    values = SAMPLES[datatype]
+    if datatype == "BYTES":
+        return np.array([v.encode() for v in values], dtype=object).reshape(2, 2)
+    return np.array(values, dtype=DATATYPES[datatype]).reshape(2, 2)
+
+
+def wire_bytes(datatype: str) -> bytes:
+    if datatype == "BYTES":
+        return b"".join(struct.pack("<I", len(v.encode())) + v.encode() for v in SAMPLES[datatype])
+    return expected(datatype).astype(DATATYPES[datatype].newbyteorder("<")).tobytes()
+
+
+@pytest.mark.parametrize("datatype", list(SAMPLES))
+def test_every_datatype_decodes_from_json_data(datatype: str) -> None:
+    request = decode_infer_request(json_request(datatype, SAMPLES[datatype], [2, 2]))
+    array = request.inputs["x"]
+    assert array.shape == (2, 2)
+    assert request.datatypes["x"] == datatype
+    assert array.dtype == DATATYPES[datatype]
+    np.testing.assert_array_equal(array, expected(datatype))
+
+
+@pytest.mark.parametrize("datatype", list(SAMPLES))
+def test_every_datatype_decodes_from_binary_data(datatype: str) -> None:
+    body, length = binary_request(datatype, wire_bytes(datatype), [2, 2])
+    array = decode_infer_request(body, length).inputs["x"]
+    assert array.shape == (2, 2)
+    np.testing.assert_array_equal(array, expected(datatype))
+
+
+@pytest.mark.parametrize("datatype", list(SAMPLES))
+@pytest.mark.parametrize("binary", [False, True])
+def test_every_datatype_encodes_in_json_and_binary(datatype: str, binary: bool) -> None:
+    array = expected(datatype)
+    body, length = encode_infer_response("m", "1", None, [EncodedOutput("y", datatype, array, binary)])
+    head = orjson.loads(body[:length] if length is not None else body)
+    (out,) = head["outputs"]
+    assert out["shape"] == [2, 2]
+    assert out["datatype"] == datatype
+    if binary:
+        assert length is not None
+        assert out["parameters"]["binary_data_size"] == len(body) - length
+        assert body[length:] == wire_bytes(datatype)
+    else:
+        assert length is None
+        want = SAMPLES[datatype]
+        assert out["data"] == (pytest.approx(want, rel=1e-6) if datatype == "FP32" else want)
+
+
+def test_nested_json_data_is_flattened_row_major() -> None:
+    array = decode_infer_request(json_request("INT32", [[1, 2, 3], [4, 5, 6]], [3, 2])).inputs["x"]
+    np.testing.assert_array_equal(array, [[1, 2], [3, 4], [5, 6]])
+
+
+def test_nested_bytes_data_is_flattened() -> None:
+    array = decode_infer_request(json_request("BYTES", [["a", "b"], ["c", "d"]], [4])).inputs["x"]
+    assert array.tolist() == [b"a", b"b", b"c", b"d"]
+
+
+def test_the_request_id_parameters_and_requested_outputs_are_kept() -> None:
+    body = orjson.dumps(
+        {
+            "id": "abc",
+            "parameters": {"max_new_tokens": 4, "binary_data_output": True},
+            "inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1.0]}],
+            "outputs": [{"name": "a"}, {"name": "b", "parameters": {"binary_data": False}}],
+        }
+    )
+    request = decode_infer_request(body)
+    assert request.id == "abc"
+    assert request.parameters == {"max_new_tokens": 4}
+    assert [(o.name, o.binary) for o in request.outputs or []] == [("a", True), ("b", False)]
+
+
+@pytest.mark.parametrize(
+    ("datatype", "data", "fragment"),
+    [
+        ("INT8", [128], "out of the range of INT8"),
+        ("UINT8", [-1], "out of the range of UINT8"),
+        ("UINT16", [1.5], "integer data"),
+        ("INT64", [True], "integer data"),
+        ("BOOL", [1], "true/false"),
+        ("BYTES", [1], "must be strings"),
+        ("FP32", ["x"], "does not fit"),
+        ("INT32", [[1], [2, 3]], "INT32"),
+    ],
+)
+def test_data_that_does_not_fit_its_datatype_is_refused(datatype: str, data: list[Any], fragment: str) -> None:
+    with pytest.raises(InvalidRequest, match=fragment):
+        decode_infer_request(json_request(datatype, data, [len(data)]))
+
+
+def test_a_truncated_binary_bytes_element_is_refused() -> None:
+    body, length = binary_request("BYTES", struct.pack("<I", 10) + b"abc", [1])
+    with pytest.raises(InvalidRequest, match="runs past"):
+        decode_infer_request(body, length)
+
+
+def test_binary_bytes_with_too_few_elements_is_refused() -> None:
+    body, length = binary_request("BYTES", struct.pack("<I", 1) + b"a", [2])
+    with pytest.raises(InvalidRequest, match="needs 2 elements"):
+        decode_infer_request(body, length)
+
+
+def test_data_and_binary_data_size_together_are_refused() -> None:
+    head = orjson.dumps(
+        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1], "parameters": {"binary_data_size": 4}}]}
+    )
+    with pytest.raises(InvalidRequest, match="not both"):
+        decode_infer_request(head + b"\0" * 4, len(head))
+
+
+def test_an_input_given_twice_is_refused() -> None:
+    tensor = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}
+    with pytest.raises(InvalidRequest, match="given twice"):
+        decode_infer_request(orjson.dumps({"inputs": [tensor, tensor]}))
+
+
+def test_numpy_dtypes_map_to_v2_datatypes() -> None:
+    assert datatype_of(np.dtype(np.float16)) == "FP16"
+    assert datatype_of(np.dtype(">i4")) == "INT32"
+    assert datatype_of(np.dtype("U5")) == "BYTES"
+    assert datatype_of(np.dtype(object)) == "BYTES"
+    with pytest.raises(InvalidRequest):
+        datatype_of(np.dtype(np.complex64))
