@@ -6,15 +6,18 @@ Two ways to say which models:
   `MODELOPS_SCORING_PORT`);
 - `--model NAME=RUNTIME:URI[:SHA256]` (repeatable), with `--option NAME.KEY=VALUE` for runtime options.
 Startup logs say what was loaded, from where, and how long it took; SIGTERM and Ctrl-C shut down gracefully
-(in-flight requests finish, models unload). A model that fails to load at startup stops the process with
-exit code 1, so whoever launched it sees the failure instead of waiting for a readiness that never comes.
+(in-flight requests finish, models unload; exit code 0 after SIGTERM). A model that fails to load at startup
+stops the process with exit code 1, so whoever launched it sees the failure instead of waiting for a readiness
+that never comes.
 """
 
 from __future__ import annotations
 
 import importlib.util
 import logging
+import signal
 from pathlib import Path
+from types import FrameType
 from typing import Annotated
 
 import typer
@@ -38,10 +41,23 @@ def _configure_logging(level: str) -> None:
     )
 
 
+class _Server(uvicorn.Server):
+    """uvicorn's server, except that a SIGTERM that ends in a graceful shutdown exits 0.
+
+    uvicorn re-raises a captured signal once it has shut down, so the process would die "by SIGTERM"; but
+    SIGTERM is how Kubernetes and the local backend ask a service to stop, and a clean stop is a success.
+    """
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        super().handle_exit(sig, frame)
+        if sig == signal.SIGTERM:
+            self._captured_signals = [s for s in self._captured_signals if s != signal.SIGTERM]
+
+
 def run_server(configs: list[ModelConfig], settings: ScoringSettings) -> int:
     """Serve until SIGTERM/SIGINT; the exit code (1 when a model failed to load at startup)."""
     failures: list[Exception] = []
-    server: uvicorn.Server | None = None
+    server: _Server | None = None
 
     def on_load_failure(exc: Exception) -> None:
         failures.append(exc)
@@ -64,7 +80,7 @@ def run_server(configs: list[ModelConfig], settings: ScoringSettings) -> int:
         timeout_graceful_shutdown=30,
         backlog=2048,
     )
-    server = uvicorn.Server(config)
+    server = _Server(config)
     log.info(
         "scoring service starting on %s:%d with %d model(s): %s; %d inference thread(s)",
         settings.host,

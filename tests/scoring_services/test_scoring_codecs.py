@@ -153,7 +153,11 @@ def test_binary_bytes_with_too_few_elements_is_refused() -> None:
 
 def test_data_and_binary_data_size_together_are_refused() -> None:
     head = orjson.dumps(
-        {"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": [1], "parameters": {"binary_data_size": 4}}]}
+        {
+            "inputs": [
+                {"name": "x", "datatype": "FP32", "shape": [1], "data": [1], "parameters": {"binary_data_size": 4}}
+            ]
+        }
     )
     with pytest.raises(InvalidRequest, match="not both"):
         decode_infer_request(head + b"\0" * 4, len(head))

@@ -54,7 +54,9 @@ async def test_live_and_ready_answer_200_once_models_are_loaded(client: httpx.As
     assert response.json() == {"ready": True}
 
 
-async def test_server_is_not_ready_while_a_model_fails_to_load(digits: Digits, scoring_settings: ScoringSettings) -> None:
+async def test_server_is_not_ready_while_a_model_fails_to_load(
+    digits: Digits, scoring_settings: ScoringSettings
+) -> None:
     bad = digits_config(digits, sha256="0" * 64)
     async with served([bad], scoring_settings) as (_, http):
         assert (await http.get("/v2/health/live")).status_code == 200
@@ -170,7 +172,9 @@ async def test_binary_inputs_and_outputs_round_trip(digits: Digits, client: http
     assert np.array(proba["data"]).reshape(7, 10) == pytest.approx(digits.forest.predict_proba(rows))
 
 
-async def test_binary_data_output_parameter_makes_every_output_binary(digits: Digits, client: httpx.AsyncClient) -> None:
+async def test_binary_data_output_parameter_makes_every_output_binary(
+    digits: Digits, client: httpx.AsyncClient
+) -> None:
     body = infer_body("input", digits.features[:2], "FP32", parameters={"binary_data_output": True})
     response = await client.post("/v2/models/digits/infer", json=body)
     length = int(response.headers["inference-header-content-length"])
@@ -307,7 +311,9 @@ async def test_binary_sizes_that_do_not_add_up_are_400(client: httpx.AsyncClient
         {"inputs": [{"name": "input", "datatype": "FP32", "shape": [1, 64], "parameters": {"binary_data_size": 8}}]}
     )
     response = await client.post(
-        "/v2/models/digits/infer", content=header + b"\0" * 8, headers={"Inference-Header-Content-Length": str(len(header))}
+        "/v2/models/digits/infer",
+        content=header + b"\0" * 8,
+        headers={"Inference-Header-Content-Length": str(len(header))},
     )
     await expect_error(response, 400, "needs 256 bytes")
 

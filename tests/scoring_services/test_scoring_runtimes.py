@@ -44,9 +44,8 @@ async def test_sklearn_answers_predict_and_predict_proba_like_the_forest(
 async def test_sklearn_stacks_one_input_per_feature_in_declared_order(
     tmp_path: Path, scoring_settings: ScoringSettings
 ) -> None:
-    from sklearn.linear_model import LinearRegression
-
     import joblib
+    from sklearn.linear_model import LinearRegression
 
     features = np.array([[1.0, 2.0], [3.0, 5.0], [4.0, -1.0], [0.0, 0.5]])
     model = LinearRegression().fit(features, features @ np.array([2.0, -3.0]) + 1)
@@ -137,7 +136,7 @@ async def test_onnx_binds_a_declared_input_name_to_the_graphs_single_input(
         outputs=[spec("label", "INT64", -1)],
     )
     async with served([config], scoring_settings) as (_, http):
-        answer = (await http.post("/v2/models/digits-onnx/infer", json=infer_body("input", digits.features[:3], "FP32")))
+        answer = await http.post("/v2/models/digits-onnx/infer", json=infer_body("input", digits.features[:3], "FP32"))
     assert answer.json()["outputs"][0]["data"] == digits.forest.predict(digits.features[:3]).tolist()
 
 
@@ -207,7 +206,12 @@ async def test_an_exported_program_tells_its_signature_and_answers_like_the_modu
         header = orjson.dumps(
             {
                 "inputs": [
-                    {"name": "x", "datatype": "FP32", "shape": [5, 4], "parameters": {"binary_data_size": len(binary_rows)}}
+                    {
+                        "name": "x",
+                        "datatype": "FP32",
+                        "shape": [5, 4],
+                        "parameters": {"binary_data_size": len(binary_rows)},
+                    }
                 ]
             }
         )
@@ -227,7 +231,7 @@ async def test_an_exported_program_tells_its_signature_and_answers_like_the_modu
 
 # ---------------------------------------------------------------------------------------------- transformers
 
-WORDS = "the a cat dog sat on mat good bad movie is was very not and it".split()
+WORDS = ["the", "a", "cat", "dog", "sat", "on", "mat", "good", "bad", "movie", "is", "was", "very", "not", "and", "it"]
 
 
 def _tokenizer(folder: Path) -> None:
@@ -293,7 +297,7 @@ async def test_text_classification_answers_like_the_model(bert_folder: Path, sco
     config = model_config("sentiment", "transformers", bert_folder, sha256=directory_sha256(bert_folder))
     async with served([config], scoring_settings) as (_, http):
         metadata = (await http.get("/v2/models/sentiment")).json()
-        answer = (await http.post("/v2/models/sentiment/infer", json=infer_body("text", np.array(TEXTS), "BYTES")))
+        answer = await http.post("/v2/models/sentiment/infer", json=infer_body("text", np.array(TEXTS), "BYTES"))
     assert metadata["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
     assert [o["name"] for o in metadata["outputs"]] == ["label", "score", "logits"]
     outputs = {o["name"]: o["data"] for o in answer.json()["outputs"]}
