@@ -3,9 +3,16 @@
 Outputs are `predict` and, where the estimator has it, `predict_proba`. Only the outputs some request asked
 for are computed; when both are asked of a forest classifier, `predict` is taken from `predict_proba`
 (argmax over the classes, which is how the forest computes it) instead of running the trees twice.
+
+Forest classifiers (RandomForest, ExtraTrees) with `n_jobs` 1 get their probabilities summed over the trees
+here, in tree order, exactly as `ForestClassifier.predict_proba` does with one job (so the answers are
+bit-identical) but without its joblib dispatch, which costs ~0.2 ms per tree whatever the batch size: for a
+100-tree forest, 20 ms per call against 4 ms of actual tree walking for a 16-row batch. Option
+`fastForest: false` turns it off.
 Several declared inputs (one per feature, shape [-1] or [-1, k]) are stacked into one matrix in declared order.
 
-Option: `nJobs` (int) sets the estimator's `n_jobs` when it has one (default: left as trained).
+Options: `nJobs` (int) sets the estimator's `n_jobs` when it has one (default: left as trained);
+`fastForest` (bool, default true), see above.
 """
 
 from __future__ import annotations
@@ -58,11 +65,14 @@ class SklearnRuntime(ModelRuntime):
         if self._has_proba:
             outputs.append(TensorSpec("predict_proba", "FP64", (-1, len(classes))))  # type: ignore[arg-type]
         self.outputs = tuple(outputs)
-        self._predict_from_proba = (
+        forest = isinstance(model, ForestClassifier) and getattr(model, "n_outputs_", 1) == 1
+        self._predict_from_proba = self._has_proba and forest and type(model).predict is ForestClassifier.predict
+        self._fast_forest = (
             self._has_proba
-            and isinstance(model, ForestClassifier)
-            and type(model).predict is ForestClassifier.predict
-            and getattr(model, "n_outputs_", 1) == 1
+            and forest
+            and type(model).predict_proba is ForestClassifier.predict_proba
+            and getattr(model, "n_jobs", None) in (None, 1)
+            and option(self.config, "fastForest", True, bool)
         )
 
     def _features(self, batch: Batch) -> Array:
@@ -76,13 +86,23 @@ class SklearnRuntime(ModelRuntime):
         wanted = batch.outputs
         result: dict[str, Any] = {}
         if "predict_proba" in wanted and self._has_proba:
-            proba = self.model.predict_proba(features)
+            proba = self._forest_proba(features) if self._fast_forest else self.model.predict_proba(features)
             result["predict_proba"] = proba
             if "predict" in wanted and self._predict_from_proba:
                 result["predict"] = self.model.classes_.take(np.argmax(proba, axis=1), axis=0)
         if "predict" in wanted and "predict" not in result:
             result["predict"] = self.model.predict(features)
         return result
+
+    def _forest_proba(self, features: Array) -> Array:
+        """`ForestClassifier.predict_proba` with one job, minus joblib (see the module docstring)."""
+        model = self.model
+        checked = model._validate_X_predict(features)
+        proba: Array = np.zeros((checked.shape[0], int(model.n_classes_)), dtype=np.float64)
+        for tree in model.estimators_:
+            proba += tree.predict_proba(checked, check_input=False)
+        proba /= len(model.estimators_)
+        return proba
 
     def _unload(self) -> None:
         self.model = None
