@@ -15,7 +15,7 @@ from typing import Any
 
 from ir.checks import Report, check_pipeline
 from ir.errors import IRValidationError, Issue, Loc
-from ir.load import RawDocument, load_files, load_path, load_tarball
+from ir.load import RawDocument, load_files, load_path, load_tarball, with_gc_paused
 from ir.models import DataChannel, Model, ScoringFlow, ScoringPipeline, StrictModel
 from ir.parse import parse_document
 
@@ -68,29 +68,34 @@ class Bundle:
         return hashlib.sha256(self.canonical_json()).hexdigest()
 
 
+@with_gc_paused
 def load_bundle(path: str | Path) -> Bundle:
     """Load and validate a folder, a single (multi-document) YAML/JSON file or a .tar.gz bundle."""
     docs, issues = load_path(path)
     return build_bundle(docs, issues)
 
 
+@with_gc_paused
 def load_bundle_files(files: Mapping[str, bytes | str]) -> Bundle:
     """Load and validate named file contents, e.g. the `{files: {name: content}}` body of the REST API."""
     docs, issues = load_files(files)
     return build_bundle(docs, issues)
 
 
+@with_gc_paused
 def load_bundle_tarball(data: bytes, name: str = "bundle.tar.gz") -> Bundle:
     docs, issues = load_tarball(data, name)
     return build_bundle(docs, issues)
 
 
+@with_gc_paused
 def bundle_from_canonical(documents: list[dict[str, Any]]) -> Bundle:
     """Rebuild a bundle from `Bundle.canonical()` output (as stored by the scheduler)."""
     docs = [RawDocument("<stored>", i, doc, None) for i, doc in enumerate(documents)]
     return build_bundle(docs, [])
 
 
+@with_gc_paused
 def build_bundle(docs: list[RawDocument], issues: list[Issue]) -> Bundle:
     """Parse every document, index them by kind and name, run the cross-document checks."""
     problems = list(issues)

@@ -10,17 +10,22 @@ The result of this module is a list of `RawDocument`s; `ir.bundle.parse_bundle` 
 
 from __future__ import annotations
 
+import gc
 import io
 import json
 import tarfile
-from collections.abc import Mapping
-from dataclasses import dataclass
+import threading
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from functools import wraps
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
 from ir.errors import Issue, Loc
+from ir.fastyaml import Unsupported, construct_tree
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_BUNDLE_BYTES = 32 * 1024 * 1024
@@ -36,14 +41,91 @@ except AttributeError:  # pragma: no cover - depends on how PyYAML was built
     _Loader = yaml.SafeLoader
 
 
+_P = ParamSpec("_P")
+_T = TypeVar("_T")
+_gc_lock = threading.Lock()
+_gc_holders = 0
+_gc_was_enabled = False
+
+
+@contextmanager
+def gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector while the block runs (re-entrant, thread-safe).
+
+    Loading and rendering allocate hundreds of thousands of small objects that all stay alive (YAML nodes,
+    their marks, dicts), so the collector's generational passes find nothing to free while walking an ever
+    larger heap: on a 200-flow bundle they cost more than the work itself. Reference counting still frees
+    everything as usual; only cycle collection waits until the outermost block ends.
+    """
+    global _gc_holders, _gc_was_enabled
+    with _gc_lock:
+        if _gc_holders == 0:
+            _gc_was_enabled = gc.isenabled()
+            gc.disable()
+        _gc_holders += 1
+    try:
+        yield
+    finally:
+        with _gc_lock:
+            _gc_holders -= 1
+            if _gc_holders == 0 and _gc_was_enabled:
+                gc.enable()
+
+
+def with_gc_paused(function: Callable[_P, _T]) -> Callable[_P, _T]:
+    """Decorator form of `gc_paused`."""
+
+    @wraps(function)
+    def wrapper(*args: _P.args, **kwargs: _P.kwargs) -> _T:
+        with gc_paused():
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+class _Source:
+    """The text of a YAML file, composed again into nodes only when a message asks for a line number.
+
+    Keeping the node graph of every document alive (a node and two marks per value) would make a loaded
+    bundle several times larger and slow down every later garbage collection, for the sake of line numbers
+    that only the error path needs. Composing the same text again gives the same nodes.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self._nodes: list[yaml.Node] | None = None
+
+    def node(self, index: int) -> yaml.Node | None:
+        if self._nodes is None:
+            nodes: list[yaml.Node] = []
+            loader = _Loader(self.text)
+            try:
+                while loader.check_node():
+                    node = loader.get_node()
+                    if node is None:  # pragma: no cover - check_node said there is one
+                        break
+                    nodes.append(node)
+            except (yaml.YAMLError, RecursionError, ValueError):
+                pass  # the documents before the problem are the ones that were loaded
+            finally:
+                loader.dispose()
+            self._nodes = nodes
+        return self._nodes[index] if index < len(self._nodes) else None
+
+
 @dataclass
 class RawDocument:
-    """One parsed document: its data, where it came from, and its YAML node (for line numbers)."""
+    """One parsed document: its data, where it came from, and its YAML node (for line numbers).
+
+    `node` is None for JSON and stored documents, and for YAML documents built by the fast path: their node
+    is composed again from `source` when `line_of` needs it.
+    """
 
     file: str
     index: int
     data: Any
     node: yaml.Node | None
+    source: _Source | None = field(default=None, repr=False, compare=False)
 
     @property
     def label(self) -> str:
@@ -59,6 +141,8 @@ class RawDocument:
     def line_of(self, loc: Loc) -> int | None:
         """1-based line of the deepest node on `loc` that exists in the source."""
         node = self.node
+        if node is None and self.source is not None:
+            node = self.source.node(self.index)
         if node is None:
             return None
         line: int = node.start_mark.line + 1
@@ -84,6 +168,7 @@ class RawDocument:
         return Issue(self.file, self.label, format_loc(loc), message, self.line_of(loc))
 
 
+@with_gc_paused
 def load_path(path: str | Path) -> tuple[list[RawDocument], list[Issue]]:
     """Read a folder (every .yaml/.yml/.json below it), a single file, or a .tar.gz bundle."""
     root = Path(path)
@@ -126,6 +211,7 @@ def load_path(path: str | Path) -> tuple[list[RawDocument], list[Issue]]:
     return load_files({name: root.read_bytes()})
 
 
+@with_gc_paused
 def load_tarball(data: bytes, name: str = "bundle.tar.gz") -> tuple[list[RawDocument], list[Issue]]:
     """Read the IR files of a gzip-compressed tar archive, in memory, refusing anything but plain files."""
     files: dict[str, bytes] = {}
@@ -164,6 +250,7 @@ def load_tarball(data: bytes, name: str = "bundle.tar.gz") -> tuple[list[RawDocu
     return docs, issues + more
 
 
+@with_gc_paused
 def load_files(files: Mapping[str, bytes | str]) -> tuple[list[RawDocument], list[Issue]]:
     """Parse named file contents (the form the REST API receives) into documents."""
     docs: list[RawDocument] = []
@@ -254,19 +341,25 @@ def _depth(data: Any, limit: int = MAX_DEPTH) -> int:
 def _parse_yaml(name: str, text: str) -> tuple[list[RawDocument], list[Issue]]:
     docs: list[RawDocument] = []
     loader = _Loader(text)
+    source = _Source(text)
     index = 0
     try:
         while loader.check_node():
             node = loader.get_node()
             if node is None:  # pragma: no cover - check_node said there is one
                 break
-            problem = _check_node(node)
-            if problem:
-                message, line = problem
-                return docs, [Issue(name, f"document {index + 1}", "", message, line)]
-            data = loader.construct_document(node)
+            kept: yaml.Node | None = None  # composed again from `source` if a line number is needed
+            try:  # the common case (a tree of plain values within the limits) without PyYAML's constructor
+                data = construct_tree(node, loader, MAX_DEPTH, MAX_NODES)
+            except Unsupported:  # anything else: the checks below say what is wrong, or PyYAML builds it
+                problem = _check_node(node)
+                if problem:
+                    message, line = problem
+                    return docs, [Issue(name, f"document {index + 1}", "", message, line)]
+                data = loader.construct_document(node)
+                kept = node  # as the constructor left it (merge keys flattened)
             if data is not None:
-                docs.append(RawDocument(name, index, data, node))
+                docs.append(RawDocument(name, index, data, kept, source))
             index += 1
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
