@@ -217,9 +217,18 @@ def load_tarball(data: bytes, name: str = "bundle.tar.gz") -> tuple[list[RawDocu
     files: dict[str, bytes] = {}
     issues: list[Issue] = []
     total = 0
+    unpacked = 0
     try:
         with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
             for member in archive:
+                # Every member is decompressed to reach the next one, IR file or not: bound the whole archive
+                # by its declared sizes before that happens (a small .tar.gz can hold gigabytes of zeros).
+                unpacked += member.size
+                if unpacked > MAX_BUNDLE_BYTES:
+                    issues.append(
+                        Issue(name, "", "", f"the archive unpacks to more than {MAX_BUNDLE_BYTES // 2**20} MiB")
+                    )
+                    break
                 if member.isdir():
                     continue
                 rel = member.name

@@ -361,3 +361,38 @@ def write_folder(root: Path, bundle: BundleData) -> None:
         target = root / name
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(text)
+
+
+def test_an_archive_that_unpacks_to_more_than_the_bundle_limit_stops_before_decompressing_it() -> None:
+    import io
+    import tarfile
+
+    from ir.load import MAX_BUNDLE_BYTES, load_tarball
+
+    class Zeros(io.RawIOBase):
+        def __init__(self, size: int) -> None:
+            self.left = size
+
+        def readable(self) -> bool:
+            return True
+
+        def readinto(self, buffer: memoryview) -> int:  # type: ignore[override]
+            n = min(len(buffer), self.left)
+            buffer[:n] = bytes(n)
+            self.left -= n
+            return n
+
+    size = MAX_BUNDLE_BYTES * 4
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w:gz", compresslevel=1) as archive:
+        info = tarfile.TarInfo("padding.bin")
+        info.size = size
+        archive.addfile(info, io.BufferedReader(Zeros(size)))
+        pipeline = tarfile.TarInfo("pipeline.yaml")
+        pipeline.size = 4
+        archive.addfile(pipeline, io.BytesIO(b"a: 1"))
+    docs, issues = load_tarball(raw.getvalue(), "bomb.tar.gz")
+    assert docs == []
+    assert [str(i) for i in issues] == [
+        f"bomb.tar.gz: the archive unpacks to more than {MAX_BUNDLE_BYTES // 2**20} MiB"
+    ]
