@@ -168,13 +168,19 @@ def dump_block(data: Any) -> str:
     if data.__class__ is not dict or not data:
         raise Unsupported
     out: list[str] = []
+    append = out.append
     scalars = _Scalars()
+    texts = scalars.memo
+    keys_memo: dict[str, str] = {}
     containers: set[int] = set()
 
     def scalar(value: Any, column: int) -> str:
         cls = value.__class__
         if cls is str:
-            text, breakable = scalars.text(value)
+            hit = texts.get(value)
+            if hit is None:
+                hit = scalars.text(value)
+            text, breakable = hit
             if breakable and column + len(text) > BEST_WIDTH:
                 raise Unsupported  # the emitter would fold this line
             return text
@@ -188,6 +194,15 @@ def dump_block(data: Any) -> str:
             return "null"
         raise Unsupported
 
+    def key_of(key: Any) -> str:
+        if key.__class__ is not str or not key:
+            raise Unsupported  # (PyYAML's pure-Python emitter writes an empty key as `? ''`)
+        text, _ = scalars.text(key)
+        if len(text) > _SIMPLE_KEY_MAX:
+            raise Unsupported
+        keys_memo[key] = text
+        return text
+
     def mapping(items: dict[Any, Any], indent: int, inline: bool) -> None:
         if id(items) in containers:
             raise Unsupported  # the same object twice: PyYAML writes an anchor and an alias
@@ -198,59 +213,51 @@ def dump_block(data: Any) -> str:
         except TypeError:
             raise Unsupported from None
         for key in keys:
-            if key.__class__ is not str or not key:
-                raise Unsupported  # (PyYAML's pure-Python emitter writes an empty key as `? ''`)
-            key_text, _ = scalars.text(key)
-            if len(key_text) > _SIMPLE_KEY_MAX:
-                raise Unsupported
-            if inline:
-                out.append(key_text)
-                inline = False
-            else:
-                out.append(pad + key_text)
+            key_text = keys_memo.get(key) if key.__class__ is str else None
+            if key_text is None:
+                key_text = key_of(key)
+            line = key_text if inline else pad + key_text
+            inline = False
             value = items[key]
             cls = value.__class__
             if cls is dict:
                 if value:
-                    out.append(":\n")
+                    append(line + ":\n")
                     mapping(value, indent + 2, False)
                 else:
-                    out.append(": {}\n")
+                    append(line + ": {}\n")
             elif cls is list:
                 if value:
-                    out.append(":\n")
+                    append(line + ":\n")
                     sequence(value, indent, False)
                 else:
-                    out.append(": []\n")
+                    append(line + ": []\n")
             else:
-                out.append(": " + scalar(value, indent + len(key_text) + 2) + "\n")
+                append(line + ": " + scalar(value, indent + len(key_text) + 2) + "\n")
 
     def sequence(items: list[Any], indent: int, inline: bool) -> None:
         if id(items) in containers:
             raise Unsupported
         containers.add(id(items))
-        pad = " " * indent
+        dash = "-" if inline else " " * indent + "-"
+        rest = " " * indent + "-"
         for item in items:
-            if inline:
-                out.append("-")
-                inline = False
-            else:
-                out.append(pad + "-")
             cls = item.__class__
             if cls is dict:
                 if item:
-                    out.append(" ")
+                    append(dash + " ")
                     mapping(item, indent + 2, True)
                 else:
-                    out.append(" {}\n")
+                    append(dash + " {}\n")
             elif cls is list:
                 if item:
-                    out.append(" ")
+                    append(dash + " ")
                     sequence(item, indent + 2, True)
                 else:
-                    out.append(" []\n")
+                    append(dash + " []\n")
             else:
-                out.append(" " + scalar(item, indent + 2) + "\n")
+                append(dash + " " + scalar(item, indent + 2) + "\n")
+            dash = rest
 
     mapping(data, 0, False)
     return "".join(out)
