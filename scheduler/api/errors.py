@@ -7,6 +7,7 @@ Whatever goes wrong, the client gets `{"error": {"code", "message", "details"}}`
 | `SchedulerError` (store, service, auth) | its own| its own                              | an object            |
 | `ir.IRValidationError`                  | 422    | `invalid_ir`                         | the list of issues   |
 | FastAPI `RequestValidationError`        | 422    | `invalid_request`                    | the list of fields   |
+| a JSON body FastAPI cannot decode       | 422    | `invalid_request`                    | the list of fields   |
 | Starlette `HTTPException` (404, 405...) | its own| `not_found`, `method_not_allowed`... | an object            |
 | anything else                           | 500    | `internal_error` (logged, no trace)  | an object            |
 
@@ -223,6 +224,16 @@ async def _validation_error(_request: Request, exc: Exception) -> Response:
 async def _http_error(_request: Request, exc: Exception) -> Response:
     assert isinstance(exc, HTTPException)
     status = exc.status_code
+    if status == 400 and exc.__cause__ is not None:
+        # FastAPI's answer to a JSON body it could not even decode (invalid UTF-8, digits beyond Python's
+        # int limit, nesting beyond the recursion limit): the same 422 as for any other malformed JSON.
+        reason = _short(f"{type(exc.__cause__).__name__}: {exc.__cause__}")
+        return error_response(
+            422,
+            "invalid_request",
+            f"invalid request: body: the body is not valid JSON ({reason})",
+            [{"loc": ["body"], "message": f"the body is not valid JSON ({reason})", "type": "json_invalid"}],
+        )
     try:
         phrase = HTTPStatus(status).phrase
     except ValueError:

@@ -237,9 +237,17 @@ class FakeBackend:
         for each in [task] if task is not None else list(Task):
             for line in self.lines.get((job_id, each), []):
                 yield f"{each.value}: {line}"
-        if follow:
+        if follow:  # until the test sends None, or the job has finished (as a real backend would)
             queue = self.follow_queue(job_id)
-            while (line := await queue.get()) is not None:
+            while True:
+                try:
+                    line = await asyncio.wait_for(queue.get(), timeout=0.05)
+                except TimeoutError:
+                    if (await self._db(self.store.get_job, job_id)).terminal:
+                        return
+                    continue
+                if line is None:
+                    return
                 yield line
 
     async def recover(self) -> None:
