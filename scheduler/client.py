@@ -1,0 +1,458 @@
+"""A small typed client of the scheduler's REST API (`/api/v1`), used by the `modelops` CLI and the benchmark.
+
+Synchronous (httpx), because its callers are a command line and a load script's set-up: one request at a time.
+Responses are parsed into the pydantic models below, which mirror the server's response models in
+`scheduler.api.models` field for field (a test checks they do not drift apart). They are declared here
+rather than imported so a CLI command does not pull in the server (SQLAlchemy, FastAPI) just to print a job.
+
+Every failure is a `ClientError` whose `message` is one line fit for stderr:
+
+- `SchedulerUnreachable`: nothing answers at the address (connection refused, DNS, timeout);
+- `ApiError`: the server answered with an error body `{"error": {"code", "message", "details"}}`; for a 422
+  `detail_lines()` lists every problem (IR issues as `file: Kind name: path: message`, request fields as
+  `loc: message`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+import uuid
+from collections.abc import Iterator, Mapping
+from datetime import datetime
+from pathlib import Path, PurePosixPath
+from types import TracebackType
+from typing import Any, Final, TypeVar
+from urllib.parse import urlsplit
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from scheduler.states import TERMINAL, JobState, Task
+
+__all__ = [
+    "DEFAULT_SERVER",
+    "ApiError",
+    "ClientError",
+    "Deployment",
+    "Job",
+    "JobDetail",
+    "JobEvent",
+    "JobPage",
+    "Pipeline",
+    "SchedulerClient",
+    "SchedulerUnreachable",
+    "bundle_payload",
+]
+
+DEFAULT_SERVER: Final = "http://127.0.0.1:8787"
+"""Where `modelops serve` listens by default, and where the CLI looks when no server is configured."""
+
+API: Final = "/api/v1"
+IR_SUFFIXES: Final = (".yaml", ".yml", ".json")
+"""The files of a bundle folder that are sent (as `ir.load_bundle` reads a folder)."""
+TARBALL_SUFFIXES: Final = (".tar.gz", ".tgz")
+
+_TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
+_DEPLOY_TIMEOUT: Final = httpx.Timeout(120.0, connect=5.0)
+_LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+
+
+# ---------------------------------------------------------------------------------------------- errors
+
+
+class ClientError(Exception):
+    """A request to the scheduler failed; `message` is one line saying what failed."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class SchedulerUnreachable(ClientError):
+    """Nothing (or nothing that speaks HTTP) answers at the server address."""
+
+    def __init__(self, server: str, reason: str) -> None:
+        super().__init__(f"no scheduler at {server}: {reason}")
+        self.server = server
+        self.reason = reason
+
+
+class ApiError(ClientError):
+    """The server answered with an error status; `code`, `message` and `details` come from its error body."""
+
+    def __init__(self, status: int, code: str, message: str, details: Any = None) -> None:
+        super().__init__(message)
+        self.status = status
+        self.code = code
+        self.details = details
+
+    def detail_lines(self) -> list[str]:
+        """One line per problem listed in `details` (422 errors), in the server's order; [] when none."""
+        if not isinstance(self.details, list):
+            return []
+        return [_problem_line(item) for item in self.details if isinstance(item, Mapping)]
+
+
+def _problem_line(item: Mapping[str, Any]) -> str:
+    if "file" in item:  # an IR issue: file, document ("Kind name"), path, message, line
+        parts = [str(item.get("file") or "<bundle>")]
+        parts += [str(item[key]) for key in ("document", "path") if item.get(key)]
+        text = ": ".join(parts) + ": " + str(item.get("message", ""))
+        return f"{text} (line {item['line']})" if item.get("line") is not None else text
+    loc = item.get("loc")
+    where = ".".join(str(part) for part in loc) if isinstance(loc, list) else ""
+    message = str(item.get("message", item))
+    return f"{where}: {message}" if where else message
+
+
+# ---------------------------------------------------------------------------------------------- models
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True, populate_by_name=True)
+
+
+_M = TypeVar("_M", bound=_Model)
+
+
+class Deployment(_Model):
+    """`POST /pipelines`: the stored version; `created` is false when the same IR was there already."""
+
+    name: str
+    version: int
+    digest: str
+    created: bool
+    created_at: datetime
+    created_by: str | None
+
+
+class VersionSummary(_Model):
+    version: int
+    digest: str
+    created_at: datetime
+    created_by: str | None
+
+
+class Pipeline(_Model):
+    """`GET /pipelines` item: a pipeline and its versions, oldest first."""
+
+    name: str
+    created_at: datetime
+    latest_version: int
+    versions: list[VersionSummary]
+
+
+class Progress(_Model):
+    read: int
+    written: int
+    failed: int
+
+
+class Completion(_Model):
+    succeeded: bool
+    message: str | None
+
+
+class JobEvent(_Model):
+    """One entry of a job's history: a state change, or a task change (`from == to`)."""
+
+    at: datetime
+    from_state: JobState | None = Field(alias="from")
+    to_state: JobState = Field(alias="to")
+    task: Task | None
+    reason: str | None
+    message: str | None
+
+
+class Job(_Model):
+    """`JobOut`: state, task, why (`reason`, `message`), timestamps and progress of a job."""
+
+    id: uuid.UUID
+    pipeline: str
+    version: int
+    state: JobState
+    task: Task | None
+    reason: str | None
+    message: str | None
+    parameters: dict[str, Any]
+    environment: dict[str, Any]
+    backend: str
+    backend_ref: dict[str, Any] | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    progress: Progress
+    completion: Completion | None
+
+    @property
+    def terminal(self) -> bool:
+        return self.state in TERMINAL
+
+
+class JobDetail(Job):
+    """`GET /jobs/{id}`: a job with every event, oldest first."""
+
+    events: list[JobEvent]
+
+
+class JobPage(_Model):
+    items: list[Job]
+    next_cursor: str | None
+
+
+# ---------------------------------------------------------------------------------------------- bundles
+
+
+def bundle_payload(path: Path) -> tuple[bytes, str]:
+    """The body and Content-Type that deploy the IR bundle at `path`.
+
+    A `.tar.gz`/`.tgz` file is sent as it is (`application/gzip`); a folder's IR files (`.yaml`, `.yml`,
+    `.json`, none hidden) or a single file are sent as `{"files": {relative name: text}}`, so the server's
+    errors name the files as they are on disk. Files that are not UTF-8 go as a tarball instead (JSON cannot
+    carry them; the server then says what is wrong with them). Raises `ClientError` when there is nothing to send.
+    """
+    if not path.exists():
+        raise ClientError(f"{path}: no such file or directory")
+    if path.is_file() and path.name.endswith(TARBALL_SUFFIXES):
+        return _read(path), "application/gzip"
+    if path.is_dir():
+        found = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file() and p.suffix in IR_SUFFIXES and not any(s.startswith(".") for s in p.relative_to(path).parts)
+        )
+        if not found:
+            raise ClientError(f"{path}: the folder holds no .yaml, .yml or .json files")
+        files = {p.relative_to(path).as_posix(): _read(p) for p in found}
+    elif path.is_file():
+        files = {path.name: _read(path)}
+    else:
+        raise ClientError(f"{path}: not a file or a folder")
+    try:
+        texts = {name: data.decode("utf-8") for name, data in files.items()}
+    except UnicodeDecodeError:
+        return _tarball(files), "application/gzip"
+    return json.dumps({"files": texts}).encode("utf-8"), "application/json"
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise ClientError(f"{path}: cannot read it: {exc.strerror or exc}") from None
+
+
+def _tarball(files: Mapping[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
+        for name, data in files.items():
+            info = tarfile.TarInfo(str(PurePosixPath(name)))
+            info.size = len(data)
+            info.mode = 0o644
+            archive.addfile(info, io.BytesIO(data))
+    return buffer.getvalue()
+
+
+# ---------------------------------------------------------------------------------------------- client
+
+
+class SchedulerClient:
+    """The REST API of one scheduler. Use as a context manager, or `close()` it.
+
+    `token` is sent as `Authorization: Bearer <token>`. `transport` lets tests talk to an app in-process.
+    """
+
+    def __init__(
+        self,
+        server: str = DEFAULT_SERVER,
+        token: str | None = None,
+        *,
+        timeout: httpx.Timeout | float = _TIMEOUT,
+        transport: httpx.BaseTransport | None = None,
+    ) -> None:
+        self.server = server.rstrip("/")
+        headers = {"Accept": "application/json", "User-Agent": "modelops-cli"}
+        if token:
+            headers["Authorization"] = f"Bearer {token}"
+        host = urlsplit(self.server).hostname or ""
+        self._http = httpx.Client(
+            base_url=self.server,
+            headers=headers,
+            timeout=timeout,
+            transport=transport,
+            # A proxy from the environment must not stand between us and a scheduler on this machine.
+            trust_env=host not in _LOOPBACK,
+        )
+
+    def __enter__(self) -> SchedulerClient:
+        return self
+
+    def __exit__(self, *_: type[BaseException] | BaseException | TracebackType | None) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._http.close()
+
+    # -- plumbing ---------------------------------------------------------------------------------
+
+    def _request(self, method: str, url: str, **kwargs: Any) -> httpx.Response:
+        try:
+            response = self._http.request(method, url, **kwargs)
+        except httpx.TransportError as exc:
+            raise SchedulerUnreachable(self.server, _transport_reason(exc)) from exc
+        if response.status_code >= 400:
+            raise _api_error(response)
+        return response
+
+    def _parse(self, model: type[_M], response: httpx.Response) -> _M:
+        try:
+            return model.model_validate(response.json())
+        except (ValueError, ValidationError) as exc:
+            raise ClientError(
+                f"{self.server} answered {response.request.method} {response.request.url.path} with a body "
+                f"that is not a {model.__name__}: is it a modelops scheduler of this version? ({_first_line(exc)})"
+            ) from None
+
+    # -- health -----------------------------------------------------------------------------------
+
+    def ready(self) -> bool:
+        """True when the server answers `/readyz` with 200 (it is started and reaches its database)."""
+        try:
+            return self._http.get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def check(self) -> None:
+        """Make sure a scheduler answers: `SchedulerUnreachable` if nothing does, `ApiError` if it is not ready."""
+        self._request("GET", "/readyz")
+
+    # -- pipelines --------------------------------------------------------------------------------
+
+    def deploy(self, path: Path) -> Deployment:
+        """Deploy the IR bundle at `path` (folder, file or .tar.gz); see `bundle_payload`."""
+        body, content_type = bundle_payload(path)
+        return self.deploy_bytes(body, content_type)
+
+    def deploy_bytes(self, body: bytes, content_type: str) -> Deployment:
+        response = self._request(
+            "POST", f"{API}/pipelines", content=body, headers={"Content-Type": content_type}, timeout=_DEPLOY_TIMEOUT
+        )
+        return self._parse(Deployment, response)
+
+    def list_pipelines(self) -> list[Pipeline]:
+        return self._parse(_PipelineList, self._request("GET", f"{API}/pipelines")).items
+
+    # -- jobs -------------------------------------------------------------------------------------
+
+    def create_job(
+        self,
+        pipeline: str,
+        *,
+        version: int | None = None,
+        parameters: Mapping[str, Any] | None = None,
+        environment: Mapping[str, Any] | None = None,
+        idempotency_key: str | None = None,
+    ) -> Job:
+        body: dict[str, Any] = {"pipeline": pipeline}
+        if version is not None:
+            body["version"] = version
+        if parameters:
+            body["parameters"] = dict(parameters)
+        if environment:
+            body["environment"] = dict(environment)
+        headers = {"Idempotency-Key": idempotency_key} if idempotency_key else {}
+        return self._parse(Job, self._request("POST", f"{API}/jobs", json=body, headers=headers))
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        pipeline: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+    ) -> JobPage:
+        params: dict[str, str | int] = {}
+        if state is not None:
+            params["state"] = state.value
+        if pipeline is not None:
+            params["pipeline"] = pipeline
+        if limit is not None:
+            params["limit"] = limit
+        if cursor is not None:
+            params["cursor"] = cursor
+        return self._parse(JobPage, self._request("GET", f"{API}/jobs", params=params))
+
+    def get_job(self, job_id: uuid.UUID | str) -> JobDetail:
+        return self._parse(JobDetail, self._request("GET", f"{API}/jobs/{_job_path(job_id)}"))
+
+    def cancel_job(self, job_id: uuid.UUID | str) -> Job:
+        return self._parse(Job, self._request("POST", f"{API}/jobs/{_job_path(job_id)}/cancel"))
+
+    def logs(self, job_id: uuid.UUID | str, *, task: Task | None = None, follow: bool = False) -> Iterator[str]:
+        """The job's log text, chunk by chunk as the server sends it (until the task or job ends with `follow`)."""
+        params: dict[str, str] = {}
+        if task is not None:
+            params["task"] = task.value
+        if follow:
+            params["follow"] = "true"
+        timeout = httpx.Timeout(30.0, connect=5.0, read=None) if follow else _TIMEOUT
+        request = self._http.build_request(
+            "GET", f"{API}/jobs/{_job_path(job_id)}/logs", params=params, timeout=timeout
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise SchedulerUnreachable(self.server, _transport_reason(exc)) from exc
+        try:
+            if response.status_code >= 400:
+                response.read()
+                raise _api_error(response)
+            try:
+                yield from response.iter_text()
+            except httpx.TransportError as exc:
+                raise SchedulerUnreachable(self.server, f"the log stream broke: {_transport_reason(exc)}") from exc
+        finally:
+            response.close()
+
+
+class _PipelineList(_Model):
+    items: list[Pipeline]
+
+
+def _job_path(job_id: uuid.UUID | str) -> str:
+    """The id as a path segment; anything that is not a UUID is refused here, with the server's wording."""
+    try:
+        return str(uuid.UUID(str(job_id)))
+    except ValueError:
+        raise ApiError(422, "invalid_request", f"not a job id: {job_id!r} (job ids are UUIDs)") from None
+
+
+def _api_error(response: httpx.Response) -> ApiError:
+    status = response.status_code
+    try:
+        error = response.json()["error"]
+        return ApiError(status, str(error["code"]), str(error["message"]), error.get("details"))
+    except (ValueError, KeyError, TypeError):
+        phrase = response.reason_phrase or "error"
+        text = _first_line(response.text)[:200]
+        return ApiError(
+            status,
+            f"http_{status}",
+            f"{response.request.method} {response.request.url.path}: HTTP {status} {phrase}"
+            + (f": {text}" if text else ""),
+        )
+
+
+def _transport_reason(exc: httpx.TransportError) -> str:
+    if isinstance(exc, httpx.ConnectError):
+        return "connection refused or host unreachable" if "refused" in str(exc).lower() or not str(exc) else str(exc)
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return _first_line(exc) or type(exc).__name__
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0] if text else ""
