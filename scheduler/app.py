@@ -77,7 +77,10 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
         engine = create_engine(settings.database_url)
         try:
             store = await _open_store(engine)
-            secret = await anyio.to_thread.run_sync(load_secret, settings.home)
+            try:
+                secret = await anyio.to_thread.run_sync(load_secret, settings.home)
+            except (OSError, ValueError) as exc:
+                raise StartupRefused(f"cannot start: the job-token secret is unusable: {exc}") from exc
             backend = factory(store, settings, secret)
             try:
                 await backend.recover()

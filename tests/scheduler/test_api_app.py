@@ -73,6 +73,16 @@ async def test_an_unreachable_database_is_refused_at_start(tmp_path: Path) -> No
             pytest.fail("the app started without its database")
 
 
+async def test_an_unusable_job_token_secret_is_refused_at_start(
+    api_database_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MODELOPS_SCHEDULER_JOB_TOKEN_SECRET", "too-short")
+    app = create_app(settings_for(tmp_path / "home", api_database_url))
+    with pytest.raises(StartupRefused, match="job-token secret"):
+        async with app.router.lifespan_context(app):
+            pytest.fail("the app started with a weak job-token secret")
+
+
 async def test_requests_before_the_start_are_503(tmp_path: Path) -> None:
     app = create_app(settings_for(tmp_path / "home", "sqlite:///never.db"))
     async with httpx.AsyncClient(transport=httpx.ASGITransport(app), base_url="http://t") as client:
