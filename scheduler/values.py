@@ -48,7 +48,7 @@ def globals_for(
     """The global settings (step 4 of rendering) of job `job_id`: from the server's settings, the job's
     `environment` (its `namespace`), and `token`, the job token (None in previews).
 
-    The same globals as the lifecycle's install (`scheduler.lifecycle.Lifecycle.render`); a test compares them.
+    Install renders through `render_values` too (`scheduler.lifecycle.Lifecycle.render`), with the job token.
     """
     data: dict[str, Any] = {
         "jobId": str(job_id),
