@@ -58,6 +58,15 @@ def _shape_fits(shape: tuple[int, ...], declared: tuple[int, ...]) -> bool:
     return all(want == -1 or want == got for got, want in zip(shape, declared, strict=True))
 
 
+def _widen(array: Array, datatype: str, spec: TensorSpec) -> Array:
+    """An input of another datatype than declared, converted where no value can change (INT32 -> INT64,
+    FP32 -> FP64, UINT8 -> FP32...); anything else (narrowing, BYTES <-> numbers) is a 400."""
+    source, target = DATATYPES[datatype], DATATYPES[spec.datatype]
+    if "O" in (source.kind, target.kind) or not np.can_cast(source, target, "safe"):
+        raise InvalidRequest(f"input '{spec.name}' has datatype {datatype}; the model expects {spec.datatype}")
+    return array.astype(target)
+
+
 def _output_array(array: Array, spec: TensorSpec, model: str) -> Array:
     if spec.datatype == "BYTES":
         if array.dtype.kind != "O":
@@ -194,7 +203,7 @@ class DataPlane:
                 )
             datatype = request.datatypes[spec.name]
             if datatype != spec.datatype:
-                raise InvalidRequest(f"input '{spec.name}' has datatype {datatype}; the model expects {spec.datatype}")
+                array = _widen(array, datatype, spec)
             if not _shape_fits(array.shape, spec.shape):
                 raise InvalidRequest(
                     f"input '{spec.name}' has shape {list(array.shape)}; the model expects {list(spec.shape)} "

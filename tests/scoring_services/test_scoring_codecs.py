@@ -9,6 +9,7 @@ import numpy as np
 import orjson
 import pytest
 
+from scoring_services import codecs
 from scoring_services.codecs import (
     DATATYPES,
     EncodedOutput,
@@ -17,6 +18,18 @@ from scoring_services.codecs import (
     encode_infer_response,
 )
 from scoring_services.errors import InvalidRequest
+
+
+@pytest.fixture(autouse=True, params=["orjson", "simdjson"])
+def parser(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Every test runs with both JSON paths: orjson (small bodies) and simdjson (large ones), forced by size."""
+    if request.param == "simdjson":
+        pytest.importorskip("simdjson")
+        monkeypatch.setattr(codecs, "_SIMDJSON_FROM", 0)
+    else:
+        monkeypatch.setattr(codecs, "_SIMDJSON_FROM", 1 << 60)
+    return str(request.param)
+
 
 SAMPLES: dict[str, list[Any]] = {
     "BOOL": [True, False, True, True],
@@ -131,7 +144,7 @@ def test_the_request_id_parameters_and_requested_outputs_are_kept() -> None:
         ("BOOL", [1], "true/false"),
         ("BYTES", [1], "must be strings"),
         ("FP32", ["x"], "does not fit"),
-        ("INT32", [[1], [2, 3]], "INT32"),
+        ("INT32", [[1], [2, 3]], "input 'x'"),  # ragged: refused, by numpy or by the element count
     ],
 )
 def test_data_that_does_not_fit_its_datatype_is_refused(datatype: str, data: list[Any], fragment: str) -> None:
@@ -167,6 +180,22 @@ def test_an_input_given_twice_is_refused() -> None:
     tensor = {"name": "x", "datatype": "FP32", "shape": [1], "data": [1]}
     with pytest.raises(InvalidRequest, match="given twice"):
         decode_infer_request(orjson.dumps({"inputs": [tensor, tensor]}))
+
+
+def test_mixed_ints_and_floats_decode_like_numpy_would() -> None:
+    array = decode_infer_request(json_request("FP32", [1, 2.5, 3, 1e-3], [4])).inputs["x"]
+    np.testing.assert_array_equal(array, np.array([1, 2.5, 3, 1e-3], dtype=np.float32))
+
+
+def test_uint64_beyond_int64_decodes_exactly() -> None:
+    array = decode_infer_request(json_request("UINT64", [2**64 - 1, 0], [2])).inputs["x"]
+    assert array.tolist() == [2**64 - 1, 0]
+
+
+def test_invalid_json_is_refused() -> None:
+    for body in (b"{", b"", b'{"inputs": [1,', b"\xff\xfe"):
+        with pytest.raises(InvalidRequest, match="not valid JSON"):
+            decode_infer_request(body)
 
 
 def test_numpy_dtypes_map_to_v2_datatypes() -> None:

@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scoring_kit import infer_body, model_config, served, spec
 
+from scoring_services import codecs
 from scoring_services.app import ScoringApp
 from scoring_services.settings import ScoringSettings
 from scoring_services.types import ModelConfig
@@ -223,6 +224,15 @@ async def test_a_wrong_shape_is_400_naming_the_expected_shape(client: httpx.Asyn
 async def test_a_wrong_datatype_is_400(client: httpx.AsyncClient) -> None:
     response = await client.post("/v2/models/digits/infer", json=infer_body("input", np.zeros((2, 64)), "FP64"))
     await expect_error(response, 400, "FP64", "FP32")
+    response = await client.post("/v2/models/digits/infer", json=infer_body("input", np.full((2, 64), "a"), "BYTES"))
+    await expect_error(response, 400, "BYTES", "FP32")
+
+
+async def test_a_datatype_that_widens_without_loss_is_accepted(digits: Digits, client: httpx.AsyncClient) -> None:
+    rows = digits.features[:3].astype(np.uint8)
+    response = await client.post("/v2/models/digits/infer", json=infer_body("input", rows, "UINT8"))
+    assert response.status_code == 200
+    assert response.json()["outputs"][0]["data"] == digits.forest.predict(rows.astype(np.float32)).tolist()
 
 
 async def test_data_that_does_not_fill_the_shape_is_400(client: httpx.AsyncClient) -> None:
@@ -345,11 +355,17 @@ requests = st.fixed_dictionaries(
 )
 
 
+@pytest.mark.parametrize("parser", ["orjson", "simdjson"])
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(document=requests, header=st.none() | st.integers(-5, 400))
 async def test_no_request_body_produces_a_500(
-    app_and_client: tuple[ScoringApp, httpx.AsyncClient], document: dict[str, Any], header: int | None
+    app_and_client: tuple[ScoringApp, httpx.AsyncClient],
+    monkeypatch: pytest.MonkeyPatch,
+    parser: str,
+    document: dict[str, Any],
+    header: int | None,
 ) -> None:
+    monkeypatch.setattr(codecs, "_SIMDJSON_FROM", 0 if parser == "simdjson" else 1 << 60)
     _, client = app_and_client
     headers = {} if header is None else {"Inference-Header-Content-Length": str(header)}
     text = json.dumps(document).encode()  # the stdlib: it writes integers beyond 64 bits too
