@@ -165,3 +165,55 @@ async def test_health_and_metadata_answer_while_the_model_computes(
         runtime.module.release.set()  # type: ignore[attr-defined]
         response = await pending
     assert response.json()["outputs"][0]["data"] == [1.0, 1.0]
+
+
+NOT_PER_ROW = """
+BATCHABLE = False
+INPUTS = [{"name": "x", "datatype": "FP64", "shape": [-1]}]
+OUTPUTS = [{"name": "total", "datatype": "FP64", "shape": [1]}]
+
+
+def load(path):
+    pass
+
+
+def predict(batch):
+    return {"total": [float(batch["x"].sum())]}
+"""
+
+
+async def test_a_module_that_is_not_batchable_gets_each_request_alone(
+    tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    folder = tmp_path / "totals"
+    folder.mkdir()
+    (folder / "model.py").write_text(textwrap.dedent(NOT_PER_ROW))
+    config = model_config("totals", "python", folder)
+    async with served([config], scoring_settings) as (_, http):
+
+        async def total(values: list[float]) -> list[float]:
+            body = {"inputs": [{"name": "x", "datatype": "FP64", "shape": [len(values)], "data": values}]}
+            data: list[float] = (await http.post("/v2/models/totals/infer", json=body)).json()["outputs"][0]["data"]
+            return data
+
+        answers = await asyncio.gather(total([1.0, 2.0]), total([10.0]), total([5.0, 5.0, 5.0]))
+    assert answers == [[3.0], [10.0], [15.0]]
+
+
+async def test_unloading_fails_queued_requests_with_503_and_finishes_the_running_call(
+    tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    config = counting_model(tmp_path, BatchingConfig(True, max_batch_size=1, max_latency_ms=0))
+    async with served([config], scoring_settings) as (_, http):
+
+        async def one(i: int) -> int:
+            body = infer_body("x", np.full((1, 2), float(i)), "FP64")
+            return (await http.post("/v2/models/counter/infer", json=body)).status_code
+
+        pending = [asyncio.ensure_future(one(i)) for i in range(5)]
+        await asyncio.sleep(0.1)  # the first call holds its gate; the others queue (max 1 row per call)
+        await http.post("/v2/repository/models/counter/unload")
+        statuses = await asyncio.gather(*pending)
+    assert statuses[0] == 200
+    assert set(statuses[1:]) <= {200, 503}
+    assert 503 in statuses

@@ -493,3 +493,25 @@ async def test_a_python_module_without_predict_fails_to_load_with_the_reason(
         index = (await http.post("/v2/repository/index")).json()
     assert index[0]["state"] == "UNAVAILABLE"
     assert "has no function predict()" in index[0]["reason"]
+
+
+# ---------------------------------------------------------------------------------------------- forest fast path
+
+
+async def test_the_forest_fast_path_answers_bit_identically_to_predict_proba(
+    digits: Digits, tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    rows = np.random.default_rng(3).uniform(0, 16, size=(200, 64)).astype(np.float32)
+    fast = model_config("fast", "sklearn", digits.joblib_path, sha256=digits.joblib_sha)
+    slow = model_config("slow", "sklearn", digits.joblib_path, sha256=digits.joblib_sha, options={"fastForest": False})
+    async with served([fast, slow], scoring_settings) as (app, http):
+        runtime = app.plane.repository.get("fast").runtime
+        assert runtime is not None
+        assert runtime._fast_forest  # type: ignore[attr-defined]
+        answers = []
+        for name in ("fast", "slow"):
+            response = await http.post(f"/v2/models/{name}/infer", json=infer_body("input", rows, "FP32"))
+            answers.append(outputs_of(response.json()))
+    for answer in answers:
+        np.testing.assert_array_equal(answer["predict_proba"], digits.forest.predict_proba(rows))
+        np.testing.assert_array_equal(answer["predict"], digits.forest.predict(rows))
