@@ -1,11 +1,12 @@
 """Adaptive batching: concurrent requests to one model are coalesced into one model call and split back.
 
-Per model, at most `concurrency` calls are in flight; requests that arrive meanwhile wait in a queue, and the
-next call takes as many of them as fit in `max_batch_size` rows. So under load batches grow by themselves,
-and an idle model answers a lone request at once: no timer holds it back. Before a call starts, the batcher
-yields to the event loop for as long as requests keep arriving (requests already in socket buffers reach the
-queue within a few loop turns), at most `max_latency_ms`: that catches a burst that arrives together without
-taxing a request that arrives alone.
+Per model, at most `concurrency` calls are in flight, and a second one starts only for a full batch (at least
+`max_batch_size` rows waiting). Requests that arrive while a call runs wait in a queue, and the next call takes
+as many of them as fit in `max_batch_size` rows; large requests still get several cores. So under load batches
+grow by themselves, and an idle model answers a lone request at once: no timer holds it back. Before a call
+starts, the batcher yields to the event loop for as long as requests keep arriving (requests already in socket
+buffers reach the queue within a few loop turns), at most `max_latency_ms`: that catches a burst that arrives
+together without taxing a request that arrives alone.
 
 Only requests with the same trailing shapes, dtypes and parameters are coalesced (a request with a different
 row width or `max_new_tokens` waits for its own call). A request larger than `max_batch_size` runs alone, whole.
@@ -123,6 +124,7 @@ class Batcher(Predictor):
         self._slots = asyncio.Semaphore(concurrency)
         self._worker: asyncio.Task[None] | None = None
         self._calls: set[asyncio.Task[None]] = set()
+        self._queued_rows = 0
 
     def start(self) -> None:
         if self._worker is None:
@@ -136,6 +138,7 @@ class Batcher(Predictor):
             self._worker = None
         if self._calls:
             await asyncio.gather(*self._calls, return_exceptions=True)
+        self._queued_rows = 0
         while self._queue:
             item = self._queue.popleft()
             self.metrics.queue_depth.dec()
@@ -150,6 +153,7 @@ class Batcher(Predictor):
         key = (tuple((name, a.dtype.str, a.shape[1:]) for name, a in inputs.items()), _params_key(parameters))
         future: asyncio.Future[Outputs] = asyncio.get_running_loop().create_future()
         self._queue.append(_Item(key, inputs, outputs, parameters, rows, future))
+        self._queued_rows += rows
         self.metrics.queue_depth.inc()
         self._wake.set()
         return await future
@@ -162,6 +166,11 @@ class Batcher(Predictor):
                 await self._wake.wait()
             await self._slots.acquire()
             try:
+                # A second call in flight only for a full batch: partial batches wait for the running call,
+                # so small requests keep coalescing while large ones use more cores.
+                while self._calls and queue and self._queued_rows < self.max_batch_size:
+                    self._wake.clear()
+                    await self._wake.wait()
                 if self.max_wait > 0 and len(queue) < self.max_batch_size:
                     await self._collect()
                 items = self._take()
@@ -173,7 +182,11 @@ class Batcher(Predictor):
                 continue
             task = asyncio.get_running_loop().create_task(self._call(items))
             self._calls.add(task)
-            task.add_done_callback(self._calls.discard)
+            task.add_done_callback(self._call_done)
+
+    def _call_done(self, task: asyncio.Task[None]) -> None:
+        self._calls.discard(task)
+        self._wake.set()
 
     async def _collect(self) -> None:
         """Let requests that have already arrived reach the queue; stop when they stop coming or time is up."""
@@ -206,6 +219,7 @@ class Batcher(Predictor):
             items.append(queue.popleft())
             rows += item.rows
         queue.extendleft(reversed(skipped))
+        self._queued_rows -= rows
         self.metrics.queue_depth.dec(len(items))
         return items
 

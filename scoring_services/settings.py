@@ -36,10 +36,13 @@ class ScoringSettings(BaseSettings):
         description="Threads that run model calls, so the event loop keeps answering health and metadata.",
     )
     batch_concurrency: int = Field(
-        default=1,
+        default=2,
         ge=1,
         le=64,
-        description="Model calls of one batched model in flight at once; requests queue (and coalesce) behind them.",
+        description=(
+            "Model calls of one batched model in flight at once; a second one starts only for a full batch, so "
+            "small requests queue (and coalesce) behind the running call while large ones use more cores."
+        ),
     )
     max_body_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="Largest request body accepted; larger ones get 413."

@@ -13,7 +13,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from scoring_kit import infer_body, model_config, served, spec
+from scoring_kit import infer_body, model_config, served, settings, spec
 
 from scoring_services.settings import ScoringSettings
 from scoring_services.types import BatchingConfig, ModelConfig
@@ -83,6 +83,16 @@ async def test_concurrent_requests_are_coalesced_into_fewer_model_calls(
     assert calls < 20
     assert metric(metrics, "modelops_scoring_batch_size_sum", "counter") == 20
     assert metric(metrics, "modelops_scoring_queue_depth", "counter") == 0
+
+
+async def test_answers_stay_per_request_with_two_calls_in_flight(tmp_path: Path) -> None:
+    config = counting_model(tmp_path, BatchingConfig(True, max_batch_size=4, max_latency_ms=5))
+    async with served([config], settings(tmp_path, batch_concurrency=2)) as (_, http):
+        answers = await fire(http, "counter", 17)
+        metrics = (await http.get("/metrics")).text
+    assert [a["echo"] for a in answers] == [[3.0 * i] for i in range(17)]
+    assert max(a["rows"][0] for a in answers) == 4
+    assert metric(metrics, "modelops_scoring_batch_size_sum", "counter") == 17
 
 
 async def test_batches_never_exceed_max_batch_size(tmp_path: Path, scoring_settings: ScoringSettings) -> None:
@@ -200,11 +210,9 @@ async def test_a_module_that_is_not_batchable_gets_each_request_alone(
     assert answers == [[3.0], [10.0], [15.0]]
 
 
-async def test_unloading_fails_queued_requests_with_503_and_finishes_the_running_call(
-    tmp_path: Path, scoring_settings: ScoringSettings
-) -> None:
+async def test_unloading_fails_queued_requests_with_503_and_finishes_the_running_call(tmp_path: Path) -> None:
     config = counting_model(tmp_path, BatchingConfig(True, max_batch_size=1, max_latency_ms=0))
-    async with served([config], scoring_settings) as (_, http):
+    async with served([config], settings(tmp_path, batch_concurrency=1)) as (_, http):
 
         async def one(i: int) -> int:
             body = infer_body("x", np.full((1, 2), float(i)), "FP64")
