@@ -159,12 +159,12 @@ def check_pipeline(
 
 def _check_refs(value: Any, loc: Loc, params: dict[str, Parameter], report: Report) -> None:
     """Every `${params.x}` inside `value` names a declared parameter."""
-    if isinstance(value, dict):
-        for key, item in value.items():
-            _check_refs(item, (*loc, key), params, report)
-    elif isinstance(value, list):
-        for i, item in enumerate(value):
-            _check_refs(item, (*loc, i), params, report)
+    if isinstance(value, dict | list):
+        items = value.items() if isinstance(value, dict) else enumerate(value)
+        for key, item in items:
+            # only strings with a `${` and containers can hold a reference: skip the rest without recursing
+            if (isinstance(item, str) and "${" in item) or isinstance(item, dict | list):
+                _check_refs(item, (*loc, key), params, report)
     elif isinstance(value, str):
         for ref in PARAM_REF.findall(value):
             if ref not in params:

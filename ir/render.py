@@ -214,6 +214,8 @@ def _text(value: Scalar) -> str:
 def _substitute(value: Any, params: Mapping[str, Scalar], typed: bool) -> Any:
     """Replace `${params.x}`; a value that is exactly one reference takes the typed value where `typed`."""
     if isinstance(value, str):
+        if "${" not in value:  # the common case, without a regular expression
+            return value
         whole = PARAM_REF.fullmatch(value)
         if whole is not None and typed:
             return params[whole.group(1)]
