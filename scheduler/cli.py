@@ -208,7 +208,9 @@ JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON i
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    err.print(f"error: {message}")
+    """Print `error: message` as one line (a driver's multi-line text joined) and exit with `code`."""
+    one_line = " ".join(part.strip() for part in message.splitlines() if part.strip())
+    err.print(f"error: {one_line}")
     raise typer.Exit(code)
 
 
@@ -578,7 +580,7 @@ def job_show(
         grid.add_row("completion", Text(verdict + (f": {job.completion.message}" if job.completion.message else "")))
     grid.add_row("parameters", Text(json.dumps(job.parameters, sort_keys=True) if job.parameters else "-"))
     grid.add_row("backend", job.backend)
-    out.print(grid)
+    _print_table(grid)
     events = Table(box=box.SIMPLE_HEAD, title="events", title_justify="left", pad_edge=False)
     events.add_column("AT", no_wrap=True)
     events.add_column("CHANGE", no_wrap=True)
@@ -654,20 +656,24 @@ def run(
     if not path.exists():
         _fail(f"{path}: no such file or directory")
     # CI systems stop a job with SIGTERM: treat it like Ctrl-C, so the scoring job is cancelled, not orphaned.
-    signal.signal(signal.SIGTERM, _interrupt)
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     embedded: EmbeddedServer | None = None
-    if server is None:
-        embedded = _start_embedded()
-        server = embedded.url
     code = 1
     try:
+        if server is None:
+            embedded = _start_embedded()
+            server = embedded.url
         code = _run(path, parameters, server, token, embedded)
+    except KeyboardInterrupt:  # before the job was followed: nothing to wait for (an embedded server cancels it)
+        err.print("interrupted")
+        code = EXIT_INTERRUPTED
     finally:
         if embedded is not None:
             if code == _ABANDONED:
                 embedded.abandon()
             else:
                 embedded.stop()
+        signal.signal(signal.SIGTERM, previous)
     raise typer.Exit(EXIT_INTERRUPTED if code == _ABANDONED else code)
 
 

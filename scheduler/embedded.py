@@ -152,7 +152,9 @@ class EmbeddedServer:
     """The scheduler app served by uvicorn in a daemon thread on `127.0.0.1:<free port>`.
 
     `start()` returns once `/readyz` answers; `stop()` shuts uvicorn down (the app's lifespan closes the
-    backend, leaving job states as they are). Also a context manager.
+    backend, leaving job states as they are). Also a context manager. `keep_tokens` keeps the API tokens of
+    `settings` (tests of authentication); by default the embedded server accepts no token, like a loopback
+    `modelops serve` without tokens.
     """
 
     def __init__(
@@ -161,8 +163,10 @@ class EmbeddedServer:
         *,
         backend_factory: BackendFactory | None = None,
         log_file: Path | None = None,
+        keep_tokens: bool = False,
     ) -> None:
         self._base = settings if settings is not None else SchedulerSettings()
+        self._keep_tokens = keep_tokens
         self._backend_factory = backend_factory
         self._log_file = log_file if log_file is not None else self._base.home / LOG_FILE
         self._server: uvicorn.Server | None = None
@@ -186,9 +190,10 @@ class EmbeddedServer:
             sock.bind(("127.0.0.1", 0))
             port = sock.getsockname()[1]
             self.url = f"http://127.0.0.1:{port}"
-            self.settings = self._base.model_copy(
-                update={"host": "127.0.0.1", "port": port, "public_url": self.url, "tokens": []}
-            )
+            update: dict[str, object] = {"host": "127.0.0.1", "port": port, "public_url": self.url}
+            if not self._keep_tokens:
+                update["tokens"] = []
+            self.settings = self._base.model_copy(update=update)
             self._lock.acquire(self.url)
             try:
                 self.migrated_from = prepare_database(self.settings, migrate=_is_own_database(self.settings))

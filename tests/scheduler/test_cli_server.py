@@ -1,0 +1,191 @@
+"""`modelops serve`, `db upgrade|check` and `token new|hash`; and the client's models against the API's."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from pydantic import BaseModel
+from typer.testing import CliRunner
+
+from scheduler import client
+from scheduler.api import models as api
+from scheduler.cli import app
+from scheduler.db import head_revision
+from scheduler.embedded import HomeLock
+from scheduler.settings import SchedulerSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def env_for(home: Path, **more: str | None) -> dict[str, str | None]:
+    return {
+        "MODELOPS_HOME": str(home),
+        "MODELOPS_SCHEDULER_HOME": None,
+        "MODELOPS_SCHEDULER_DATABASE_URL": None,
+        "MODELOPS_SCHEDULER_TOKENS": None,
+        "MODELOPS_SCHEDULER_HOST": None,
+        "MODELOPS_SCHEDULER_PORT": None,
+        **more,
+    }
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------------------------------------- db
+
+
+def test_db_upgrade_migrates_once_and_says_from_what_to_what(empty_database_url: str) -> None:
+    runner = CliRunner(env={"MODELOPS_SCHEDULER_DATABASE_URL": empty_database_url})
+    before = runner.invoke(app, ["db", "check"])
+    assert before.exit_code == 1 and "has no scheduler schema: run `modelops db upgrade`" in before.stderr
+    first = runner.invoke(app, ["db", "upgrade"])
+    assert first.exit_code == 0, first.output
+    assert first.stdout.endswith(f": upgraded from an empty database to {head_revision()}\n")
+    again = runner.invoke(app, ["db", "upgrade"])
+    assert again.exit_code == 0 and again.stdout.endswith(f": already at revision {head_revision()}\n")
+    after = runner.invoke(app, ["db", "check"])
+    assert after.exit_code == 0 and after.stdout.endswith(f"is at revision {head_revision()}\n")
+
+
+def test_db_upgrade_of_an_unreachable_database_is_one_error_line() -> None:
+    url = f"postgresql://nobody@127.0.0.1:{free_port()}/modelops"
+    result = CliRunner(env={"MODELOPS_SCHEDULER_DATABASE_URL": url}).invoke(app, ["db", "upgrade"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot reach the scheduler database (postgresql+psycopg://nobody@")
+    assert result.stderr.count("\n") == 1
+
+
+# ---------------------------------------------------------------------------------------------- serve
+
+
+def test_serve_refuses_an_unmigrated_database_and_says_what_to_run(tmp_path: Path) -> None:
+    result = CliRunner(env=env_for(tmp_path)).invoke(app, ["serve"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: cannot start: the database sqlite:///{tmp_path / 'modelops.db'} has no scheduler schema: "
+        "run `modelops db upgrade`\n"
+    )
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_tokens(tmp_path: Path) -> None:
+    runner = CliRunner(env=env_for(tmp_path))
+    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = runner.invoke(app, ["serve", "--host", "0.0.0.0"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot start: no API tokens are configured and the server would listen")
+
+
+def test_a_bad_setting_names_its_variable(tmp_path: Path) -> None:
+    result = CliRunner(env=env_for(tmp_path, MODELOPS_SCHEDULER_PORT="http")).invoke(app, ["serve"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: invalid setting MODELOPS_SCHEDULER_PORT: ")
+    option = CliRunner(env=env_for(tmp_path)).invoke(app, ["serve", "--port", "70000"])
+    assert option.exit_code == 1 and option.stderr.startswith("error: invalid setting --port: ")
+
+
+def test_serve_runs_the_api_until_sigterm_and_holds_its_home_meanwhile(tmp_path: Path) -> None:
+    env = env_for(tmp_path)
+    assert CliRunner(env=env).invoke(app, ["db", "upgrade"]).exit_code == 0
+    port = free_port()
+    process_env = {key: value for key, value in {**os.environ, **env}.items() if value is not None}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from scheduler.cli import app; app()", "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=process_env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        listed = CliRunner(env={"MODELOPS_SERVER": url}).invoke(app, ["job", "list"])
+        assert listed.exit_code == 0 and listed.stderr == "no jobs yet\n"
+        assert HomeLock.holder(tmp_path) == f"pid {process.pid} {url}"
+        second = CliRunner(env=env_for(tmp_path)).invoke(app, ["serve", "--port", str(free_port())])
+        assert second.exit_code == 1 and f"another modelops scheduler is using {tmp_path}" in second.stderr
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    log = stderr.decode()
+    # uvicorn shuts down gracefully, then re-raises the signal so the process ends "killed by SIGTERM" as expected
+    assert process.returncode in (0, -signal.SIGTERM), log
+    assert "Application shutdown complete." in log
+    assert "no API tokens configured: accepting unauthenticated requests on loopback only" in log
+    assert "scheduler ready: local backend" in log
+    assert HomeLock.holder(tmp_path) is None
+
+
+# ---------------------------------------------------------------------------------------------- tokens
+
+
+def test_token_new_prints_a_token_and_the_entry_that_configures_it() -> None:
+    result = CliRunner().invoke(app, ["token", "new", "ci", "--scope", "write"])
+    assert result.exit_code == 0, result.output
+    token_line, config_line = result.stdout.splitlines()
+    assert token_line.startswith("MODELOPS_TOKEN=mo_")
+    plaintext = token_line.split("=", 1)[1]
+    entry = config_line.removeprefix("MODELOPS_SCHEDULER_TOKENS=")
+    settings = SchedulerSettings(tokens=entry)
+    found = settings.find_token(plaintext)
+    assert found is not None and found.name == "ci" and found.scope == "write"
+
+
+def test_token_new_refuses_a_bad_name_or_scope() -> None:
+    assert CliRunner().invoke(app, ["token", "new", "-bad-"]).exit_code == 2
+    assert CliRunner().invoke(app, ["token", "new", "ci", "--scope", "root"]).exit_code == 2
+
+
+def test_token_hash_reads_the_token_from_stdin() -> None:
+    result = CliRunner().invoke(app, ["token", "hash"], input="s3cr3t-t0ken\n")
+    assert result.exit_code == 0
+    assert result.stdout == hashlib.sha256(b"s3cr3t-t0ken").hexdigest() + "\n"
+    assert CliRunner().invoke(app, ["token", "hash"], input="").exit_code == 2
+
+
+# ---------------------------------------------------------------------------------------------- client models
+
+
+@pytest.mark.parametrize(
+    ("ours", "theirs"),
+    [
+        (client.Deployment, api.DeploymentOut),
+        (client.Pipeline, api.PipelineOut),
+        (client.VersionSummary, api.VersionSummary),
+        (client.Job, api.JobOut),
+        (client.JobDetail, api.JobDetail),
+        (client.JobEvent, api.JobEventOut),
+        (client.JobPage, api.JobPageOut),
+        (client.Progress, api.ProgressOut),
+        (client.Completion, api.CompletionOut),
+    ],
+    ids=lambda model: model.__name__,
+)
+def test_the_clients_models_have_the_fields_of_the_apis(ours: type[BaseModel], theirs: type[BaseModel]) -> None:
+    def wire_names(model: type[BaseModel]) -> set[str]:
+        return {field.alias or name for name, field in model.model_fields.items()}
+
+    assert wire_names(ours) == wire_names(theirs)
