@@ -97,7 +97,6 @@ class DataPlane:
         self.metrics = metrics or ScoringMetrics()
         self.repository = ModelRepository(configs, settings, executor, self.metrics)
         self.started = False
-        self._startup_failed = False
 
     # ------------------------------------------------------------------ lifecycle
 
@@ -111,7 +110,6 @@ class DataPlane:
                 failures.append(exc)
         self.started = True
         if failures:
-            self._startup_failed = True
             raise failures[0]
 
     async def close(self) -> None:
@@ -123,7 +121,11 @@ class DataPlane:
         return True
 
     def ready(self) -> bool:
-        return self.started and not self._startup_failed
+        """Startup loading is over and every model is loaded, except those unloaded on purpose."""
+        return self.started and all(
+            entry.ready or (entry.state is ModelState.UNAVAILABLE and entry.reason == "unloaded")
+            for entry in self.repository.entries.values()
+        )
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": EXTENSIONS}

@@ -69,7 +69,9 @@ class TorchRuntime(ModelRuntime):
             raise
         except Exception as exc:  # torch raises RuntimeError, pickle errors, zip errors...
             raise ModelLoadError(f"model '{cfg.name}': torch cannot load {self.path.name} as {fmt}: {exc}") from exc
-        self._output_order = [spec.name for spec in (cfg.outputs or self.outputs)] or ["output"]
+        # the runtime's own names where the program tells them (the repository binds declared names to them)
+        self._output_order = [spec.name for spec in (self.outputs or cfg.outputs)] or ["output"]
+        self._input_order = [spec.name for spec in self.inputs]
 
     def _describe(self, program: Any) -> None:
         from torch.export.graph_signature import InputKind, OutputKind
@@ -96,7 +98,8 @@ class TorchRuntime(ModelRuntime):
         self.outputs = tuple(outputs) if len(outputs) == len(user) else ()
 
     def _predict(self, batch: Batch) -> Mapping[str, Any]:
-        args = [torch.from_numpy(a if a.flags.writeable else np.array(a)) for a in batch.inputs.values()]
+        arrays = [batch.inputs[name] for name in self._input_order] if self._input_order else batch.inputs.values()
+        args = [torch.from_numpy(a if a.flags.writeable else np.array(a)) for a in arrays]
         with torch.inference_mode():
             result = self.module(*args)
         names = self._output_order

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import struct
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -418,3 +419,21 @@ async def test_metrics_count_requests_errors_and_batches(digits: Digits, client:
     assert 'modelops_scoring_batch_size_sum{model="digits"} 5.0' in text
     assert 'modelops_scoring_request_duration_seconds_count{model="digits"} 1.0' in text
     assert 'modelops_scoring_queue_depth{model="digits"} 0.0' in text
+
+
+async def test_the_server_becomes_ready_once_a_failed_model_is_loaded_over_rest(
+    tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    folder = tmp_path / "needs-file"
+    folder.mkdir()
+    (folder / "model.py").write_text(
+        "def load(path):\n    open(path + '/weights.txt').close()\n\n\ndef predict(batch):\n    return batch\n"
+    )
+    config = model_config("late", "python", folder, inputs=[spec("x", "FP64", -1)], outputs=[spec("x", "FP64", -1)])
+    async with served([config], scoring_settings) as (_, http):
+        assert (await http.get("/v2/health/ready")).status_code == 503
+        (folder / "weights.txt").write_text("w")
+        assert (await http.post("/v2/repository/models/late/load")).status_code == 200
+        assert (await http.get("/v2/health/ready")).status_code == 200
+        await http.post("/v2/repository/models/late/unload")
+        assert (await http.get("/v2/health/ready")).status_code == 200  # unloaded on purpose

@@ -515,3 +515,22 @@ async def test_the_forest_fast_path_answers_bit_identically_to_predict_proba(
     for answer in answers:
         np.testing.assert_array_equal(answer["predict_proba"], digits.forest.predict_proba(rows))
         np.testing.assert_array_equal(answer["predict"], digits.forest.predict(rows))
+
+
+async def test_an_exported_program_serves_declared_names_bound_to_its_own(
+    torch_models: tuple[Any, Path, Path], scoring_settings: ScoringSettings
+) -> None:
+    exported = torch_models[2]
+    config = model_config(
+        "net",
+        "torch",
+        exported,
+        sha256=sha256_of(exported),
+        inputs=[spec("features", "FP32", -1, 4)],
+        outputs=[spec("probabilities", "FP32", -1, 3)],
+    )
+    rows = np.ones((2, 4), dtype=np.float32)
+    async with served([config], scoring_settings) as (_, http):
+        answer = (await http.post("/v2/models/net/infer", json=infer_body("features", rows, "FP32"))).json()
+    assert [o["name"] for o in answer["outputs"]] == ["probabilities"]
+    assert outputs_of(answer)["probabilities"].shape == (2, 3)
