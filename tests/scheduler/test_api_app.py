@@ -270,13 +270,11 @@ MALFORMED: list[tuple[str, str, bytes | None, dict[str, str]]] = [
 ]
 
 
-@pytest.mark.parametrize(("method", "path", "content", "headers"), MALFORMED)
-async def test_malformed_requests_are_refused_without_a_500(
-    api: Api, method: str, path: str, content: bytes | None, headers: dict[str, str]
-) -> None:
-    response = await api.client.request(method, path, content=content, headers={**ADMIN, **headers})
-    assert 400 <= response.status_code < 500, response.text
-    assert_error(response, response.status_code)
+async def test_malformed_requests_are_refused_without_a_500(api: Api) -> None:
+    for method, path, content, headers in MALFORMED:
+        response = await api.client.request(method, path, content=content, headers={**ADMIN, **headers})
+        assert 400 <= response.status_code < 500, (method, path, content and content[:80], response.text)
+        assert_error(response, response.status_code)
 
 
 async def test_malformed_progress_and_completion_reports_are_422(api: Api) -> None:

@@ -96,25 +96,24 @@ async def test_an_invalid_bundle_is_422_with_every_problem_and_its_location(api:
     assert listing.json() == {"items": []}
 
 
-@pytest.mark.parametrize(
-    ("content", "media"),
-    [
-        (b"{not json", "application/json"),
-        (b'{"files": "pipeline.yaml"}', "application/json"),
-        (b'{"files": {}}', "application/json"),
-        (b'{"files": {"a.yaml": 5}}', "application/json"),
-        (b"\x1f\x8b\x08 not really gzip", "application/gzip"),
-        (b"just: a mapping", "application/yaml"),
-        (b"\xff\xfe\x00binary", "application/yaml"),
-        (b"", "application/yaml"),
-        (b"a: [unclosed", "application/x-yaml"),
-    ],
-)
-async def test_malformed_bundles_are_422_with_the_error_body(api: Api, content: bytes, media: str) -> None:
-    response = await api.client.post(PIPELINES, content=content, headers={"Content-Type": media, **WRITE})
-    error = assert_error(response, 422)
-    assert error["code"] == "invalid_ir"
-    assert error["details"]
+MALFORMED_BUNDLES = [
+    (b"{not json", "application/json"),
+    (b'{"files": "pipeline.yaml"}', "application/json"),
+    (b'{"files": {}}', "application/json"),
+    (b'{"files": {"a.yaml": 5}}', "application/json"),
+    (b"\x1f\x8b\x08 not really gzip", "application/gzip"),
+    (b"just: a mapping", "application/yaml"),
+    (b"\xff\xfe\x00binary", "application/yaml"),
+    (b"", "application/yaml"),
+    (b"a: [unclosed", "application/x-yaml"),
+]
+
+
+async def test_malformed_bundles_are_422_with_the_error_body(api: Api) -> None:
+    for content, media in MALFORMED_BUNDLES:
+        response = await api.client.post(PIPELINES, content=content, headers={"Content-Type": media, **WRITE})
+        error = assert_error(response, 422, "invalid_ir")
+        assert error["details"], content
 
 
 @pytest.mark.parametrize("media", [None, "text/plain", "application/xml", "multipart/form-data; boundary=x"])
@@ -183,19 +182,19 @@ async def test_unknown_pipelines_and_versions_are_404(api: Api, path: str) -> No
     assert_error(await api.client.get(path, headers=READ), 404)
 
 
-@pytest.mark.parametrize(
-    "path",
-    [
-        "/api/v1/pipelines/Not_A_Name",
-        "/api/v1/pipelines/tiny/versions/0",
-        "/api/v1/pipelines/tiny/versions/abc",
-        "/api/v1/pipelines/tiny/versions/99999999999999999999",
-        "/api/v1/pipelines/%00",
-        "/api/v1/pipelines/" + "a" * 300,
-    ],
-)
-async def test_malformed_names_and_version_numbers_are_422(api: Api, path: str) -> None:
-    assert_error(await api.client.get(path, headers=READ), 422, "invalid_request")
+MALFORMED_PATHS = [
+    "/api/v1/pipelines/Not_A_Name",
+    "/api/v1/pipelines/tiny/versions/0",
+    "/api/v1/pipelines/tiny/versions/abc",
+    "/api/v1/pipelines/tiny/versions/99999999999999999999",
+    "/api/v1/pipelines/%00",
+    "/api/v1/pipelines/" + "a" * 300,
+]
+
+
+async def test_malformed_names_and_version_numbers_are_422(api: Api) -> None:
+    for path in MALFORMED_PATHS:
+        assert_error(await api.client.get(path, headers=READ), 422, "invalid_request")
 
 
 async def test_the_values_preview_renders_with_parameters_and_the_server_globals(api: Api) -> None:
