@@ -298,17 +298,29 @@ def serve(
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = False,
 ) -> None:
     """Run the scheduling server (REST API and the local backend) until Ctrl-C or SIGTERM."""
+    run_server(_settings(host=host, port=port), access_log=access_log)
+
+
+def run_server(
+    settings: SchedulerSettings, *, backend_factory: BackendFactory | None = None, access_log: bool = False
+) -> None:
+    """What `modelops serve` does: check the schema, hold the home, serve with uvicorn until stopped.
+
+    `backend_factory` is for the benchmark (the local backend deploying test programs); errors exit like
+    every command (one line, exit code 1).
+    """
     import uvicorn
 
     from scheduler.app import StartupRefused, create_app
     from scheduler.embedded import EmbeddedServerError, HomeLock, prepare_database
 
-    settings = _settings(host=host, port=port)
     try:
         prepare_database(settings, migrate=False)
-        application = create_app(settings)
-    except (EmbeddedServerError, StartupRefused) as exc:
-        _fail(f"cannot start: {exc}".replace("cannot start: cannot start: ", "cannot start: "))
+        application = create_app(settings, backend_factory=backend_factory)
+    except EmbeddedServerError as exc:
+        _fail(f"cannot start: {exc}")
+    except StartupRefused as exc:
+        _fail(str(exc) if str(exc).startswith("cannot start") else f"cannot start: {exc}")
     lock = HomeLock(settings.home) if settings.backend == "local" else None
     if lock is not None:
         try:

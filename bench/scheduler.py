@@ -1,0 +1,622 @@
+"""Benchmark: the scheduling server on PostgreSQL (issue 3; targets >= 300 job creations/s, GET p99 < 20 ms).
+
+Three processes, so the load generator never shares an interpreter with the server:
+
+1. this script (the orchestrator) creates a fresh PostgreSQL database on 127.0.0.1:5432 as role `postgres`,
+   migrates it with `modelops db upgrade`, starts the server, deploys two small pipelines, runs the load, stops
+   the server and drops the database (also when something fails);
+2. the server: `run_server()`, the function behind `modelops serve` (uvicorn, `create_app`, the local backend),
+   started as `python bench/scheduler.py _serve`. The only difference from `modelops serve` is the command
+   factory of the `LocalProcessDeployer` (the injection point the local backend offers; `modelops serve` has
+   no option for it): it runs the test programs of `tests/scheduler/procs` instead of `modelops
+   scoring-service` / `modelops flow`, and for the pipeline `bench-create` a program that does not exist;
+3. the load generator: `wrk` (if installed; C, one thread, so it takes little CPU from the server) or an
+   asyncio + httpx client (`--loadgen httpx`), with 32 concurrent connections.
+
+What is measured:
+
+- creations/s: `POST /api/v1/jobs {"pipeline": "bench-create"}` for `--duration` seconds. Every job created
+  really starts: the local backend renders its values, tries to start its scoring service, fails at once
+  (the program does not exist), uninstalls and ends the job FAILED (`InstallFailed`). So the figure includes
+  that background work, as in production, but not the cost of a real process per job (at 300 jobs/s the
+  machine would measure fork+exec of Python, not the scheduler). No setting or flag disables the start.
+- `GET /api/v1/jobs/{id}` p50/p99 over the jobs just created (each with its 5 events), once the backend has
+  finished all of them.
+- on the local backend, with the fake scoring service and flow as real processes: the time from `POST /jobs`
+  to RUNNING (render, start two processes, readiness) and from `POST /jobs/{id}/cancel` to CANCELLED (SIGTERM,
+  reap, uninstall, final state), polled every 5 ms, for `--lifecycle-jobs` sequential jobs.
+
+Usage:
+    .venv/bin/python bench/scheduler.py [--duration 10] [--clients 32] [--loadgen auto|wrk|httpx]
+                                        [--lifecycle-jobs 10] [--profile DIR]
+
+`--profile DIR` records the server with py-spy (`pip install py-spy`) during the creation and GET phases and
+writes the flame graphs plus the hottest functions (`*-top.txt`) there. Never fails on a slow result.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import platform
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+PROCS = ROOT / "tests" / "scheduler" / "procs"
+ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/postgres"
+TARGET_CREATIONS = 300.0
+TARGET_P99_MS = 20.0
+MISSING_PROGRAM = "/nonexistent/modelops-bench/no-such-scoring-service"
+
+CREATE_PIPELINE = """
+apiVersion: modelops/v1
+kind: ScoringPipeline
+metadata: {name: NAME}
+spec:
+  mode: batch
+  flows: [NAME-f]
+  parameters:
+    - {name: threshold, type: number, default: 0.5}
+---
+apiVersion: modelops/v1
+kind: DataChannel
+metadata: {name: NAME-in}
+spec:
+  direction: source
+  type: file
+  file: {path: data/in.csv, format: csv}
+  schema:
+    fields:
+      - {name: id, type: integer, format: int64}
+      - {name: x, type: number, format: double}
+---
+apiVersion: modelops/v1
+kind: DataChannel
+metadata: {name: NAME-out}
+spec:
+  direction: sink
+  type: file
+  file: {path: out/scored.csv, format: csv}
+  schema:
+    fields:
+      - {name: id, type: integer, format: int64}
+      - {name: score, type: number, format: double}
+---
+apiVersion: modelops/v1
+kind: ScoringFlow
+metadata: {name: NAME-f}
+spec:
+  source: NAME-in
+  sinks: [NAME-out]
+  steps:
+    - name: score_it
+      score:
+        model: NAME-m
+        inputs: [{input: features, fields: [x]}]
+        outputs: [{output: score, field: score}]
+    - {name: keep, filter: {field: score, op: ge, value: "${params.threshold}"}}
+---
+apiVersion: modelops/v1
+kind: Model
+metadata: {name: NAME-m}
+spec:
+  runtime: onnx
+  uri: artifacts/m.onnx
+  inputs: [{name: features, datatype: FP32, shape: [-1, 1]}]
+  outputs: [{name: score, datatype: FP32, shape: [-1]}]
+"""
+
+
+# ================================================================================================ the server
+
+
+def bench_commands(component: Any) -> list[str]:
+    """The deployer's command factory: `bench-create-*` components cannot start, `bench-life-*` are the fakes."""
+    if component.name.startswith("bench-create"):
+        return [MISSING_PROGRAM]
+    if component.kind == "service":
+        return [sys.executable, str(PROCS / "fake_service.py"), "--port", str(component.port)]
+    return [sys.executable, str(PROCS / "fake_flow.py"), "--values", str(component.values_path)]
+
+
+def serve_main() -> None:
+    """`_serve`: `modelops serve` with the bench command factory (settings from MODELOPS_SCHEDULER_*)."""
+    import typer
+
+    from scheduler.backends.local import LocalBackend
+    from scheduler.cli import _settings, run_server
+    from scheduler.deployers.local import LocalProcessDeployer
+    from scheduler.settings import SchedulerSettings
+    from scheduler.store import JobStore
+
+    def factory(store: JobStore, settings: SchedulerSettings, secret: bytes) -> LocalBackend:
+        return LocalBackend(store, settings, secret, LocalProcessDeployer(settings.home / "jobs", bench_commands))
+
+    try:
+        run_server(_settings(), backend_factory=factory)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+
+
+# ================================================================================================ the load
+
+
+WRK_CREATE = """
+wrk.method = "POST"
+wrk.body = '{"pipeline": "bench-create"}'
+wrk.headers["Content-Type"] = "application/json"
+"""
+
+WRK_GET = """
+local ids = {}
+local n = 0
+local i = 0
+init = function(args)
+  for line in io.lines(args[1]) do n = n + 1; ids[n] = line end
+  i = math.random(n)
+end
+request = function()
+  i = (i % n) + 1
+  return wrk.format("GET", "/api/v1/jobs/" .. ids[i])
+end
+"""
+
+WRK_REPORT = """
+done = function(summary, latency, requests)
+  local out = string.format(
+    '{"requests": %d, "duration_us": %d, "errors_status": %d, "errors_connect": %d, "errors_read": %d, '
+    .. '"errors_timeout": %d, "p50_us": %d, "p90_us": %d, "p99_us": %d, "max_us": %d, "mean_us": %f}',
+    summary.requests, summary.duration, summary.errors.status, summary.errors.connect, summary.errors.read,
+    summary.errors.timeout, latency:percentile(50), latency:percentile(90), latency:percentile(99),
+    latency.max, latency.mean)
+  io.stderr:write("WRK-RESULT " .. out .. "\\n")
+end
+"""
+
+
+def run_wrk(url: str, script: str, clients: int, duration: float, args: list[str]) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as handle:
+        handle.write(script + WRK_REPORT)
+        path = handle.name
+    try:
+        command = ["wrk", "-t1", f"-c{clients}", f"-d{duration:g}s", "--timeout", "10s", "-s", path, url]
+        done = subprocess.run(command + (["--", *args] if args else []), capture_output=True, text=True, check=True)
+    finally:
+        os.unlink(path)
+    line = next(x for x in done.stderr.splitlines() if x.startswith("WRK-RESULT "))
+    raw = json.loads(line.removeprefix("WRK-RESULT "))
+    seconds = raw["duration_us"] / 1e6
+    errors = raw["errors_status"] + raw["errors_connect"] + raw["errors_read"] + raw["errors_timeout"]
+    return {
+        "requests": raw["requests"],
+        "seconds": seconds,
+        "ok": raw["requests"] - raw["errors_status"],
+        "errors": errors,
+        "per_second": (raw["requests"] - raw["errors_status"]) / seconds,
+        "p50_ms": raw["p50_us"] / 1000,
+        "p90_ms": raw["p90_us"] / 1000,
+        "p99_ms": raw["p99_us"] / 1000,
+        "max_ms": raw["max_us"] / 1000,
+    }
+
+
+async def _httpx_load(
+    url: str, clients: int, duration: float, method: str, paths: list[str], body: bytes | None
+) -> dict[str, Any]:
+    import httpx
+
+    latencies: list[float] = []
+    statuses: Counter[int] = Counter()
+    errors = 0
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, limits=limits, timeout=10.0, trust_env=False) as client:
+        start = time.perf_counter()
+        stop = start + duration
+
+        async def worker(offset: int) -> None:
+            nonlocal errors
+            index = offset
+            headers = {"Content-Type": "application/json"} if body is not None else None
+            while time.perf_counter() < stop:
+                path = paths[index % len(paths)]
+                index += clients
+                began = time.perf_counter()
+                try:
+                    response = await client.request(method, path, content=body, headers=headers)
+                except httpx.HTTPError:
+                    errors += 1
+                    continue
+                latencies.append(time.perf_counter() - began)
+                statuses[response.status_code] += 1
+
+        await asyncio.gather(*(worker(i) for i in range(clients)))
+        seconds = time.perf_counter() - start
+    latencies.sort()
+    ok = sum(count for status, count in statuses.items() if status < 400)
+
+    def pct(q: float) -> float:
+        return latencies[min(len(latencies) - 1, int(q * len(latencies)))] * 1000 if latencies else float("nan")
+
+    return {
+        "requests": len(latencies) + errors,
+        "seconds": seconds,
+        "ok": ok,
+        "errors": errors + sum(count for status, count in statuses.items() if status >= 400),
+        "per_second": ok / seconds,
+        "p50_ms": pct(0.50),
+        "p90_ms": pct(0.90),
+        "p99_ms": pct(0.99),
+        "max_ms": latencies[-1] * 1000 if latencies else float("nan"),
+    }
+
+
+def lifecycle(url: str, jobs: int) -> dict[str, list[float]]:
+    """Sequential jobs of `bench-life`: seconds from POST to RUNNING and from cancel to CANCELLED."""
+    import httpx
+
+    to_running: list[float] = []
+    to_cancelled: list[float] = []
+    with httpx.Client(base_url=url, timeout=30.0, trust_env=False) as client:
+
+        def until(job_id: str, states: set[str], limit: float = 60.0) -> str:
+            deadline = time.perf_counter() + limit
+            while True:
+                state: str = client.get(f"/api/v1/jobs/{job_id}").json()["state"]
+                if state in states or time.perf_counter() > deadline:
+                    return state
+                time.sleep(0.005)
+
+        for _ in range(jobs):
+            began = time.perf_counter()
+            created = client.post("/api/v1/jobs", json={"pipeline": "bench-life"})
+            created.raise_for_status()
+            job_id = created.json()["id"]
+            state = until(job_id, {"RUNNING", "FAILED", "CANCELLED", "SUCCEEDED"})
+            if state != "RUNNING":
+                raise RuntimeError(
+                    f"job {job_id} of bench-life ended {state}: {client.get(f'/api/v1/jobs/{job_id}').text}"
+                )
+            to_running.append(time.perf_counter() - began)
+            began = time.perf_counter()
+            client.post(f"/api/v1/jobs/{job_id}/cancel").raise_for_status()
+            state = until(job_id, {"CANCELLED", "FAILED"})
+            if state != "CANCELLED":
+                raise RuntimeError(f"job {job_id} ended {state} after its cancel")
+            to_cancelled.append(time.perf_counter() - began)
+    return {"to_running": to_running, "to_cancelled": to_cancelled}
+
+
+def load_main(argv: list[str]) -> None:
+    """`_load URL PHASE ...`: one phase of load against the server; prints its result as JSON on stdout."""
+    parser = argparse.ArgumentParser(prog="scheduler.py _load")
+    parser.add_argument("url")
+    parser.add_argument("phase", choices=["create", "get", "lifecycle"])
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--duration", type=float, default=10.0)
+    parser.add_argument("--loadgen", choices=["wrk", "httpx"], default="wrk")
+    parser.add_argument("--ids", type=Path, help="get: a file of job ids, one a line")
+    parser.add_argument("--jobs", type=int, default=10)
+    args = parser.parse_args(argv)
+    if args.phase == "lifecycle":
+        result: dict[str, Any] = lifecycle(args.url, args.jobs)
+    elif args.loadgen == "wrk":
+        if args.phase == "create":
+            result = run_wrk(f"{args.url}/api/v1/jobs", WRK_CREATE, args.clients, args.duration, [])
+        else:
+            result = run_wrk(args.url, WRK_GET, args.clients, args.duration, [str(args.ids)])
+    elif args.phase == "create":
+        body = b'{"pipeline": "bench-create"}'
+        result = asyncio.run(_httpx_load(args.url, args.clients, args.duration, "POST", ["/api/v1/jobs"], body))
+    else:
+        ids = args.ids.read_text().split()
+        paths = [f"/api/v1/jobs/{job_id}" for job_id in ids]
+        result = asyncio.run(_httpx_load(args.url, args.clients, args.duration, "GET", paths, None))
+    json.dump(result, sys.stdout)
+
+
+# ================================================================================================ orchestration
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def fresh_database(admin_url: str) -> Iterator[str]:
+    """A PostgreSQL database created for this run and dropped (with its connections) at the end."""
+    import sqlalchemy
+    from sqlalchemy.engine import make_url
+
+    name = f"modelops_bench_{secrets.token_hex(4)}"
+    admin = sqlalchemy.create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    try:
+        yield make_url(admin_url).set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        admin.dispose()
+
+
+def _load(url: str, phase: str, options: argparse.Namespace, *extra: str) -> dict[str, Any]:
+    command = [sys.executable, __file__, "_load", url, phase, f"--clients={options.clients}"]
+    command += [f"--duration={options.duration}", f"--loadgen={options.loadgen}", *extra]
+    done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
+    if done.returncode != 0:
+        raise RuntimeError(f"the load generator failed ({phase}):\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+@contextlib.contextmanager
+def profiling(pid: int, directory: Path | None, name: str, seconds: float) -> Iterator[None]:
+    """py-spy record of the server while the body runs (nothing without `--profile`)."""
+    if directory is None:
+        yield
+        return
+    spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
+    directory.mkdir(parents=True, exist_ok=True)
+    raw = directory / f"{name}.txt"
+    recorder = subprocess.Popen(
+        [
+            spy,
+            "record",
+            "--pid",
+            str(pid),
+            "--duration",
+            str(int(seconds)),
+            "--rate",
+            "200",
+            "--format",
+            "raw",
+            "--output",
+            str(raw),
+            "--nonblocking",
+            "--threads",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        yield
+    finally:
+        _, err = recorder.communicate(timeout=seconds + 60)
+        if recorder.returncode != 0:
+            print(f"py-spy failed: {err.decode().strip()}", file=sys.stderr)
+        elif raw.exists():
+            (directory / f"{name}-top.txt").write_text(summarise_profile(raw))
+
+
+def summarise_profile(raw: Path, top: int = 40) -> str:
+    """The functions with the most samples, self and total (inclusive), from py-spy's collapsed stacks."""
+    own: Counter[str] = Counter()
+    inclusive: Counter[str] = Counter()
+    total = 0
+    for line in raw.read_text().splitlines():
+        stack, _, count_text = line.rpartition(" ")
+        if not stack or not count_text.isdigit():
+            continue
+        count = int(count_text)
+        total += count
+        frames = [frame for frame in stack.split(";") if not frame.startswith("process ")]
+        if frames:
+            own[frames[-1]] += count
+        for frame in set(frames):
+            inclusive[frame] += count
+    lines = [f"{total} samples", "", "self %  function"]
+    lines += [f"{100 * n / total:6.1f}  {frame}" for frame, n in own.most_common(top)]
+    lines += ["", "total %  function"]
+    lines += [f"{100 * n / total:6.1f}  {frame}" for frame, n in inclusive.most_common(top)]
+    return "\n".join(lines) + "\n"
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process so far (Linux)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def postgres_cpu_seconds() -> float:
+    """CPU time of every `postgres` process so far (the server's backends, and anyone else's)."""
+    total = 0.0
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            with contextlib.suppress(OSError):
+                if (entry / "comm").read_text().strip() == "postgres":
+                    total += cpu_seconds(int(entry.name))
+    return total
+
+
+def wait_for_drain(url: str, limit: float = 300.0) -> float:
+    """Wait until no job is active (the backend finished every job created); returns the seconds waited."""
+    import httpx
+
+    began = time.perf_counter()
+    with httpx.Client(base_url=url, timeout=30.0, trust_env=False) as client:
+        while time.perf_counter() - began < limit:
+            active = sum(
+                len(client.get("/api/v1/jobs", params={"state": state, "limit": 1}).json()["items"])
+                for state in ("PENDING", "INSTALLING", "RUNNING", "CANCELLING")
+            )
+            if not active:
+                break
+            time.sleep(0.2)
+    return time.perf_counter() - began
+
+
+def machine() -> dict[str, str]:
+    cpu = "unknown"
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    load = " ".join(f"{x:.2f}" for x in os.getloadavg())
+    return {"nproc": str(os.cpu_count()), "cpu": cpu, "python": platform.python_version(), "load": load}
+
+
+def ms(seconds: list[float], q: float) -> float:
+    ordered = sorted(seconds)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--duration", type=float, default=10.0, help="seconds of load per phase")
+    parser.add_argument("--clients", type=int, default=32)
+    parser.add_argument("--loadgen", choices=["auto", "wrk", "httpx"], default="auto")
+    parser.add_argument("--lifecycle-jobs", type=int, default=10)
+    parser.add_argument("--admin-url", default=os.environ.get("MODELOPS_BENCH_POSTGRES_URL", ADMIN_URL))
+    parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles of the server here")
+    options = parser.parse_args()
+    if options.loadgen == "auto":
+        options.loadgen = "wrk" if shutil.which("wrk") else "httpx"
+
+    sys.path.insert(0, str(ROOT))
+    from scheduler.client import SchedulerClient
+
+    before = machine()
+    print(f"machine: {before['nproc']} CPUs, {before['cpu']}, Python {before['python']}, load {before['load']}")
+    with tempfile.TemporaryDirectory(prefix="modelops-bench-") as home, fresh_database(options.admin_url) as db:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        env = {
+            **os.environ,
+            "MODELOPS_HOME": home,
+            "MODELOPS_SCHEDULER_DATABASE_URL": db,
+            "MODELOPS_SCHEDULER_PORT": str(port),
+            "MODELOPS_SCHEDULER_HOST": "127.0.0.1",
+            "MODELOPS_SCHEDULER_LOG_LEVEL": "warning",
+        }
+        env.pop("MODELOPS_SCHEDULER_TOKENS", None)
+        modelops = str(Path(sys.executable).with_name("modelops"))
+        subprocess.run([modelops, "db", "upgrade"], env=env, check=True, capture_output=True)
+        server_log = Path(home) / "server.log"
+        with server_log.open("wb") as log:
+            server = subprocess.Popen([sys.executable, __file__, "_serve"], env=env, stdout=log, stderr=log, cwd=ROOT)
+        try:
+            with SchedulerClient(url) as client:
+                deadline = time.monotonic() + 60
+                while not client.ready():
+                    if server.poll() is not None or time.monotonic() > deadline:
+                        raise RuntimeError(f"the server did not start:\n{server_log.read_text()}")
+                    time.sleep(0.1)
+                for name in ("bench-create", "bench-life"):
+                    client.deploy_bytes(CREATE_PIPELINE.replace("NAME", name).encode(), "application/yaml")
+
+            print(f"lifecycle: {options.lifecycle_jobs} sequential jobs with real (fake) processes ...")
+            life = _load(url, "lifecycle", options, f"--jobs={options.lifecycle_jobs}")
+
+            print(
+                f"creations: POST /api/v1/jobs, {options.clients} clients, {options.duration:g}s, {options.loadgen} ..."
+            )
+            cpu = (cpu_seconds(server.pid), postgres_cpu_seconds())
+            with profiling(server.pid, options.profile, "create", options.duration):
+                create = _load(url, "create", options)
+            create["server_cpu"] = cpu_seconds(server.pid) - cpu[0]
+            create["postgres_cpu"] = postgres_cpu_seconds() - cpu[1]
+            drained = wait_for_drain(url)
+
+            ids_file = Path(home) / "ids.txt"
+            with SchedulerClient(url) as client:
+                ids: list[str] = []
+                cursor = None
+                while len(ids) < 2000:
+                    page = client.list_jobs(limit=500, cursor=cursor)
+                    ids += [str(job.id) for job in page.items]
+                    cursor = page.next_cursor
+                    if cursor is None:
+                        break
+            ids_file.write_text("\n".join(ids) + "\n")
+            print(f"reads: GET /api/v1/jobs/{{id}} over {len(ids)} jobs, {options.clients} clients ...")
+            cpu = (cpu_seconds(server.pid), postgres_cpu_seconds())
+            with profiling(server.pid, options.profile, "get", options.duration):
+                get = _load(url, "get", options, f"--ids={ids_file}")
+            get["server_cpu"] = cpu_seconds(server.pid) - cpu[0]
+            get["postgres_cpu"] = postgres_cpu_seconds() - cpu[1]
+        finally:
+            server.send_signal(signal.SIGTERM)
+            try:
+                server.wait(30)
+            except subprocess.TimeoutExpired:
+                server.kill()
+    after = machine()
+
+    rows = [
+        (
+            "job creations/s (POST /jobs)",
+            f"{create['per_second']:.0f}",
+            f">= {TARGET_CREATIONS:.0f}",
+            f"{create['per_second'] / TARGET_CREATIONS:.2f}",
+        ),
+        ("  POST /jobs latency p50 / p99", f"{create['p50_ms']:.1f} / {create['p99_ms']:.1f} ms", "", ""),
+        ("GET /jobs/{id} p50", f"{get['p50_ms']:.2f} ms", "", ""),
+        (
+            "GET /jobs/{id} p99",
+            f"{get['p99_ms']:.2f} ms",
+            f"< {TARGET_P99_MS:.0f} ms",
+            f"{TARGET_P99_MS / get['p99_ms']:.2f}",
+        ),
+        ("  GET throughput", f"{get['per_second']:.0f} req/s", "", ""),
+        (
+            "POST /jobs -> RUNNING p50 / max",
+            f"{ms(life['to_running'], 0.5):.0f} / {max(life['to_running']) * 1000:.0f} ms",
+            "",
+            "",
+        ),
+        (
+            "cancel -> CANCELLED p50 / max",
+            f"{ms(life['to_cancelled'], 0.5):.0f} / {max(life['to_cancelled']) * 1000:.0f} ms",
+            "",
+            "",
+        ),
+    ]
+    print()
+    print(f"{'figure':<34} {'measured':>22} {'target':>10} {'ratio':>6}")
+    for name, value, target, ratio in rows:
+        print(f"{name:<34} {value:>22} {target:>10} {ratio:>6}")
+    print()
+    print(
+        f"creation phase: {create['requests']} requests, {create['errors']} errors, {create['seconds']:.1f}s; "
+        f"backend finished the {create['ok']} jobs {drained:.1f}s after the load stopped"
+    )
+    print(f"get phase: {get['requests']} requests, {get['errors']} errors")
+    for name, phase in (("creation", create), ("get", get)):
+        per = 1000 / max(phase["ok"], 1)
+        print(
+            f"{name} phase CPU: server {phase['server_cpu']:.1f}s ({phase['server_cpu'] / phase['seconds']:.0%} of a "
+            f"core, {phase['server_cpu'] * per:.2f} ms per request), postgres {phase['postgres_cpu']:.1f}s "
+            f"({phase['postgres_cpu'] * per:.2f} ms per request)"
+        )
+    print(f"load average before {before['load']}, after {after['load']}; load generator: {options.loadgen}")
+    if options.profile is not None:
+        print(f"profiles: {options.profile}/create-top.txt, {options.profile}/get-top.txt")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) > 1 and sys.argv[1] == "_serve":
+        sys.path.insert(0, str(ROOT))
+        serve_main()
+    elif len(sys.argv) > 1 and sys.argv[1] == "_load":
+        sys.path.insert(0, str(ROOT))
+        load_main(sys.argv[2:])
+    else:
+        main()
