@@ -313,10 +313,14 @@ def run_server(
 
     from scheduler.app import StartupRefused, create_app
     from scheduler.embedded import EmbeddedServerError, HomeLock, prepare_database
+    from scheduler.tokens import load_secret
 
     try:
         prepare_database(settings, migrate=False)
+        load_secret(settings.home)  # the lifespan loads it too; checked here to fail with one line, not a trace
         application = create_app(settings, backend_factory=backend_factory)
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot start: the job-token secret is unusable: {exc}")
     except EmbeddedServerError as exc:
         _fail(f"cannot start: {exc}")
     except StartupRefused as exc:

@@ -42,6 +42,7 @@ from scheduler.errors import StoreUnavailable
 from scheduler.settings import SchedulerSettings
 from scheduler.states import ACTIVE
 from scheduler.store import MAX_PAGE_SIZE as MAX_PAGE
+from scheduler.tokens import load_secret
 
 __all__ = ["EmbeddedServer", "EmbeddedServerError", "HomeLock", "HomeLocked", "prepare_database"]
 
@@ -197,9 +198,12 @@ class EmbeddedServer:
             self._lock.acquire(self.url)
             try:
                 self.migrated_from = prepare_database(self.settings, migrate=_is_own_database(self.settings))
+                load_secret(self.settings.home)  # as the lifespan will: a bad secret is one line here
                 app = create_app(self.settings, backend_factory=self._backend_factory)
             except StartupRefused as exc:
                 raise EmbeddedServerError(str(exc)) from None
+            except (OSError, ValueError) as exc:
+                raise EmbeddedServerError(f"the job-token secret is unusable: {exc}") from None
             self._route_logs()
             config = uvicorn.Config(
                 app,

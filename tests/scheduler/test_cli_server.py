@@ -189,3 +189,12 @@ def test_the_clients_models_have_the_fields_of_the_apis(ours: type[BaseModel], t
         return {field.alias or name for name, field in model.model_fields.items()}
 
     assert wire_names(ours) == wire_names(theirs)
+
+
+def test_serve_refuses_an_unusable_job_token_secret_in_one_line(tmp_path: Path) -> None:
+    env = env_for(tmp_path, MODELOPS_SCHEDULER_JOB_TOKEN_SECRET="short")
+    assert CliRunner(env=env).invoke(app, ["db", "upgrade"]).exit_code == 0
+    result = CliRunner(env=env).invoke(app, ["serve"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("error: cannot start: the job-token secret is unusable: ")
+    assert result.stderr.count("\n") == 1
