@@ -162,11 +162,11 @@ def ir_schema_command(
 # `run` talk to a scheduler over its REST API through `scheduler.client`. The server side (FastAPI, SQLAlchemy)
 # is imported inside the commands that need it, so `modelops job list` starts fast.
 
-server_app = typer.Typer(help="Deploy pipelines to a scheduler.", no_args_is_help=True)
+pipeline_app = typer.Typer(help="Deploy pipelines to a scheduler.", no_args_is_help=True)
 job_app = typer.Typer(help="Start, list, inspect and cancel jobs; read their logs.", no_args_is_help=True)
 db_app = typer.Typer(help="The scheduler's database.", no_args_is_help=True)
 token_app = typer.Typer(help="API tokens for the scheduler.", no_args_is_help=True)
-app.add_typer(server_app, name="pipeline")
+app.add_typer(pipeline_app, name="pipeline")
 app.add_typer(job_app, name="job")
 app.add_typer(db_app, name="db")
 app.add_typer(token_app, name="token")
@@ -174,7 +174,7 @@ app.add_typer(token_app, name="token")
 SERVER_ENV = "MODELOPS_SERVER"
 TOKEN_ENV = "MODELOPS_TOKEN"
 POLL_SECONDS = 0.5
-"""How often `modelops run` asks for the job's state: twice a second is live enough and costs the server nothing."""
+"""How often `modelops run` asks for the job's state: twice a second is live enough, and light on the server."""
 RATE_WINDOW_SECONDS = 5.0
 """The records rate shown by `modelops run` is averaged over this window."""
 EXIT_INTERRUPTED = 130
@@ -454,7 +454,7 @@ def _first_error(exc: Exception) -> str:
 # ------------------------------------------------------------------------------------------------ pipeline
 
 
-@server_app.command("deploy")
+@pipeline_app.command("deploy")
 def pipeline_deploy(
     path: PathArg,
     server: ServerOption = None,
@@ -471,7 +471,7 @@ def pipeline_deploy(
     out.print(f"pipeline {deployment.name} version {deployment.version}: {status}; digest {deployment.digest}")
 
 
-@server_app.command("list")
+@pipeline_app.command("list")
 def pipeline_list(server: ServerOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
     """The deployed pipelines and their versions."""
     with _api(server, token, "listing pipelines") as client:
