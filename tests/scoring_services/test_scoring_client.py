@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,39 @@ from scoring_kit import model_config, real_server, spec
 from scoring_services.settings import ScoringSettings
 
 tritonhttp = pytest.importorskip("tritonclient.http")
+
+
+ECHO = """
+import numpy as np
+
+INPUTS = [
+    {"name": "text", "datatype": "BYTES", "shape": [-1]},
+    {"name": "half", "datatype": "FP16", "shape": [-1, 2]},
+    {"name": "flag", "datatype": "BOOL", "shape": [-1]},
+]
+OUTPUTS = [
+    {"name": "upper", "datatype": "BYTES", "shape": [-1]},
+    {"name": "doubled", "datatype": "FP16", "shape": [-1, 2]},
+    {"name": "negated", "datatype": "BOOL", "shape": [-1]},
+]
+
+
+def load(path):
+    pass
+
+
+def predict(batch):
+    return {
+        "upper": np.array([t.upper() for t in batch["text"]], dtype=object),
+        "doubled": batch["half"] * 2,
+        "negated": ~batch["flag"],
+    }
+"""
+
+
+def echo_folder(folder: Path) -> Path:
+    (folder / "model.py").write_text(ECHO)
+    return folder
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +62,7 @@ def server(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Iterator
             outputs=[spec("predict", "INT64", -1), spec("predict_proba", "FP64", -1, 10)],
         ),
         model_config("digits-onnx", "onnx", digits.onnx_path, sha256=digits.onnx_sha),
+        model_config("echo", "python", echo_folder(tmp_path_factory.mktemp("echo"))),
     ]
     config: ScoringSettings = settings(tmp_path_factory.mktemp("client"))
     with real_server(configs, config) as url:
@@ -99,6 +134,27 @@ def test_the_triton_client_unloads_and_loads_over_the_repository_extension(
     client.unload_model("digits-onnx")
     assert not client.is_model_ready("digits-onnx")
     states = {m["name"]: m["state"] for m in client.get_model_repository_index()}
-    assert states == {"digits": "READY", "digits-onnx": "UNAVAILABLE"}
+    assert states == {"digits": "READY", "digits-onnx": "UNAVAILABLE", "echo": "READY"}
     client.load_model("digits-onnx")
     assert client.is_model_ready("digits-onnx")
+
+
+@pytest.mark.parametrize("binary", [False, True], ids=["json", "binary"])
+def test_the_triton_client_round_trips_bytes_fp16_and_bool(
+    client: tritonhttp.InferenceServerClient, binary: bool
+) -> None:
+    text = np.array(["héllo".encode(), b"", b"abc"], dtype=object)
+    half = np.array([[0.5, -1.25], [2.0, 30000.0], [0.0, 1e-3]], dtype=np.float16)
+    flag = np.array([True, False, True])
+    tensors = [
+        tritonhttp.InferInput("text", [3], "BYTES"),
+        tritonhttp.InferInput("half", [3, 2], "FP16"),
+        tritonhttp.InferInput("flag", [3], "BOOL"),
+    ]
+    for tensor, array in zip(tensors, (text, half, flag), strict=True):
+        tensor.set_data_from_numpy(array, binary_data=binary)
+    outputs = [tritonhttp.InferRequestedOutput(n, binary_data=binary) for n in ("upper", "doubled", "negated")]
+    result = client.infer("echo", tensors, outputs=outputs)
+    assert result.as_numpy("upper").tolist() == ["héllo".encode().upper(), b"", b"ABC"]  # bytes.upper: ASCII only
+    np.testing.assert_array_equal(result.as_numpy("doubled"), half * 2)
+    np.testing.assert_array_equal(result.as_numpy("negated"), ~flag)
