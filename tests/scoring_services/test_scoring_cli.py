@@ -194,3 +194,41 @@ def test_a_model_arg_serves_in_process_with_numpy_rows(digits: Digits) -> None:
     config = parse_model_arg(f"d=sklearn:{digits.joblib_path.as_uri()}:{digits.joblib_sha}", ScoringSettings())
     assert config.sha256 == digits.joblib_sha
     assert np.asarray(digits.features[:1]).shape == (1, 64)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MODELOPS.exists(), reason="the modelops console script is not installed")
+def test_the_model_form_serves_artifacts_given_on_the_command_line(tmp_path: Path, digits: Digits) -> None:
+    port = free_port()
+    process = subprocess.Popen(
+        [
+            str(MODELOPS),
+            "scoring-service",
+            "--model",
+            f"rf=onnx:{digits.onnx_path.as_uri()}:{digits.onnx_sha}",
+            "--option",
+            "rf.intraOpThreads=1",
+            "--port",
+            str(port),
+            "--no-batching",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "MODELOPS_SCORING_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    try:
+        wait_ready(port, process)
+        metadata = httpx.get(f"http://127.0.0.1:{port}/v2/models/rf").json()
+        rows = digits.features[:2]
+        answer = httpx.post(f"http://127.0.0.1:{port}/v2/models/rf/infer", json=infer_body("X", rows, "FP32")).json()
+        process.send_signal(signal.SIGTERM)
+        output, _ = process.communicate(timeout=30)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert metadata["platform"] == "onnx"
+    assert answer["outputs"][0]["data"] == digits.forest.predict(rows).tolist()
+    assert process.returncode == 0
+    assert "no batching" in output
