@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import PurePosixPath
 from typing import Any, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic_core import PydanticCustomError
 
 from ir.bundle import Bundle
 from ir.checks import value_fits
@@ -82,8 +84,27 @@ class Globals(StrictModel):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     tracing: Tracing = Field(default_factory=Tracing)
     model_store: str | None = Field(
-        default=None, description="Base URI that relative model artifact paths are resolved against."
+        default=None,
+        description="Base URI (file://, http://, https://, or an absolute path) that relative model artifact "
+        "paths are resolved against.",
     )
+
+    @field_validator("model_store")
+    @classmethod
+    def _store_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("/"):
+            return PurePosixPath(value).as_uri()
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in ("file", "http", "https"):
+            raise PydanticCustomError(
+                "model_store",
+                "modelStore must be an absolute path or a file://, http:// or https:// URI (got '{value}')",
+                {"value": value},
+            )
+        return value
+
     scheduler: SchedulerLink = Field(default_factory=SchedulerLink)
     size_profile: SizeProfile = "small"
 
@@ -243,6 +264,7 @@ def _substitute_step(step: dict[str, Any], params: Mapping[str, Scalar]) -> dict
 def parse_sets(assignments: Sequence[str]) -> Globals:
     """`--set image.registry=r.example --set logLevel=debug` -> `Globals`, every problem reported."""
     data: dict[str, Any] = {}
+    raws: dict[tuple[str, ...], str] = {}
     issues: list[Issue] = []
     for assignment in assignments:
         key, sep, raw = assignment.partition("=")
@@ -263,9 +285,24 @@ def parse_sets(assignments: Sequence[str]) -> Globals:
             target = nested
         else:
             target[parts[-1]] = value
+            raws[tuple(parts)] = raw
     if issues:
         raise IRValidationError(issues)
+    try:
+        return Globals.model_validate(data)
+    except ValidationError as exc:
+        # `image.tag=1.2` reads as a number; where the setting wants text, take the text as written.
+        for error in exc.errors(include_url=False):
+            path = tuple(str(part) for part in error["loc"])
+            if path in raws and error["type"] == "string_type":
+                _put(data, path, raws[path])
     return make_globals(data)
+
+
+def _put(data: dict[str, Any], path: tuple[str, ...], value: Any) -> None:
+    for part in path[:-1]:
+        data = data[part]
+    data[path[-1]] = value
 
 
 def make_globals(data: Mapping[str, Any]) -> Globals:

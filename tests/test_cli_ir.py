@@ -261,3 +261,24 @@ def test_the_installed_script_validates_and_fails_like_the_app(digits: Path) -> 
     assert bad.returncode == 1
     assert "pipeline.yaml: ScoringPipeline digits: spec.mode: 'batched' is not one of" in bad.stderr
     assert "Traceback" not in bad.stderr
+
+
+def test_a_text_setting_that_looks_like_a_number_is_kept_as_text() -> None:
+    import ir
+
+    settings = ir.parse_sets(["image.tag=1.2", "jobId=123", "tracing.sampleRatio=0.5"])
+    assert (settings.image.tag, settings.job_id, settings.tracing.sample_ratio) == ("1.2", "123", 0.5)
+
+
+def test_a_model_store_must_be_a_uri_or_an_absolute_path() -> None:
+    import pytest
+
+    import ir
+
+    assert ir.parse_sets(["modelStore=/srv/models"]).model_store == "file:///srv/models"
+    with pytest.raises(ir.IRValidationError) as caught:
+        ir.parse_sets(["modelStore=s3://bucket/models"])
+    assert [str(issue) for issue in caught.value.issues] == [
+        "<globals>: modelStore: modelStore must be an absolute path or a file://, http:// or https:// URI "
+        "(got 's3://bucket/models')"
+    ]
