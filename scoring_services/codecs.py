@@ -128,12 +128,18 @@ def _shape(raw: object, where: str) -> tuple[int, ...]:
     return tuple(shape)
 
 
-def _flatten_strings(data: list[Any], out: list[bytes], where: str) -> None:
+#: Nesting deeper than any tensor's rank (numpy allows 64 dimensions) is refused before recursion runs out.
+_MAX_DEPTH: Final = 64
+
+
+def _flatten_strings(data: list[Any], out: list[bytes], where: str, depth: int = 0) -> None:
+    if depth > _MAX_DEPTH:
+        raise InvalidRequest(f"{where}: 'data' is nested more than {_MAX_DEPTH} levels deep")
     for item in data:
         if isinstance(item, str):
             out.append(item.encode("utf-8", "surrogatepass"))
         elif isinstance(item, list):
-            _flatten_strings(item, out, where)
+            _flatten_strings(item, out, where, depth + 1)
         else:
             raise InvalidRequest(f"{where}: BYTES data must be strings (got {type(item).__name__})")
 
@@ -190,8 +196,10 @@ def _numbers(data: Any, dtype: np.dtype[Any]) -> Array | None:
         return None
 
 
-def _all_ints(data: list[Any]) -> bool:
-    return all(_all_ints(v) if isinstance(v, list) else type(v) is int for v in data)
+def _all_ints(data: list[Any], depth: int = 0) -> bool:
+    if depth > _MAX_DEPTH:
+        return False
+    return all(_all_ints(v, depth + 1) if isinstance(v, list) else type(v) is int for v in data)
 
 
 def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str) -> Array:
