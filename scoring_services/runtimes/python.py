@@ -5,7 +5,9 @@ The artifact is a folder holding `model.py` (option `module` names another file)
 name, rows along axis 0) and returns a dict of array-likes (outputs by name, same rows). The module may state
 its signature as `INPUTS` and `OUTPUTS`, lists of `{"name", "datatype", "shape"}`; the model's declared
 signature wins. `BATCHABLE = False` in the module turns batching off for it (outputs that are not per row).
-The module is imported under a private name, so two models may both ship a `model.py`.
+The module is imported under a private name, so two models may both ship a `model.py`. `predict` may run on
+two threads at once (two full batches in flight, `MODELOPS_SCORING_BATCH_CONCURRENCY`): keep it free of
+unguarded shared mutable state, or set that to 1.
 """
 
 from __future__ import annotations
