@@ -11,7 +11,8 @@ its best configuration tried:
 - C. the ONNX model, single-row requests at 16 connections, with 1 request in 50 to /v2/health/ready and
   1 in 100 to /metrics in the mix: req/s and p99;
 - D. 10,000-row requests at 2 connections: JSON against binary tensors (request and response), sklearn
-  and ONNX, against in-process and MLServer's JSON.
+  and ONNX, against in-process and MLServer's JSON;
+- E. single-row requests from one connection: the latency batching adds (or not) when there is no load.
 
 All servers are started first and the runs interleaved, round after round (default 3 rounds of 5 s per run,
 after a 2 s warm-up), so that load from elsewhere on a shared machine hits every server alike; each figure is
@@ -387,6 +388,8 @@ def main() -> None:
             ("D", "modelops", "sklearn binary", sk, "digits-10000-binary", 2, 10_000, {}),
             ("D", "modelops", "onnx json", ox, "onnx-10000", 2, 10_000, {}),
             ("D", "modelops", "onnx binary", ox, "onnx-10000-binary", 2, 10_000, {}),
+            ("E", "modelops", "sklearn, 1 connection", sk, "digits-1", 1, 1, {}),
+            ("E", "modelops", "onnx, 1 connection", ox, "onnx-1", 1, 1, {}),
         ]
         if not args.skip_mlserver:
             for batching in (True, False):
@@ -395,6 +398,7 @@ def main() -> None:
                     ml = stack.enter_context(mlserver(args.venv, workdir, joblib_path, free_port(), batching, workers))
                     url = f"{ml}/v2/models/digits/infer"
                     plan.append(("A", "mlserver", config, url, "digits-1", 16, 1, {}))
+                    plan.append(("E", "mlserver", config + ", 1 connection", url, "digits-1", 1, 1, {}))
                     if batching:
                         plan.append(("B", "mlserver", config, url, "digits-1000", 4, 1000, {}))
                         plan.append(("D", "mlserver", config + " json", url, "digits-10000", 2, 10_000, {}))
@@ -467,6 +471,10 @@ def report(runs: list[Run], local: dict[str, float]) -> None:
                 ">= 0.8x",
             )
             line("", binary_run.rows_per_s, "rows/s", json_run.rows_per_s, "JSON", "")
+    for run in sorted((r for r in runs if r.scenario == "E"), key=lambda r: (r.server, r.config)):
+        best = _best(runs, "E", run.server, run.config)
+        if best is run:
+            print(f"  {'E ' + run.server + ' ' + run.config:44s} p50 {run.p50_ms:6.2f} ms p99 {run.p99_ms:6.2f} ms")
     d_ml = _best(runs, "D", "mlserver")
     d_json = _best(runs, "D", "modelops", "sklearn json")
     if d_ml and d_json:
