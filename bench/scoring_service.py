@@ -419,7 +419,7 @@ def main() -> None:
 
 
 def _best(runs: list[Run], scenario: str, server: str, config_part: str = "") -> Run | None:
-    chosen = [r for r in runs if r.scenario == scenario and r.server == server and config_part in r.config]
+    chosen = [r for r in runs if r.scenario == scenario and r.server == server and r.config.startswith(config_part)]
     return max(chosen, key=lambda r: r.requests_per_s, default=None)
 
 
