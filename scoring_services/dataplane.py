@@ -8,6 +8,7 @@ returning bodies and raising `ScoringError`s that carry their status; tests call
 from __future__ import annotations
 
 import asyncio
+import importlib.metadata
 import logging
 import time
 from collections.abc import Iterable
@@ -41,7 +42,16 @@ __all__ = ["SERVER_NAME", "DataPlane", "InferResult"]
 
 log = logging.getLogger(__name__)
 SERVER_NAME = "modelops-scoring"
-SERVER_VERSION = "0.1.0"
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("modelops")
+    except importlib.metadata.PackageNotFoundError:  # run from a source tree that is not installed
+        return "0.0.0"
+
+
+SERVER_VERSION = _version()
 EXTENSIONS = ["binary_tensor_data", "model_repository"]
 
 
