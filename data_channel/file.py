@@ -1,0 +1,655 @@
+"""File channels: CSV, JSON Lines and Parquet, one file or a glob, plain or gzip, read and written in order.
+
+**Paths.** A relative path resolves against the flow's working directory (`ChannelContext.workdir`: the
+directory the flow process runs in; the local backend starts flows in the scheduler's working directory, so
+pass absolute paths with `--param` when in doubt). `~` is expanded. A source path may be a glob (`*`, `?`,
+`[...]`, `**` for any depth): the matching files are read one after the other in sorted order of their paths,
+and a batch never spans two files. A sink path is one file; its parent folders are created.
+
+**Compression.** `gzip` always, `none` never, `auto` (the default) when the name ends in `.gz`.
+
+**Formats.**
+- CSV (pyarrow's streaming reader): with `csv.header` the columns are found by name (extra columns are
+  ignored, a missing one is an error before any record is read); without it they are the schema's fields in
+  order. Values are read as text and cast to the schema (`schema.from_text`); texts in `csv.nullValues` are
+  null. A line with the wrong number of columns is a record error. Written with a header line; arrays are
+  written as JSON text, `bytes` as base64.
+- JSON Lines: one JSON object per line (blank lines are skipped), fields by name, cast by
+  `schema.from_values`; an unparsable line is a record error. Written the same way.
+- Parquet: columns by name, cast to the schema. A sink writes one part file per commit into `<path>.parts/`
+  and merges them into `<path>` at the end (a Parquet file cannot be appended to after a crash).
+
+**Delivery.** A sink writes `<path>.partial` (Parquet: `<path>.parts/`) and moves it to `<path>` only when the
+flow has read its whole source (`finish`), so a reader never sees half an output. Every commit appends the
+buffered records (gzip: as one more gzip member; concatenated members are a valid gzip file), `fsync`s, and
+returns `{bytes, watermark}`; opened again with that state after a crash, the sink cuts the file back to
+`bytes`, so what was written after the last checkpoint is written again exactly once. A source records the
+files it found (path, size, modification time, rows once known): a resumed flow refuses to continue over
+input files that changed, and skips whole files without reading them again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import contextlib
+import glob as globlib
+import gzip
+import io
+import os
+import shutil
+from collections.abc import Generator, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import orjson
+import pyarrow as pa
+import pyarrow.csv as pacsv
+import pyarrow.parquet as pq
+
+from data_channel.base import ChannelContext, ChannelError, Sink, Source, SourceBatch
+from data_channel.schema import RecordError, SchemaError, conform, from_text, from_values, to_json_values
+from ir.models import CsvDialect, DataChannelSpec, FileOptions, RecordSchema
+
+__all__ = ["FileSink", "FileSource", "resolve_path"]
+
+_CSV_BLOCK_BYTES = 4 << 20
+"""pyarrow CSV block size: big enough to amortise per-block costs, small enough to keep memory flat."""
+_GLOB_CHARS = frozenset("*?[")
+
+
+def resolve_path(path: str, workdir: Path) -> Path:
+    """`~` expanded; a relative path joined to the flow's working directory."""
+    expanded = Path(os.path.expanduser(path))
+    return expanded if expanded.is_absolute() else workdir / expanded
+
+
+def _gzipped(options: FileOptions, path: Path) -> bool:
+    if options.compression == "gzip":
+        return True
+    return options.compression == "auto" and path.name.endswith(".gz")
+
+
+def _options(spec: DataChannelSpec) -> FileOptions:
+    if spec.file is None:
+        raise ChannelError("a file channel needs 'file' options")
+    return spec.file
+
+
+# ---------------------------------------------------------------------------------------------- source
+
+
+@dataclass
+class _FileInfo:
+    path: str
+    size: int
+    mtime: int
+    rows: int | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "size": self.size, "mtime": self.mtime, "rows": self.rows}
+
+
+class FileSource(Source):
+    """Reads CSV, JSON Lines or Parquet files (see the module docstring)."""
+
+    type: ClassVar[str] = "file"
+    resumable: ClassVar[bool] = True
+    finite: ClassVar[bool] = True
+
+    def __init__(self, name: str, spec: DataChannelSpec, context: ChannelContext) -> None:
+        super().__init__(name, spec, context)
+        self.options = _options(spec)
+        self.dialect = self.options.csv or CsvDialect()
+        self.files: list[_FileInfo] = []
+        self._iterator: Iterator[SourceBatch] | None = None
+        self._max_records = 0
+
+    def _find(self) -> list[_FileInfo]:
+        pattern = resolve_path(self.options.path, self.context.workdir)
+        text = str(pattern)
+        if any(c in _GLOB_CHARS for c in text):
+            paths = sorted(p for p in globlib.glob(text, recursive=True) if os.path.isfile(p))
+            if not paths:
+                raise ChannelError(f"{self.describe()}: no file matches {text}")
+        else:
+            if not pattern.is_file():
+                raise ChannelError(f"{self.describe()}: {text} does not exist or is not a file")
+            paths = [text]
+        infos = []
+        for path in paths:
+            stat = os.stat(path)
+            infos.append(_FileInfo(path, stat.st_size, stat.st_mtime_ns))
+        return infos
+
+    async def open(self, start: int = 0, state: Mapping[str, Any] | None = None) -> None:
+        self.files = await asyncio.to_thread(self._find)
+        if state and state.get("files"):
+            saved = [(f["path"], f["size"], f["mtime"]) for f in state["files"]]
+            found = [(f.path, f.size, f.mtime) for f in self.files]
+            if saved != found:
+                raise ChannelError(
+                    f"{self.describe()}: the input files changed since the checkpoint was taken (then {len(saved)} "
+                    f"file(s), now {len(found)}, or different sizes or times): a resumed flow would mix two inputs. "
+                    "Delete the flow's checkpoint to start again from the beginning."
+                )
+            for info, saved_info in zip(self.files, state["files"], strict=True):
+                info.rows = saved_info.get("rows")
+        self._start = start
+
+    def state(self) -> dict[str, Any]:
+        return {"files": [f.to_json() for f in self.files]}
+
+    async def read(self, max_records: int) -> SourceBatch | None:
+        if self._stopping:
+            return None
+        if self._iterator is None:
+            self._max_records = max_records
+            self._iterator = self._batches(self._start, max_records)
+        return await asyncio.to_thread(next, self._iterator, None)
+
+    def describe(self) -> str:
+        return f"file source '{self.name}' ({self.options.path})"
+
+    # -- the synchronous core (runs in a worker thread, one call at a time) ----------------------------
+
+    def _batches(self, start: int, max_records: int) -> Iterator[SourceBatch]:
+        skip = start
+        base = 0
+        for info in self.files:
+            if info.rows is not None and info.rows <= skip:
+                skip -= info.rows
+                base += info.rows
+                continue
+            counted = 0
+            reader = self._file_batches(info, base, skip, max_records)
+            while True:
+                try:
+                    batch = next(reader)
+                except StopIteration as stop:
+                    counted = int(stop.value)
+                    break
+                yield batch
+            info.rows = counted
+            skip = max(0, skip - counted)
+            base += counted
+
+    def _file_batches(
+        self, info: _FileInfo, base: int, skip: int, max_records: int
+    ) -> Generator[SourceBatch, None, int]:
+        """Batches of one file from its record `skip`; returns (StopIteration.value) the file's record count."""
+        fmt = self.options.format
+        if fmt == "csv":
+            return (yield from self._csv(info, base, skip, max_records))
+        if fmt == "jsonl":
+            return (yield from self._jsonl(info, base, skip, max_records))
+        return (yield from self._parquet(info, base, skip, max_records))
+
+    def _locate(self, info: _FileInfo, first_in_file: int) -> Any:
+        name = info.path
+
+        def locate(row: int) -> str:
+            return f"record {first_in_file + row + 1} of {name}"
+
+        return locate
+
+    def _stream(self, info: _FileInfo) -> Any:
+        path = Path(info.path)
+        if _gzipped(self.options, path):
+            return pa.CompressedInputStream(pa.OSFile(info.path, "rb"), "gzip")
+        return pa.OSFile(info.path, "rb")
+
+    def _csv(self, info: _FileInfo, base: int, skip: int, max_records: int) -> Generator[SourceBatch, None, int]:
+        names = [f.name for f in self.schema.fields]
+        invalid: list[str] = []
+
+        def on_invalid(row: Any) -> str:
+            invalid.append(row.text)
+            return "skip"
+
+        read_options = pacsv.ReadOptions(
+            block_size=_CSV_BLOCK_BYTES,
+            column_names=None if self.dialect.header else names,
+        )
+        parse_options = pacsv.ParseOptions(
+            delimiter=self.dialect.delimiter,
+            quote_char=self.dialect.quote_char,
+            newlines_in_values=True,
+            invalid_row_handler=on_invalid,
+        )
+        convert_options = pacsv.ConvertOptions(
+            column_types=dict.fromkeys(names, pa.string()),
+            include_columns=names,
+            null_values=self.dialect.null_values,
+            strings_can_be_null=True,
+            quoted_strings_can_be_null=False,
+        )
+        try:
+            reader = pacsv.open_csv(
+                self._stream(info),
+                read_options=read_options,
+                parse_options=parse_options,
+                convert_options=convert_options,
+            )
+        except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
+            raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+        except OSError as exc:
+            raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+        seen = 0  # records of this file read so far (skipped ones included)
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+        first = skip  # record index in the file of the first pending record
+
+        def flush(rows: int) -> SourceBatch:
+            nonlocal pending, pending_rows, first
+            table = pa.Table.from_batches(pending).combine_chunks()
+            chunk = table.slice(0, rows)
+            rest = table.slice(rows)
+            pending = rest.to_batches() if rest.num_rows else []
+            pending_rows = rest.num_rows
+            ordinals = np.arange(base + first, base + first + rows, dtype=np.int64)
+            try:
+                good, kept, errors = from_text(chunk, self.schema, ordinals, self._locate(info, first))
+            except SchemaError as exc:
+                raise ChannelError(f"{self.describe()}: {info.path}: {exc}") from exc
+            bad_lines = [
+                RecordError(
+                    base + first + rows,
+                    f"a line of {info.path} near record {first + rows}",
+                    f"expected {len(names)} columns: {_clip(text)}",
+                    record={"line": text},
+                )
+                for text in invalid
+            ]
+            invalid.clear()
+            batch = SourceBatch(good, kept, base + first, base + first + rows, bad_lines + errors)
+            first += rows
+            return batch
+
+        while True:
+            try:
+                block = reader.read_next_batch()
+            except StopIteration:
+                break
+            except (pa.ArrowInvalid, OSError, EOFError) as exc:
+                raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+            if self._stopping:
+                return seen
+            n = block.num_rows
+            if seen + n <= skip:
+                seen += n
+                invalid.clear()
+                continue
+            if seen < skip:
+                block = block.slice(skip - seen)
+                invalid.clear()
+            seen += n
+            pending.append(block)
+            pending_rows += block.num_rows
+            while pending_rows >= max_records:
+                yield flush(max_records)
+        if pending_rows or invalid:
+            yield flush(pending_rows)
+        return seen
+
+    def _jsonl(self, info: _FileInfo, base: int, skip: int, max_records: int) -> Generator[SourceBatch, None, int]:
+        names = [f.name for f in self.schema.fields]
+        record = skip
+        seen = 0
+        try:
+            handle: Any = (
+                gzip.open(info.path, "rb") if _gzipped(self.options, Path(info.path)) else open(info.path, "rb")  # noqa: SIM115
+            )
+        except OSError as exc:
+            raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+        with handle:
+            lines: list[bytes] = []
+
+            def flush() -> SourceBatch:
+                nonlocal record
+                rows = len(lines)
+                columns: dict[str, list[Any]] = {name: [None] * rows for name in names}
+                raw: list[dict[str, Any]] = []
+                broken: dict[int, str] = {}
+                for i, line in enumerate(lines):
+                    try:
+                        obj = orjson.loads(line)
+                    except orjson.JSONDecodeError as exc:
+                        broken[i] = f"not JSON: {exc}"
+                        raw.append({"line": line.decode(errors="replace")})
+                        continue
+                    if not isinstance(obj, dict):
+                        broken[i] = f"expected a JSON object, got {type(obj).__name__}"
+                        raw.append({"line": line.decode(errors="replace")})
+                        continue
+                    raw.append(obj)
+                    for name in names:
+                        columns[name][i] = obj.get(name)
+                ordinals = np.arange(base + record, base + record + rows, dtype=np.int64)
+                locate = self._locate(info, record)
+                if broken:
+                    keep = np.array([i not in broken for i in range(rows)])
+                    sub = {name: [v for v, k in zip(vals, keep, strict=True) if k] for name, vals in columns.items()}
+                    kept_raw = [r for r, k in zip(raw, keep, strict=True) if k]
+                    index = np.flatnonzero(keep)
+                    good, kept, errors = from_values(
+                        sub,
+                        int(keep.sum()),
+                        self.schema,
+                        ordinals[keep],
+                        lambda row: locate(int(index[row])),
+                        lambda row: kept_raw[row],
+                    )
+                    errors += [
+                        RecordError(int(ordinals[i]), locate(i), message, record=raw[i])
+                        for i, message in broken.items()
+                    ]
+                    errors.sort(key=lambda e: e.ordinal)
+                else:
+                    good, kept, errors = from_values(columns, rows, self.schema, ordinals, locate, lambda row: raw[row])
+                batch = SourceBatch(good, kept, base + record, base + record + rows, errors)
+                record += rows
+                lines.clear()
+                return batch
+
+            try:
+                for line in handle:
+                    if not line.strip():
+                        continue
+                    seen += 1
+                    if seen <= skip:
+                        continue
+                    lines.append(line)
+                    if len(lines) >= max_records:
+                        yield flush()
+                        if self._stopping:
+                            return seen
+            except (OSError, EOFError) as exc:
+                raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+            if lines:
+                yield flush()
+        return seen
+
+    def _parquet(self, info: _FileInfo, base: int, skip: int, max_records: int) -> Generator[SourceBatch, None, int]:
+        names = [f.name for f in self.schema.fields]
+        try:
+            if _gzipped(self.options, Path(info.path)):
+                with gzip.open(info.path, "rb") as handle:
+                    parquet = pq.ParquetFile(io.BytesIO(handle.read()))
+            else:
+                parquet = pq.ParquetFile(info.path)
+        except (pa.ArrowInvalid, OSError) as exc:
+            raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+        missing = [n for n in names if n not in parquet.schema_arrow.names]
+        if missing:
+            raise ChannelError(
+                f"{self.describe()}: {info.path} has no column {', '.join(repr(m) for m in missing)} "
+                f"(columns: {', '.join(parquet.schema_arrow.names)})"
+            )
+        total = int(parquet.metadata.num_rows)
+        groups: list[int] = []
+        offset = 0
+        first_group_start = 0
+        for index in range(parquet.num_row_groups):
+            rows = parquet.metadata.row_group(index).num_rows
+            if offset + rows > skip:
+                if not groups:
+                    first_group_start = offset
+                groups.append(index)
+            offset += rows
+        record = skip
+        if not groups:
+            return total
+        drop = skip - first_group_start
+        pending: list[pa.RecordBatch] = []
+        pending_rows = 0
+
+        def flush(rows: int) -> SourceBatch:
+            nonlocal pending, pending_rows, record
+            table = pa.Table.from_batches(pending).combine_chunks()
+            chunk = table.slice(0, rows)
+            rest = table.slice(rows)
+            pending = rest.to_batches() if rest.num_rows else []
+            pending_rows = rest.num_rows
+            ordinals = np.arange(base + record, base + record + rows, dtype=np.int64)
+            chunk_batch = chunk.to_batches()[0] if chunk.num_rows else pa.RecordBatch.from_pylist([], chunk.schema)
+            good, kept, errors = conform(chunk_batch, self.schema, ordinals, self._locate(info, record))
+            batch = SourceBatch(good, kept, base + record, base + record + rows, errors)
+            record += rows
+            return batch
+
+        for block in parquet.iter_batches(batch_size=max(max_records, 1024), row_groups=groups, columns=names):
+            if self._stopping:
+                return total
+            if drop:
+                cut = min(drop, block.num_rows)
+                block = block.slice(cut)
+                drop -= cut
+                if not block.num_rows:
+                    continue
+            pending.append(block)
+            pending_rows += block.num_rows
+            while pending_rows >= max_records:
+                yield flush(max_records)
+        if pending_rows:
+            yield flush(pending_rows)
+        return total
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# ---------------------------------------------------------------------------------------------- sink
+
+
+def text_ready(batch: pa.RecordBatch, schema: RecordSchema) -> pa.RecordBatch:
+    """Columns CSV cannot hold as they are, as text: arrays as JSON, `bytes` as base64."""
+    columns = []
+    changed = False
+    for spec, column in zip(schema.fields, batch.columns, strict=True):
+        if spec.type == "array":
+            column = pa.array(
+                [None if v is None else orjson.dumps(v).decode() for v in column.to_pylist()], type=pa.string()
+            )
+            changed = True
+        elif spec.format == "bytes":
+            column = pa.array(
+                [None if v is None else base64.b64encode(v).decode() for v in column.to_pylist()], type=pa.string()
+            )
+            changed = True
+        columns.append(column)
+    if not changed:
+        return batch
+    return pa.RecordBatch.from_arrays(columns, names=batch.schema.names)
+
+
+def encode_csv(batch: pa.RecordBatch, schema: RecordSchema, dialect: CsvDialect, header: bool) -> bytes:
+    sink = pa.BufferOutputStream()
+    options = pacsv.WriteOptions(include_header=header, delimiter=dialect.delimiter)
+    pacsv.write_csv(text_ready(batch, schema), sink, write_options=options)
+    return bytes(sink.getvalue())
+
+
+def encode_jsonl(batch: pa.RecordBatch, schema: RecordSchema) -> bytes:
+    rows = to_json_values(batch, schema)
+    return b"".join(orjson.dumps(row, option=orjson.OPT_APPEND_NEWLINE) for row in rows)
+
+
+class FileSink(Sink):
+    """Writes one CSV, JSON Lines or Parquet file (see the module docstring)."""
+
+    type: ClassVar[str] = "file"
+
+    def __init__(self, name: str, spec: DataChannelSpec, context: ChannelContext) -> None:
+        super().__init__(name, spec, context)
+        self.options = _options(spec)
+        self.dialect = self.options.csv or CsvDialect()
+        self.path = resolve_path(self.options.path, context.workdir)
+        self.gzip = _gzipped(self.options, self.path)
+        self.partial = self.path.with_name(self.path.name + ".partial")
+        self.parts = self.path.with_name(self.path.name + ".parts")
+        self._pending: list[bytes] = []
+        self._tables: list[pa.RecordBatch] = []
+        self._bytes = 0
+        self._parts = 0
+        self._header_needed = self.dialect.header
+        self._finished = False
+
+    def describe(self) -> str:
+        return f"file sink '{self.name}' ({self.path})"
+
+    async def open(self, key: str, state: Mapping[str, Any] | None) -> int:
+        return await asyncio.to_thread(self._open, state)
+
+    def _open(self, state: Mapping[str, Any] | None) -> int:
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ChannelError(f"{self.describe()}: cannot create {self.path.parent}: {exc}") from exc
+        if state and state.get("finished"):
+            self._finished = True
+            return int(state.get("watermark", 0))
+        if self.options.format == "parquet":
+            self._parts = int(state.get("parts", 0)) if state else 0
+            if self.parts.exists():
+                for part in self.parts.iterdir():
+                    if not _part_number(part.name) or _part_number(part.name) > self._parts:
+                        part.unlink()
+            elif self._parts:
+                raise ChannelError(f"{self.describe()}: {self.parts} is gone, but the checkpoint says it had parts")
+            self.parts.mkdir(exist_ok=True)
+            return int(state.get("watermark", 0)) if state else 0
+        self._bytes = int(state.get("bytes", 0)) if state else 0
+        try:
+            if self._bytes:
+                size = self.partial.stat().st_size if self.partial.exists() else -1
+                if size < self._bytes:
+                    raise ChannelError(
+                        f"{self.describe()}: {self.partial} has {max(size, 0)} bytes, but the checkpoint says "
+                        f"{self._bytes} were written: the output was changed or removed; delete the flow's "
+                        "checkpoint to start again"
+                    )
+                with open(self.partial, "r+b") as handle:
+                    handle.truncate(self._bytes)
+                    os.fsync(handle.fileno())
+                self._header_needed = False
+            else:
+                with open(self.partial, "wb") as handle:
+                    os.fsync(handle.fileno())
+        except OSError as exc:
+            raise ChannelError(f"{self.describe()}: cannot write {self.partial}: {exc}") from exc
+        return int(state.get("watermark", 0)) if state else 0
+
+    async def write(self, records: pa.RecordBatch, ordinals: np.ndarray, token: Any = None) -> None:
+        if records.num_rows == 0 and not self._header_needed:
+            return
+        if self.options.format == "parquet":
+            self._tables.append(records)
+            return
+        data = await asyncio.to_thread(self._encode, records)
+        self._pending.append(data)
+
+    def _encode(self, records: pa.RecordBatch) -> bytes:
+        if self.options.format == "csv":
+            data = encode_csv(records, self.schema, self.dialect, self._header_needed)
+            self._header_needed = False
+            return data
+        return encode_jsonl(records, self.schema)
+
+    async def commit(self, watermark: int) -> dict[str, Any]:
+        return await asyncio.to_thread(self._commit, watermark)
+
+    def _commit(self, watermark: int) -> dict[str, Any]:
+        try:
+            if self.options.format == "parquet":
+                if self._tables:
+                    self._parts += 1
+                    part = self.parts / f"part-{self._parts:08d}.parquet"
+                    table = pa.Table.from_batches(self._tables, schema=self.arrow_schema)
+                    temporary = part.with_suffix(".tmp")
+                    pq.write_table(table, temporary)
+                    _fsync_file(temporary)
+                    temporary.replace(part)
+                    _fsync_dir(self.parts)
+                    self._tables = []
+                return {"parts": self._parts, "watermark": watermark}
+            if self._pending:
+                data = b"".join(self._pending)
+                self._pending = []
+                if self.gzip:
+                    data = gzip.compress(data, compresslevel=6, mtime=0)
+                with open(self.partial, "ab") as handle:
+                    handle.write(data)
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                self._bytes += len(data)
+            return {"bytes": self._bytes, "watermark": watermark}
+        except OSError as exc:
+            raise ChannelError(f"{self.describe()}: cannot write {self.partial}: {exc}") from exc
+
+    async def finish(self) -> None:
+        if not self._finished:
+            await asyncio.to_thread(self._finish)
+            self._finished = True
+
+    def _finish(self) -> None:
+        try:
+            if self.options.format == "parquet":
+                temporary = self.path.with_name(self.path.name + ".partial")
+                parts = sorted(p for p in self.parts.iterdir() if _part_number(p.name))
+                with pq.ParquetWriter(temporary, self.arrow_schema) as writer:
+                    for part in parts:
+                        writer.write_table(pq.read_table(part, schema=self.arrow_schema))
+                if self.gzip:
+                    _gzip_in_place(temporary)
+                _fsync_file(temporary)
+                temporary.replace(self.path)
+                shutil.rmtree(self.parts, ignore_errors=True)
+            else:
+                if self._header_needed and self.options.format == "csv":
+                    # No record at all: still write the header line, so the output says what it would hold.
+                    header = encode_csv(_empty(self), self.schema, self.dialect, True)
+                    data = gzip.compress(header, mtime=0) if self.gzip else header
+                    with open(self.partial, "ab") as handle:
+                        handle.write(data)
+                    self._header_needed = False
+                _fsync_file(self.partial)
+                self.partial.replace(self.path)
+            _fsync_dir(self.path.parent)
+        except OSError as exc:
+            raise ChannelError(f"{self.describe()}: cannot move the output into place: {exc}") from exc
+
+
+def _empty(sink: FileSink) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in sink.arrow_schema], schema=sink.arrow_schema)
+
+
+def _part_number(name: str) -> int:
+    if not (name.startswith("part-") and name.endswith(".parquet")):
+        return 0
+    with contextlib.suppress(ValueError):
+        return int(name[5:-8])
+    return 0
+
+
+def _gzip_in_place(path: Path) -> None:
+    zipped = path.with_name(path.name + ".gz-tmp")
+    with open(path, "rb") as source, gzip.open(zipped, "wb") as target:
+        shutil.copyfileobj(source, target, 1 << 20)
+    zipped.replace(path)
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as handle:
+        os.fsync(handle.fileno())
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
