@@ -434,15 +434,36 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-def postgres_cpu_seconds() -> float:
-    """CPU time of every `postgres` process so far (the server's backends, and anyone else's)."""
-    total = 0.0
+def postgres_cpu() -> dict[int, float]:
+    """CPU seconds so far of every `postgres` process, by pid (the server's backends, and anyone else's)."""
+    found: dict[int, float] = {}
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             with contextlib.suppress(OSError):
                 if (entry / "comm").read_text().strip() == "postgres":
-                    total += cpu_seconds(int(entry.name))
-    return total
+                    found[int(entry.name)] = cpu_seconds(int(entry.name))
+    return found
+
+
+def postgres_cpu_since(before: dict[int, float]) -> float:
+    """CPU used by postgres processes since `before` (processes that exited meanwhile are not counted)."""
+    return sum(seconds - before.get(pid, 0.0) for pid, seconds in postgres_cpu().items())
+
+
+def sessions_opened(database_url: str) -> int:
+    """Connections ever made to the bench database (`pg_stat_database.sessions`, PostgreSQL 14+)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database_url, poolclass=sqlalchemy.pool.NullPool)
+    try:
+        with engine.connect() as conn:
+            conn.exec_driver_sql("SELECT pg_stat_clear_snapshot()")
+            value = conn.exec_driver_sql(
+                "SELECT sessions FROM pg_stat_database WHERE datname = current_database()"
+            ).scalar()
+            return int(value or 0)
+    finally:
+        engine.dispose()
 
 
 def wait_for_drain(url: str, limit: float = 300.0) -> float:
@@ -528,11 +549,12 @@ def main() -> None:
             print(
                 f"creations: POST /api/v1/jobs, {options.clients} clients, {options.duration:g}s, {options.loadgen} ..."
             )
-            cpu = (cpu_seconds(server.pid), postgres_cpu_seconds())
+            cpu, pg_cpu, sessions = cpu_seconds(server.pid), postgres_cpu(), sessions_opened(db)
             with profiling(server.pid, options.profile, "create", options.duration):
                 create = _load(url, "create", options)
-            create["server_cpu"] = cpu_seconds(server.pid) - cpu[0]
-            create["postgres_cpu"] = postgres_cpu_seconds() - cpu[1]
+            create["server_cpu"] = cpu_seconds(server.pid) - cpu
+            create["postgres_cpu"] = postgres_cpu_since(pg_cpu)
+            create["connections"] = sessions_opened(db) - sessions - 1
             drained = wait_for_drain(url)
 
             ids_file = Path(home) / "ids.txt"
@@ -547,11 +569,12 @@ def main() -> None:
                         break
             ids_file.write_text("\n".join(ids) + "\n")
             print(f"reads: GET /api/v1/jobs/{{id}} over {len(ids)} jobs, {options.clients} clients ...")
-            cpu = (cpu_seconds(server.pid), postgres_cpu_seconds())
+            cpu, pg_cpu, sessions = cpu_seconds(server.pid), postgres_cpu(), sessions_opened(db)
             with profiling(server.pid, options.profile, "get", options.duration):
                 get = _load(url, "get", options, f"--ids={ids_file}")
-            get["server_cpu"] = cpu_seconds(server.pid) - cpu[0]
-            get["postgres_cpu"] = postgres_cpu_seconds() - cpu[1]
+            get["server_cpu"] = cpu_seconds(server.pid) - cpu
+            get["postgres_cpu"] = postgres_cpu_since(pg_cpu)
+            get["connections"] = sessions_opened(db) - sessions - 1
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -604,7 +627,7 @@ def main() -> None:
         print(
             f"{name} phase CPU: server {phase['server_cpu']:.1f}s ({phase['server_cpu'] / phase['seconds']:.0%} of a "
             f"core, {phase['server_cpu'] * per:.2f} ms per request), postgres {phase['postgres_cpu']:.1f}s "
-            f"({phase['postgres_cpu'] * per:.2f} ms per request)"
+            f"({phase['postgres_cpu'] * per:.2f} ms per request); {phase['connections']} new database connections"
         )
     print(f"load average before {before['load']}, after {after['load']}; load generator: {options.loadgen}")
     if options.profile is not None:
