@@ -34,7 +34,7 @@ from scoring_services.errors import (
     ScoringError,
 )
 from scoring_services.metrics import ScoringMetrics
-from scoring_services.repository import ModelEntry, ModelRepository, ModelState
+from scoring_services.repository import UNLOADED, ModelEntry, ModelRepository, ModelState
 from scoring_services.settings import ScoringSettings
 from scoring_services.types import Array, ModelConfig, TensorSpec
 
@@ -133,7 +133,7 @@ class DataPlane:
     def ready(self) -> bool:
         """Startup loading is over and every model is loaded, except those unloaded on purpose."""
         return self.started and all(
-            entry.ready or (entry.state is ModelState.UNAVAILABLE and entry.reason == "unloaded")
+            entry.ready or (entry.state is ModelState.UNAVAILABLE and entry.reason == UNLOADED)
             for entry in self.repository.entries.values()
         )
 

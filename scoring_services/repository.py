@@ -19,6 +19,7 @@ from collections.abc import Iterable
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import Final
 
 from scoring_services.artifacts import resolve_uri
 from scoring_services.batching import Batcher, DirectCaller, Predictor
@@ -30,16 +31,36 @@ from scoring_services.runtimes.base import ModelRuntime
 from scoring_services.settings import ScoringSettings
 from scoring_services.types import ModelConfig, TensorSpec
 
-__all__ = ["ModelEntry", "ModelRepository", "ModelState"]
+__all__ = ["ALLOWED", "UNLOADED", "ModelEntry", "ModelRepository", "ModelState", "transition"]
 
 log = logging.getLogger(__name__)
+#: The reason of a model unloaded on purpose (it does not make the server unready).
+UNLOADED: Final = "unloaded"
 
 
 class ModelState(StrEnum):
+    """The repository extension's model states (the names Triton's index reports)."""
+
     UNAVAILABLE = "UNAVAILABLE"
     LOADING = "LOADING"
     READY = "READY"
     UNLOADING = "UNLOADING"
+
+
+#: Every allowed state change; anything else is a bug, not a user error.
+ALLOWED: Final[dict[ModelState, frozenset[ModelState]]] = {
+    ModelState.UNAVAILABLE: frozenset({ModelState.LOADING}),
+    ModelState.LOADING: frozenset({ModelState.READY, ModelState.UNAVAILABLE}),
+    ModelState.READY: frozenset({ModelState.UNLOADING}),
+    ModelState.UNLOADING: frozenset({ModelState.UNAVAILABLE}),
+}
+
+
+def transition(entry: ModelEntry, state: ModelState, reason: str = "") -> None:
+    """Move a model to `state` (with the reason shown by the repository index)."""
+    if state not in ALLOWED[entry.state]:
+        raise RuntimeError(f"model '{entry.name}': {entry.state.value} -> {state.value} is not a model transition")
+    entry.state, entry.reason = state, reason
 
 
 @dataclass(slots=True)
@@ -119,19 +140,19 @@ class ModelRepository:
         async with entry.lock:
             if entry.state is ModelState.READY:
                 await self._unload(entry)
-            entry.state, entry.reason = ModelState.LOADING, ""
+            transition(entry, ModelState.LOADING)
             started = time.perf_counter()
             try:
                 await self._load(entry)
             except ScoringError as exc:
-                entry.state, entry.reason = ModelState.UNAVAILABLE, exc.message
+                transition(entry, ModelState.UNAVAILABLE, exc.message)
                 log.error("model '%s' failed to load: %s", name, exc.message)
                 raise ModelLoadError(exc.message) from exc
             except Exception as exc:
-                entry.state, entry.reason = ModelState.UNAVAILABLE, f"{type(exc).__name__}: {exc}"
+                transition(entry, ModelState.UNAVAILABLE, f"{type(exc).__name__}: {exc}")
                 log.exception("model '%s' failed to load", name)
                 raise ModelLoadError(f"model '{name}' failed to load: {entry.reason}") from exc
-            entry.state = ModelState.READY
+            transition(entry, ModelState.READY)
             cfg = entry.config
             batching = (
                 f"batching up to {cfg.batching.max_batch_size} rows / {cfg.batching.max_latency_ms:g} ms"
@@ -206,7 +227,7 @@ class ModelRepository:
     async def _unload(self, entry: ModelEntry) -> None:
         if entry.state is not ModelState.READY:
             return
-        entry.state = ModelState.UNLOADING
+        transition(entry, ModelState.UNLOADING)
         predictor, runtime = entry.predictor, entry.runtime
         entry.predictor = entry.runtime = None
         try:
@@ -215,7 +236,7 @@ class ModelRepository:
             if runtime is not None:
                 await runtime.unload()
         finally:
-            entry.state, entry.reason = ModelState.UNAVAILABLE, "unloaded"
+            transition(entry, ModelState.UNAVAILABLE, UNLOADED)
         log.info("unloaded model '%s'", entry.name)
 
     async def unload_all(self) -> None:
