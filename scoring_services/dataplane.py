@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib.metadata
 import logging
+import math
 import time
 from collections.abc import Iterable
 from concurrent.futures import Executor
@@ -77,7 +78,24 @@ def _widen(array: Array, datatype: str, spec: TensorSpec) -> Array:
     return array.astype(target)
 
 
+def _output_shape(array: Array, spec: TensorSpec, model: str) -> Array:
+    """The output in its declared shape: as it is, or reshaped when only unit dimensions differ ((n, 1) for
+    [-1]); anything else means the model and its metadata disagree, which the client must not see as data."""
+    if _shape_fits(array.shape, spec.shape):
+        return array
+    rows = array.shape[0] if array.ndim else 1
+    trailing = list(spec.shape[1:])
+    units_only = [d for d in array.shape[1:] if d != 1] == [d for d in trailing if d != 1]
+    if -1 not in trailing and units_only and array.size == rows * math.prod(trailing):
+        return array.reshape((rows, *trailing))
+    raise InferenceError(
+        f"model '{model}' returned output '{spec.name}' with shape {list(array.shape)}; "
+        f"its metadata declares {list(spec.shape)}"
+    )
+
+
 def _output_array(array: Array, spec: TensorSpec, model: str) -> Array:
+    array = _output_shape(array, spec, model)
     if spec.datatype == "BYTES":
         if array.dtype.kind != "O":
             if array.dtype.kind not in "SU":
@@ -188,6 +206,8 @@ class DataPlane:
             result = await self._infer(entry, body, header_length)
         except ScoringError as exc:
             metrics.error(exc.http_status)
+            if exc.http_status >= 500:
+                log.error("inference on model '%s' failed: %s", name, exc.message)
             raise
         except asyncio.CancelledError:
             raise

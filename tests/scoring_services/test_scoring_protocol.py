@@ -437,3 +437,38 @@ async def test_the_server_becomes_ready_once_a_failed_model_is_loaded_over_rest(
         assert (await http.get("/v2/health/ready")).status_code == 200
         await http.post("/v2/repository/models/late/unload")
         assert (await http.get("/v2/health/ready")).status_code == 200  # unloaded on purpose
+
+
+SHAPES = """
+import numpy as np
+
+
+def load(path):
+    pass
+
+
+def predict(batch):
+    x = batch["x"]
+    return {"column": x.reshape(-1, 1), "wrong": np.zeros((len(x), 3))}
+"""
+
+
+async def test_outputs_are_given_their_declared_shape_or_refused_as_a_model_error(
+    tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    folder = tmp_path / "shapes"
+    folder.mkdir()
+    (folder / "model.py").write_text(SHAPES)
+    config = model_config(
+        "shapes",
+        "python",
+        folder,
+        inputs=[spec("x", "FP64", -1)],
+        outputs=[spec("column", "FP64", -1), spec("wrong", "FP64", -1, 10)],
+    )
+    async with served([config], scoring_settings) as (_, http):
+        body = infer_body("x", np.array([1.0, 2.0]), "FP64", outputs=[{"name": "column"}])
+        column = (await http.post("/v2/models/shapes/infer", json=body)).json()["outputs"][0]
+        wrong = await http.post("/v2/models/shapes/infer", json={**body, "outputs": [{"name": "wrong"}]})
+    assert (column["shape"], column["data"]) == ([2], [1.0, 2.0])
+    await expect_error(wrong, 500, "returned output 'wrong' with shape [2, 3]", "[-1, 10]")
