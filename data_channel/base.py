@@ -22,7 +22,7 @@ from __future__ import annotations
 import abc
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -103,10 +103,11 @@ class SourceBatch:
     errors: list[RecordError] = field(default_factory=list)
     token: Any = None
     """What `Source.ack` needs (message ids, delivery tags, a pending HTTP request); None for batch sources."""
+    where: Callable[[int], str] | None = None
+    """Describes the record at an ordinal of this batch in the source's words (`record 18 of /data/in.csv`)."""
 
-    @property
-    def read(self) -> int:
-        return self.end - self.start
+    def describe(self, ordinal: int) -> str:
+        return self.where(ordinal) if self.where is not None else f"record {ordinal + 1}"
 
 
 class Source(abc.ABC):

@@ -38,7 +38,7 @@ import gzip
 import io
 import os
 import shutil
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -55,7 +55,7 @@ from ir.models import CsvDialect, DataChannelSpec, FileOptions, RecordSchema
 
 __all__ = ["FileSink", "FileSource", "resolve_path"]
 
-_CSV_BLOCK_BYTES = 4 << 20
+_CSV_BLOCK_BYTES = 1 << 20
 """pyarrow CSV block size: big enough to amortise per-block costs, small enough to keep memory flat."""
 _GLOB_CHARS = frozenset("*?[")
 
@@ -195,6 +195,15 @@ class FileSource(Source):
 
         return locate
 
+    @staticmethod
+    def _where(info: _FileInfo, base: int) -> Callable[[int], str]:
+        name = info.path
+
+        def where(ordinal: int) -> str:
+            return f"record {ordinal - base + 1} of {name}"
+
+        return where
+
     def _stream(self, info: _FileInfo) -> Any:
         path = Path(info.path)
         if _gzipped(self.options, path):
@@ -264,7 +273,9 @@ class FileSource(Source):
                 for text in invalid
             ]
             invalid.clear()
-            batch = SourceBatch(good, kept, base + first, base + first + rows, bad_lines + errors)
+            batch = SourceBatch(
+                good, kept, base + first, base + first + rows, bad_lines + errors, where=self._where(info, base)
+            )
             first += rows
             return batch
 
@@ -349,7 +360,9 @@ class FileSource(Source):
                     errors.sort(key=lambda e: e.ordinal)
                 else:
                     good, kept, errors = from_values(columns, rows, self.schema, ordinals, locate, lambda row: raw[row])
-                batch = SourceBatch(good, kept, base + record, base + record + rows, errors)
+                batch = SourceBatch(
+                    good, kept, base + record, base + record + rows, errors, where=self._where(info, base)
+                )
                 record += rows
                 lines.clear()
                 return batch
@@ -416,7 +429,7 @@ class FileSource(Source):
             ordinals = np.arange(base + record, base + record + rows, dtype=np.int64)
             chunk_batch = chunk.to_batches()[0] if chunk.num_rows else pa.RecordBatch.from_pylist([], chunk.schema)
             good, kept, errors = conform(chunk_batch, self.schema, ordinals, self._locate(info, record))
-            batch = SourceBatch(good, kept, base + record, base + record + rows, errors)
+            batch = SourceBatch(good, kept, base + record, base + record + rows, errors, where=self._where(info, base))
             record += rows
             return batch
 
@@ -509,7 +522,8 @@ class FileSink(Sink):
             self.path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise ChannelError(f"{self.describe()}: cannot create {self.path.parent}: {exc}") from exc
-        if state and state.get("finished"):
+        if state and (state.get("finished") or self._moved_into_place(state)):
+            # The output was finished (moved into place) before the process died: nothing is left to write.
             self._finished = True
             return int(state.get("watermark", 0))
         if self.options.format == "parquet":
@@ -543,7 +557,17 @@ class FileSink(Sink):
             raise ChannelError(f"{self.describe()}: cannot write {self.partial}: {exc}") from exc
         return int(state.get("watermark", 0)) if state else 0
 
+    def _moved_into_place(self, state: Mapping[str, Any]) -> bool:
+        """Whether `finish` already ran for this state: no partial output left, the final one complete."""
+        if not self.path.exists():
+            return False
+        if self.options.format == "parquet":
+            return not self.parts.exists()
+        return not self.partial.exists() and self.path.stat().st_size == int(state.get("bytes", -1))
+
     async def write(self, records: pa.RecordBatch, ordinals: np.ndarray, token: Any = None) -> None:
+        if self._finished:
+            return
         if records.num_rows == 0 and not self._header_needed:
             return
         if self.options.format == "parquet":
@@ -560,6 +584,8 @@ class FileSink(Sink):
         return encode_jsonl(records, self.schema)
 
     async def commit(self, watermark: int) -> dict[str, Any]:
+        if self._finished:
+            return {"finished": True, "watermark": watermark}
         return await asyncio.to_thread(self._commit, watermark)
 
     def _commit(self, watermark: int) -> dict[str, Any]:

@@ -253,7 +253,14 @@ class HttpSource(Source):
         good, kept, more = from_values(
             columns, len(objects), self.schema, np.array(positions, dtype=np.int64), locate, lambda row: objects[row]
         )
-        return SourceBatch(good, kept, start, ordinal, sorted(errors + more, key=lambda e: e.ordinal), token=requests)
+        path = self.options.path
+
+        def describe(at: int) -> str:
+            found = by_ordinal.get(at)
+            return f"record {found[1]} of a request to {path}" if found else f"a request to {path}"
+
+        errors = sorted(errors + more, key=lambda e: e.ordinal)
+        return SourceBatch(good, kept, start, ordinal, errors, token=requests, where=describe)
 
     async def ack(self, batch: SourceBatch) -> None:
         requests: list[_Request] = batch.token or []

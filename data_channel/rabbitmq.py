@@ -136,7 +136,11 @@ class RabbitmqSource(Source):
 
         good, kept, more = from_values(columns, len(raw), self.schema, ordinals, locate, lambda row: raw[row])
         errors = sorted(errors + more, key=lambda e: e.ordinal)
-        return SourceBatch(good, kept, start, start + count, errors, token=messages[-1])
+
+        def describe(ordinal: int) -> str:
+            return f"message {messages[ordinal - start].delivery_tag} of queue {queue}"
+
+        return SourceBatch(good, kept, start, start + count, errors, token=messages[-1], where=describe)
 
     async def ack(self, batch: SourceBatch) -> None:
         message = batch.token

@@ -158,7 +158,12 @@ class RedisSource(Source):
             RecordError(start + i, f"message {ids[i]} of stream {self.options.stream}", "the entry was deleted")
             for i in deleted
         ]
-        return SourceBatch(good, kept, start, start + count, errors, token=ids)
+        stream = self.options.stream
+
+        def where(ordinal: int) -> str:
+            return f"message {ids[ordinal - start]} of stream {stream}"
+
+        return SourceBatch(good, kept, start, start + count, errors, token=ids, where=where)
 
     async def ack(self, batch: SourceBatch) -> None:
         if self._client is None or not batch.token:

@@ -192,7 +192,7 @@ class SqlSource(Source):
 
         good, kept, errors = from_values(columns, count, self.schema, ordinals, locate)
         self._next += count
-        return SourceBatch(good, kept, start, start + count, errors)
+        return SourceBatch(good, kept, start, start + count, errors, where=lambda o: f"row {o + 1} of the {what}")
 
     async def close(self) -> None:
         if self._cursor is not None:

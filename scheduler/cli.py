@@ -67,6 +67,11 @@ from scoring_services.cli import serve_command  # noqa: E402
 
 app.command("scoring-service")(serve_command)
 
+# The flow runtime (issue 5) lives in scoring_flows; its command is only mounted here.
+from scoring_flows.cli import flow_command  # noqa: E402
+
+app.command("flow")(flow_command)
+
 # markup off: messages quote user input (paths, keys, values), and '[/x]' in them must print as it is
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)

@@ -1,0 +1,625 @@
+"""The flow loop: read a source in batches, run the steps, write the sinks in order, commit, report.
+
+One `Flow` runs one entry of a values document's `scoringFlows`:
+
+1. **Start.** Build the source, the sinks (and the dead-letter sink) and the steps (python functions are
+   imported now); wait until every scoring service the flow calls is ready (`FlowSettings.ready_timeout_seconds`,
+   then a clear failure).
+2. **Resume.** For a batch source (`file`, `sql`) the checkpoint (`scoring_flows.checkpoint`) gives each sink its
+   saved state; each sink answers with its watermark (a file sink cuts back what came after its last
+   checkpoint, a SQL sink reads its own watermark row), and the source is opened at the lowest one. A sink
+   whose watermark is higher skips the records below it. So a flow killed at any moment and started again with
+   the same values writes every record exactly once.
+3. **Loop.** Batches are read one after the other while up to `in_flight` of them go through the steps at the
+   same time (score requests overlap; CPU work runs in worker threads). Results are written **in source
+   order**: each sink gets its own fields and types (`data_channel.schema.conform`), then the error policy
+   takes the records that failed (in the source, a step, or a sink's cast):
+   - `fail`: the flow stops at the first failed record in source order, naming it (what was committed before
+     stays committed; the job fails). An http source answers that request 422 instead and goes on;
+   - `skip`: counted and logged (the first `logged_errors` one by one);
+   - `deadLetter`: written to the dead-letter sink, with the reserved fields `error` (message), `errorField`,
+     `errorStep`, `position` (where the record came from), `ordinal` and `record` (its values as JSON text)
+     filled in where its schema declares them; other declared fields take the record's values of that name.
+   Every `commit_interval_seconds` the sinks commit (non-transactional sinks first, SQL last), then the
+   checkpoint is written, then queue sources acknowledge the committed batches.
+4. **End.** A batch source exhausted: the last commit, `finish` on every sink (outputs move into place), a
+   final checkpoint marked finished, the last progress report and `POST /complete {succeeded: true}` with
+   counts, rate and outputs in the message; exit 0. SIGTERM or SIGINT: stop reading, finish the batches in
+   flight, commit, acknowledge, exit 0 (no completion: the job was cancelled, or a streaming flow stops).
+   A failure: `/complete {succeeded: false, message}` and exit 1.
+
+Progress (`read`, `written`, `failed` totals) goes to the scheduler every `progress_interval_seconds` and to the
+log; Prometheus metrics are served when `metrics_port` is set (`scoring_flows.metrics`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextlib
+import hashlib
+import os
+import signal
+import socket
+import time
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Final
+
+import httpx
+import numpy as np
+import orjson
+import pyarrow as pa
+
+from data_channel import (
+    ChannelContext,
+    ChannelError,
+    RecordError,
+    Sink,
+    Source,
+    SourceBatch,
+    conform,
+    make_sink,
+    make_source,
+)
+from data_channel.http import HttpExchange
+from data_channel.schema import from_values
+from ir.render import ScoringFlowValues, Values
+from scoring_flows.checkpoint import Checkpoint, CheckpointError, CheckpointStore
+from scoring_flows.client import ScoringUnavailable, V2Client
+from scoring_flows.metrics import FlowMetrics
+from scoring_flows.settings import FlowSettings
+from scoring_flows.steps import FlowBatch, FlowStep, StepError, build_steps
+
+__all__ = ["DEAD_LETTER_FIELDS", "Flow", "FlowFailed", "SchedulerLink"]
+
+DEAD_LETTER_FIELDS: Final = ("error", "errorField", "errorStep", "position", "ordinal", "record")
+_LOG_EVERY_SECONDS: Final = 10.0
+
+Log = Callable[[str], None]
+
+
+class FlowFailed(Exception):
+    """The flow cannot go on: the message says why (and which record, under the fail policy)."""
+
+
+@dataclass
+class Counters:
+    read: int = 0
+    written: int = 0
+    failed: int = 0
+    filtered: int = 0
+
+    def as_dict(self) -> dict[str, int]:
+        return {"read": self.read, "written": self.written, "failed": self.failed, "filtered": self.filtered}
+
+
+@dataclass(frozen=True)
+class SchedulerLink:
+    """Where progress and completion go: `global.scheduler.{url,token}` and `global.jobId` of the values."""
+
+    url: str
+    token: str | None
+    job_id: str
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.url and self.token and self.job_id)
+
+
+class Reporter:
+    """Progress and completion reports to the scheduler; problems are logged, never fatal to the scoring."""
+
+    def __init__(self, link: SchedulerLink, log: Log, complete_timeout: float) -> None:
+        self.link = link
+        self.log = log
+        self.complete_timeout = complete_timeout
+        self._http = httpx.AsyncClient(timeout=10.0, trust_env=False)
+        self._warned = False
+
+    def _url(self, what: str) -> str:
+        return f"{self.link.url.rstrip('/')}/api/v1/jobs/{self.link.job_id}/{what}"
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.link.token}"}
+
+    async def progress(self, counters: Counters) -> None:
+        if not self.link.enabled:
+            return
+        body = {"read": counters.read, "written": counters.written, "failed": counters.failed}
+        try:
+            response = await self._http.post(self._url("progress"), json=body, headers=self._headers())
+            if response.status_code >= 400 and not self._warned:
+                self._warned = True
+                self.log(f"the scheduler refused a progress report: HTTP {response.status_code} {response.text[:200]}")
+        except httpx.HTTPError as exc:
+            if not self._warned:
+                self._warned = True
+                self.log(f"cannot report progress to {self.link.url}: {exc!r} (will keep trying)")
+
+    async def complete(self, succeeded: bool, message: str) -> bool:
+        """Report completion, retrying while the scheduler does not answer; whether it was recorded."""
+        if not self.link.enabled:
+            self.log("no scheduler to report completion to (no job id or token in the values)")
+            return True
+        deadline = time.monotonic() + self.complete_timeout
+        delay = 0.2
+        body = {"succeeded": succeeded, "message": message[:4000]}
+        while True:
+            problem: str
+            try:
+                response = await self._http.post(self._url("complete"), json=body, headers=self._headers())
+                if response.status_code < 300 or response.status_code == 409:  # 409: completed before (a restart)
+                    return True
+                problem = f"HTTP {response.status_code} {response.text[:200]}"
+                if response.status_code < 500:
+                    self.log(f"the scheduler refused the completion report: {problem}")
+                    return False
+            except httpx.HTTPError as exc:
+                problem = repr(exc)
+            if time.monotonic() + delay > deadline:
+                self.log(f"cannot report completion to {self.link.url} within {self.complete_timeout:g}s: {problem}")
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+    async def close(self) -> None:
+        await self._http.aclose()
+
+
+def _now() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S")
+
+
+class Flow:
+    """Runs one flow of a values document (see the module docstring)."""
+
+    def __init__(
+        self,
+        values: Values,
+        name: str,
+        *,
+        settings: FlowSettings | None = None,
+        service_urls: Mapping[str, str] | None = None,
+        environ: Mapping[str, str] | None = None,
+        workdir: Path | None = None,
+        values_path: Path | None = None,
+        log: Log | None = None,
+    ) -> None:
+        if name not in values.scoring_flows:
+            known = ", ".join(sorted(values.scoring_flows)) or "none"
+            raise FlowFailed(f"the values have no scoring flow '{name}' (flows: {known})")
+        self.values = values
+        self.name = name
+        self.spec: ScoringFlowValues = values.scoring_flows[name]
+        self.settings = settings or FlowSettings()
+        self.service_urls = dict(service_urls or {})
+        self.environ = dict(environ) if environ is not None else None
+        self.workdir = workdir or Path.cwd()
+        self.values_path = values_path
+        self._print = log or (lambda line: print(line, flush=True))
+        globals_ = values.global_
+        self.link = SchedulerLink(globals_.scheduler.url, globals_.scheduler.token, globals_.job_id)
+        self.reporter = Reporter(self.link, self.log, self.settings.complete_timeout_seconds)
+        self.metrics = FlowMetrics(name)
+        self.counters = Counters()
+        self._stopping = False
+        self._source: Source | None = None
+        self._sinks: list[Sink] = []
+        self._dead: Sink | None = None
+        self._watermarks: dict[str, int] = {}
+        self._steps: list[FlowStep] = []
+        self._client: V2Client | None = None
+        self._exchange: HttpExchange | None = None
+        self._store: CheckpointStore | None = None
+        self._checkpoint: Checkpoint | None = None
+        self._position = 0
+        self._uncommitted: list[SourceBatch] = []
+        self._dirty = False
+        self._logged_errors = 0
+        self._started = time.monotonic()
+        self._resumed_from = 0
+
+    def log(self, message: str) -> None:
+        self._print(f"{_now()} flow {self.name}: {message}")
+
+    # -- entry point ---------------------------------------------------------------------------------------------
+
+    def stop(self) -> None:
+        """Stop reading; the batches in flight are finished and committed (SIGTERM, SIGINT)."""
+        if not self._stopping:
+            self.log("stopping: finishing the batches in flight")
+        self._stopping = True
+        if self._source is not None:
+            self._source.stop()
+
+    async def run(self) -> int:
+        """The exit code: 0 when done or stopped, 1 on failure (reported to the scheduler)."""
+        loop = asyncio.get_running_loop()
+        # CPU work of the steps (casts, tensors, encoding) runs in worker threads: one per core is enough, and
+        # every extra thread costs a malloc arena of its own (tens of MB of resident memory).
+        workers = max(2, min(self.settings.in_flight, os.cpu_count() or 2))
+        loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="flow"))
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.add_signal_handler(sig, self.stop)
+        try:
+            await self._run()
+            return 0
+        except (FlowFailed, ChannelError, ScoringUnavailable, StepError, CheckpointError) as exc:
+            message = str(exc)
+            self.log(f"FAILED: {message}")
+            await self.reporter.complete(False, f"flow {self.name}: {message}")
+            return 1
+        except Exception as exc:
+            self.log(f"FAILED with an unexpected error: {type(exc).__name__}: {exc}")
+            import traceback
+
+            traceback.print_exc()
+            await self.reporter.complete(False, f"flow {self.name}: internal error: {type(exc).__name__}: {exc}")
+            return 1
+        finally:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError, RuntimeError):
+                    loop.remove_signal_handler(sig)
+            await self._close()
+
+    async def _close(self) -> None:
+        for closer in [
+            *(sink.close for sink in self._sinks),
+            *([self._dead.close] if self._dead else []),
+            *([self._source.close] if self._source else []),
+            *(step.close for step in self._steps),
+            *([self._client.close] if self._client else []),
+            *([self._exchange.stop] if self._exchange else []),
+            self.reporter.close,
+        ]:
+            try:
+                await closer()
+            except Exception as exc:  # closing must not hide the real outcome
+                self.log(f"while closing: {type(exc).__name__}: {exc}")
+
+    # -- start ---------------------------------------------------------------------------------------------------
+
+    def _context(self) -> ChannelContext:
+        channels = [self.spec.source, *self.spec.sinks, *([self.spec.dead_letter] if self.spec.dead_letter else [])]
+        environ = self.environ if self.environ is not None else None
+        context = ChannelContext(workdir=self.workdir, consumer=f"{self.name}-{socket.gethostname()}")
+        if environ is not None:
+            context.environ = environ
+        if any(c.spec.type == "http" for c in channels):
+            self._exchange = HttpExchange.from_environ(context.environ)
+            self._exchange.fail_requests = self.spec.error_policy == "fail"
+            context.exchange = self._exchange
+        return context
+
+    def _checkpoint_path(self) -> Path:
+        folder = self.settings.checkpoint_dir
+        if folder is None:
+            folder = (self.values_path.parent if self.values_path else self.workdir) / "checkpoints"
+        return folder / f"{self.name}.json"
+
+    async def _run(self) -> None:
+        spec = self.spec
+        context = self._context()
+        self._source = make_source(spec.source.name, spec.source.spec, context)
+        self._sinks = [make_sink(c.name, c.spec, context) for c in spec.sinks]
+        if spec.dead_letter is not None:
+            self._dead = make_sink(spec.dead_letter.name, spec.dead_letter.spec, context)
+        if any(s.type == "http" for s in self._sinks) and self._source.type != "http":
+            raise FlowFailed("an http sink answers the requests of an http source: this flow's source is not one")
+        urls = {name: self.service_urls[name] for name in spec.services if name in self.service_urls}
+        missing = [name for name in spec.services if name not in urls]
+        if missing:
+            raise FlowFailed(
+                f"no URL for scoring service(s) {', '.join(missing)}: the local backend passes them in "
+                "MODELOPS_SERVICE_URLS (JSON name -> URL); or give --service-url NAME=URL"
+            )
+        if spec.services:
+            self._client = V2Client(
+                urls,
+                retry_seconds=self.settings.score_retry_seconds,
+                request_timeout=self.settings.request_timeout_seconds,
+                on_retry=self._on_retry,
+                on_request=lambda service, seconds: self.metrics.score_seconds.labels(self.name, service).observe(
+                    seconds
+                ),
+            )
+        models = {name: self.values.scoring_services[name].model for name in spec.services}
+        self._steps = build_steps(spec.steps, models, self._client, self.workdir)
+        if self.settings.metrics_port is not None:
+            port = self.metrics.serve(self.settings.metrics_port, self.settings.metrics_host)
+            self.log(f"Prometheus metrics on http://{self.settings.metrics_host}:{port}/metrics")
+        what = f"{self._source.describe()} -> {', '.join(s.describe() for s in self._sinks)}"
+        self.log(
+            f"starting: {what}; {len(self._steps)} step(s), batches of {spec.batch_size}, errors: {spec.error_policy}"
+        )
+        if self._client is not None:
+            await self._client.wait_ready(spec.services, self.settings.ready_timeout_seconds, self.log)
+
+        source = self._source
+        resumable = source.resumable
+        if resumable:
+            self._store = CheckpointStore(self._checkpoint_path())
+            self._checkpoint = self._store.load()
+            if self._checkpoint is not None and (
+                self._checkpoint.job_id != self._identity() or self._checkpoint.flow != self.name
+            ):
+                self.log(f"ignoring the checkpoint {self._store.path}: it belongs to another job")
+                self._checkpoint = None
+        checkpoint = self._checkpoint
+        if checkpoint is not None and checkpoint.finished:
+            self.log(f"already finished before a restart: {checkpoint.message}")
+            await self.reporter.complete(True, checkpoint.message)
+            return
+        run_id = checkpoint.run_id if checkpoint is not None else (self.link.job_id or uuid.uuid4().hex)
+        if resumable and checkpoint is None:
+            self._checkpoint = checkpoint = Checkpoint(run_id=run_id, job_id=self._identity(), flow=self.name)
+            assert self._store is not None
+            self._store.save(checkpoint)  # before any sink commits: the run id must survive a crash
+        for sink in [*self._sinks, *([self._dead] if self._dead else [])]:
+            state = checkpoint.sinks.get(sink.name) if checkpoint is not None else None
+            self._watermarks[sink.name] = await sink.open(f"{run_id}/{self.name}/{sink.name}", state)
+        start = min(self._watermarks.values()) if resumable and self._watermarks else 0
+        if checkpoint is not None and checkpoint.ordinal:
+            saved = checkpoint.counters
+            self.counters = Counters(**{k: int(saved.get(k, 0)) for k in ("read", "written", "failed", "filtered")})
+            extra = max(0, start - checkpoint.ordinal)  # rows a SQL sink committed after the last checkpoint
+            self.counters.read += extra
+            self.counters.written += extra
+        if start:
+            self.log(f"resuming at record {start:,} (sink watermarks: {self._watermarks})")
+        self._position = start
+        self._resumed_from = start
+        self._started = time.monotonic()  # rates count from the first read, not from the services' start-up
+        await source.open(start, checkpoint.source if checkpoint is not None else None)
+        exhausted = await self._loop(source)
+        if exhausted and source.finite:
+            await self._finish()
+
+    def _identity(self) -> str:
+        """Which run a checkpoint belongs to: the job id; without one (a flow run by hand), the flow's values."""
+        if self.link.job_id:
+            return self.link.job_id
+        digest = hashlib.sha256(self.spec.model_dump_json(by_alias=True).encode()).hexdigest()
+        return f"values-{digest[:16]}"
+
+    def _on_retry(self, service: str, problem: str) -> None:
+        self.metrics.score_retries.labels(self.name, service).inc()
+        self.log(f"scoring service {service}: {problem}; retrying")
+
+    # -- the loop ------------------------------------------------------------------------------------------------
+
+    async def _loop(self, source: Source) -> bool:
+        """Read, process and write until the source ends (True) or the flow is stopped (False).
+
+        A reader task reads batches and starts their processing; this coroutine writes them in order as they
+        are done, so a queue source waiting for new messages never delays the commit of finished batches."""
+        interval = self.settings.commit_interval_seconds
+        if interval is None:
+            interval = 1.0 if source.finite else 0.0
+        window: asyncio.Queue[tuple[SourceBatch, asyncio.Task[FlowBatch]] | None] = asyncio.Queue(
+            maxsize=self.settings.in_flight
+        )
+        started: set[asyncio.Task[FlowBatch]] = set()
+        outcome: dict[str, bool] = {"exhausted": False}
+
+        async def read() -> None:
+            try:
+                while not self._stopping:
+                    batch = await source.read(self.spec.batch_size)
+                    if batch is None:
+                        outcome["exhausted"] = not self._stopping
+                        break
+                    self.counters.read += batch.end - batch.start
+                    self.metrics.read.inc(batch.end - batch.start)
+                    task = asyncio.create_task(self._process(batch))
+                    started.add(task)
+                    task.add_done_callback(started.discard)
+                    await window.put((batch, task))
+                    self.metrics.in_flight.set(window.qsize())
+            finally:
+                await window.put(None)
+
+        reader = asyncio.create_task(read(), name="reader")
+        progress = asyncio.create_task(self._report_progress(), name="progress")
+        last_commit = time.monotonic()
+        try:
+            while True:
+                item = await window.get()
+                if item is None:
+                    break
+                await self._write(*item)
+                self.metrics.in_flight.set(window.qsize())
+                if time.monotonic() - last_commit >= interval or (window.empty() and not source.finite):
+                    await self._commit()
+                    last_commit = time.monotonic()
+            await reader  # a source error surfaces here
+            await self._commit()
+        except BaseException:
+            reader.cancel()
+            pending = list(started)
+            for task in pending:
+                task.cancel()
+            with contextlib.suppress(BaseException):
+                await reader
+            for task in pending:
+                with contextlib.suppress(BaseException):
+                    await task
+            raise
+        finally:
+            progress.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await progress
+            self.metrics.in_flight.set(0)
+        await self.reporter.progress(self.counters)
+        self._log_progress()
+        return outcome["exhausted"]
+
+    async def _process(self, batch: SourceBatch) -> FlowBatch:
+        started = time.monotonic()
+        current = FlowBatch(batch.records, batch.ordinals, batch, list(batch.errors))
+        for step in self._steps:
+            current = await step.apply(current)
+        self.metrics.batches.observe(time.monotonic() - started)
+        return current
+
+    async def _write(self, batch: SourceBatch, task: asyncio.Task[FlowBatch]) -> None:
+        """Hand one processed batch to the sinks, in source order, and apply the error policy."""
+        result = await task
+        errors = list(result.errors)
+        out_rows = result.records.num_rows
+        sink_failed: set[int] = set()
+        for sink in self._sinks:
+            records, ordinals = result.records, result.ordinals
+            mark = self._watermarks.get(sink.name, 0)
+            if mark > batch.start:
+                keep = ordinals >= mark
+                records, ordinals = records.filter(pa.array(keep)), ordinals[keep]
+            good, kept, bad = conform(records, sink.schema, ordinals, _by_ordinal(batch, ordinals))
+            for error in bad:
+                error.step = f"sink {sink.name}"
+                sink_failed.add(error.ordinal)
+            errors.extend(bad)
+            await sink.write(good, kept, batch.token)
+        errors.sort(key=lambda e: e.ordinal)
+        batch.errors = errors
+        failed_ordinals = {e.ordinal for e in errors}
+        if errors:
+            await self._policy(batch, errors)
+        written = out_rows - len(sink_failed)
+        failed = len(failed_ordinals)
+        filtered = max(0, (batch.end - batch.start) - written - failed)
+        self.counters.written += written
+        self.counters.failed += failed
+        self.counters.filtered += filtered
+        self.metrics.written.inc(written)
+        self.metrics.failed.inc(failed)
+        self.metrics.filtered.inc(filtered)
+        self._uncommitted.append(batch)
+        self._position = batch.end
+        self._dirty = True
+
+    async def _policy(self, batch: SourceBatch, errors: list[RecordError]) -> None:
+        policy = self.spec.error_policy
+        source = self._source
+        if policy == "fail":
+            if source is not None and source.answers_errors:
+                return  # the requests that sent these records get the errors (422)
+            first = errors[0]
+            more = f" ({len(errors) - 1} more record(s) of the same batch failed too)" if len(errors) > 1 else ""
+            raise FlowFailed(f"{first.describe()}{more}")
+        if policy == "skip" or self._dead is None:
+            for error in errors:
+                if self._logged_errors < self.settings.logged_errors:
+                    self._logged_errors += 1
+                    self.log(f"skipped {error.describe()}")
+                    if self._logged_errors == self.settings.logged_errors:
+                        self.log("further skipped records are counted, not logged")
+            return
+        dead = self._dead
+        mark = self._watermarks.get(dead.name, 0)
+        rows = [e for e in errors if e.ordinal >= mark]
+        if not rows:
+            return
+        columns: dict[str, list[Any]] = {f.name: [] for f in dead.schema.fields}
+        for error in rows:
+            record = {k: _jsonable(v) for k, v in (error.record or {}).items()}
+            reserved = {
+                "error": error.describe(),
+                "errorField": error.field,
+                "errorStep": error.step,
+                "position": error.where,
+                "ordinal": error.ordinal,
+                "record": orjson.dumps(record, default=str).decode(),
+            }
+            for name in columns:
+                columns[name].append(reserved[name] if name in reserved else record.get(name))
+        ordinals = np.array([e.ordinal for e in rows], dtype=np.int64)
+        good, kept, bad = from_values(columns, len(rows), dead.schema, ordinals, lambda row: rows[row].where)
+        if bad:
+            raise FlowFailed(f"the dead-letter sink '{dead.name}' cannot take a failed record: {bad[0].describe()}")
+        await dead.write(good, kept, batch.token)
+
+    async def _commit(self) -> None:
+        if not self._dirty:
+            return
+        sinks = [*self._sinks, *([self._dead] if self._dead else [])]
+        # Sinks that cannot keep their own watermark first; a SQL sink commits rows and watermark together last.
+        ordered = [s for s in sinks if not s.keeps_watermark] + [s for s in sinks if s.keeps_watermark]
+        states: dict[str, dict[str, Any]] = {}
+        for sink in ordered:
+            states[sink.name] = await sink.commit(self._position)
+        self.metrics.commits.inc()
+        if self._store is not None and self._checkpoint is not None and self._source is not None:
+            self._checkpoint.ordinal = self._position
+            self._checkpoint.sinks = states
+            self._checkpoint.source = self._source.state()
+            self._checkpoint.counters = self.counters.as_dict()
+            await asyncio.to_thread(self._store.save, self._checkpoint)
+        if self._source is not None:
+            for batch in self._uncommitted:
+                await self._source.ack(batch)
+        self._uncommitted = []
+        self._dirty = False
+
+    async def _finish(self) -> None:
+        for sink in [*self._sinks, *([self._dead] if self._dead else [])]:
+            await sink.finish()
+        elapsed = time.monotonic() - self._started
+        c = self.counters
+        done = c.read - self._resumed_from
+        rate = done / elapsed if elapsed > 0 else 0.0
+        outputs = ", ".join(s.describe() for s in self._sinks)
+        message = (
+            f"{c.written:,} records written to {outputs}; {c.failed:,} failed, {c.filtered:,} filtered out; "
+            f"{c.read:,} read in {elapsed:.1f}s ({rate:,.0f} records/s)"
+        )
+        if self._store is not None and self._checkpoint is not None:
+            self._checkpoint.finished = True
+            self._checkpoint.message = message
+            self._checkpoint.counters = c.as_dict()
+            await asyncio.to_thread(self._store.save, self._checkpoint)
+        self.log(f"done: {message}")
+        if not await self.reporter.complete(True, message):
+            raise FlowFailed("the scoring is done, but the scheduler did not record its completion")
+
+    # -- progress ------------------------------------------------------------------------------------------------
+
+    async def _report_progress(self) -> None:
+        last_log = time.monotonic()
+        while True:
+            await asyncio.sleep(self.settings.progress_interval_seconds)
+            await self.reporter.progress(self.counters)
+            if time.monotonic() - last_log >= _LOG_EVERY_SECONDS:
+                last_log = time.monotonic()
+                self._log_progress()
+
+    def _log_progress(self) -> None:
+        c = self.counters
+        elapsed = time.monotonic() - self._started
+        rate = (c.read - self._resumed_from) / elapsed if elapsed > 0 else 0.0
+        self.log(
+            f"read {c.read:,}, written {c.written:,}, failed {c.failed:,}, filtered {c.filtered:,} ({rate:,.0f}/s)"
+        )
+
+
+def _by_ordinal(batch: SourceBatch, ordinals: np.ndarray) -> Callable[[int], str]:
+    def locate(row: int) -> str:
+        return batch.describe(int(ordinals[row]))
+
+    return locate
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, int | float | str | bool) or value is None:
+        return value
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return str(value)
