@@ -211,15 +211,20 @@ class FileSource(Source):
         return pa.OSFile(info.path, "rb")
 
     def _csv(self, info: _FileInfo, base: int, skip: int, max_records: int) -> Generator[SourceBatch, None, int]:
+        """CSV records from record `skip` on. A line with the wrong number of columns is a record too (an error),
+        placed by its line number, so ordinals stay those of the file's records whatever fails."""
         names = [f.name for f in self.schema.fields]
-        invalid: list[str] = []
+        header_lines = 1 if self.dialect.header else 0
+        invalid: list[tuple[int | None, str]] = []
 
         def on_invalid(row: Any) -> str:
-            invalid.append(row.text)
+            invalid.append((row.number, row.text))
             return "skip"
 
         read_options = pacsv.ReadOptions(
             block_size=_CSV_BLOCK_BYTES,
+            # One thread: it keeps memory flat, is as fast for this text-only parse, and gives line numbers.
+            use_threads=False,
             column_names=None if self.dialect.header else names,
         )
         parse_options = pacsv.ParseOptions(
@@ -242,41 +247,52 @@ class FileSource(Source):
                 parse_options=parse_options,
                 convert_options=convert_options,
             )
-        except (pa.ArrowInvalid, pa.ArrowKeyError) as exc:
+        except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
             raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
-        except OSError as exc:
-            raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
-        seen = 0  # records of this file read so far (skipped ones included)
+        where = self._where(info, base)
+        next_index = 0  # record index in the file of the next record the reader gives
+        cursor = skip  # record index where the next batch starts
         pending: list[pa.RecordBatch] = []
+        pending_index: list[np.ndarray] = []
         pending_rows = 0
-        first = skip  # record index in the file of the first pending record
+        bad: list[tuple[int, str]] = []  # (record index, line text) of lines with the wrong number of columns
 
-        def flush(rows: int) -> SourceBatch:
-            nonlocal pending, pending_rows, first
-            table = pa.Table.from_batches(pending).combine_chunks()
-            chunk = table.slice(0, rows)
-            rest = table.slice(rows)
-            pending = rest.to_batches() if rest.num_rows else []
-            pending_rows = rest.num_rows
-            ordinals = np.arange(base + first, base + first + rows, dtype=np.int64)
-            try:
-                good, kept, errors = from_text(chunk, self.schema, ordinals, self._locate(info, first))
-            except SchemaError as exc:
-                raise ChannelError(f"{self.describe()}: {info.path}: {exc}") from exc
-            bad_lines = [
+        def flush(rows: int, end: int | None) -> SourceBatch:
+            """A batch of the first `rows` pending good records; it ends at record `end` (None: after them)."""
+            nonlocal pending, pending_index, pending_rows, cursor, bad
+            table = pa.Table.from_batches(pending).combine_chunks() if pending else None
+            indices = np.concatenate(pending_index) if pending_index else np.zeros(0, np.int64)
+            stop = end if end is not None else int(indices[rows - 1]) + 1
+            ordinals = base + indices[:rows]
+            if table is not None and rows:
+                try:
+                    good, kept, errors = from_text(
+                        table.slice(0, rows), self.schema, ordinals, lambda row: where(int(ordinals[row]))
+                    )
+                except SchemaError as exc:
+                    raise ChannelError(f"{self.describe()}: {info.path}: {exc}") from exc
+            else:
+                good, kept, errors = _empty_batch(self.arrow_schema), np.zeros(0, np.int64), []
+            lines = [
                 RecordError(
-                    base + first + rows,
-                    f"a line of {info.path} near record {first + rows}",
+                    base + index,
+                    where(base + index),
                     f"expected {len(names)} columns: {_clip(text)}",
                     record={"line": text},
                 )
-                for text in invalid
+                for index, text in bad
+                if index < stop
             ]
-            invalid.clear()
+            bad = [(index, text) for index, text in bad if index >= stop]
+            if table is not None and rows < table.num_rows:
+                rest = table.slice(rows)
+                pending, pending_index, pending_rows = rest.to_batches(), [indices[rows:]], rest.num_rows
+            else:
+                pending, pending_index, pending_rows = [], [], 0
             batch = SourceBatch(
-                good, kept, base + first, base + first + rows, bad_lines + errors, where=self._where(info, base)
+                good, kept, base + cursor, base + stop, sorted(lines + errors, key=lambda e: e.ordinal), where=where
             )
-            first += rows
+            cursor = stop
             return batch
 
         while True:
@@ -287,23 +303,42 @@ class FileSource(Source):
             except (pa.ArrowInvalid, OSError, EOFError) as exc:
                 raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
             if self._stopping:
-                return seen
-            n = block.num_rows
-            if seen + n <= skip:
-                seen += n
-                invalid.clear()
-                continue
-            if seen < skip:
-                block = block.slice(skip - seen)
-                invalid.clear()
-            seen += n
-            pending.append(block)
-            pending_rows += block.num_rows
+                return next_index
+            count = block.num_rows + len(invalid)
+            # Place the bad lines by their line numbers; the good rows fill the other record indices in order.
+            placed = sorted(
+                min(max((number or 0) - 1 - header_lines, next_index), next_index + count - 1)
+                if number is not None
+                else next_index + count - 1
+                for number, _ in invalid
+            )
+            taken = np.zeros(count, dtype=bool)
+            for index in placed:
+                position = index - next_index
+                while taken[position]:
+                    position += 1 if position + 1 < count else -count + 1
+                taken[position] = True
+            indices = np.flatnonzero(~taken) + next_index
+            for (_, text), index in zip(
+                sorted(invalid, key=lambda item: item[0] or 0), np.flatnonzero(taken) + next_index, strict=True
+            ):
+                if index >= skip:
+                    bad.append((int(index), text))
+            invalid.clear()
+            next_index += count
+            keep = indices >= skip
+            if not keep.all():
+                block = block.filter(pa.array(keep))
+                indices = indices[keep]
+            if block.num_rows:
+                pending.append(block)
+                pending_index.append(indices.astype(np.int64))
+                pending_rows += block.num_rows
             while pending_rows >= max_records:
-                yield flush(max_records)
-        if pending_rows or invalid:
-            yield flush(pending_rows)
-        return seen
+                yield flush(max_records, None)
+        if pending_rows or bad or cursor < next_index:
+            yield flush(pending_rows, max(next_index, cursor))
+        return next_index
 
     def _jsonl(self, info: _FileInfo, base: int, skip: int, max_records: int) -> Generator[SourceBatch, None, int]:
         names = [f.name for f in self.schema.fields]
@@ -449,6 +484,10 @@ class FileSource(Source):
         if pending_rows:
             yield flush(pending_rows)
         return total
+
+
+def _empty_batch(schema: pa.Schema) -> pa.RecordBatch:
+    return pa.RecordBatch.from_arrays([pa.array([], type=f.type) for f in schema], schema=schema)
 
 
 def _clip(text: str, limit: int = 120) -> str:

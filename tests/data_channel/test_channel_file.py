@@ -54,16 +54,18 @@ async def test_records_that_do_not_fit_are_errors_naming_the_record_and_the_fiel
     table, ordinals, errors, _ = await read_all(source({"path": str(path), "format": "csv"}, SCHEMA, "file", context()))
     assert table.column("id").to_pylist() == [0, 4, 7]
     assert table.column("name").to_pylist() == ["a", None, "z"]  # an empty text is null in a nullable field
-    assert ordinals == [0, 3, 6]
+    assert ordinals == [0, 4, 7]  # a line with the wrong number of columns is a record too
     messages = {(e.field, e.where): e.message for e in errors}
     where = f"of {path}"
     assert ("x", f"record 2 {where}") in messages
     assert "cannot read 'one' as integer (int32)" in messages[("x", f"record 2 {where}")]
     assert "not nullable" in messages[("y", f"record 3 {where}")]
-    assert "out of range for int32" in messages[("x", f"record 5 {where}")]
-    assert "'3.0'" in messages[("x", f"record 6 {where}")]
+    assert "out of range for int32" in messages[("x", f"record 6 {where}")]
+    assert "'3.0'" in messages[("x", f"record 7 {where}")]
     short = [e for e in errors if e.field is None]
     assert len(short) == 1 and "expected 4 columns" in short[0].message and short[0].record == {"line": "3,4"}
+    assert (short[0].ordinal, short[0].where) == (3, f"record 4 {where}")
+    assert [e.ordinal for e in errors] == [1, 2, 3, 5, 6]
     bad = next(e for e in errors if e.field == "x" and "one" in e.message)
     assert bad.record == {"id": "1", "x": "one", "y": "0.5", "name": "b"}
     assert len(errors) == 5
