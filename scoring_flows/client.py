@@ -243,14 +243,14 @@ class V2Client:
                     )
                 problem = f"HTTP {response.status_code}: {_problem(response)}"
             now = time.monotonic()
-            if now + delay > deadline:
+            if now >= deadline:
                 raise ScoringUnavailable(
                     f"scoring service {service} at {base} did not answer within {self.retry_seconds:g}s of retries; "
                     f"last problem: {problem}"
                 )
             if self._on_retry is not None:
                 self._on_retry(service, problem)
-            await asyncio.sleep(delay * (0.5 + random.random() / 2))
+            await asyncio.sleep(min(delay * (0.5 + random.random() / 2), deadline - now))
             delay = min(delay * 2, 5.0)
 
 

@@ -177,18 +177,9 @@ class MapOp(FlowStep):
         failures: dict[int, tuple[str | None, str]] = {
             int(e.where): (name, f"cannot cast: {e.message}") for e in errors
         }
-        cast = good.column(0)
-        if failures:
-            # `good` lacks the failed rows: put nulls in their places (those rows are dropped just below).
-            keep = np.ones(records.num_rows, dtype=bool)
-            keep[list(failures)] = False
-            if len(cast):
-                taken = pc.take(cast, pa.array(np.where(keep, np.cumsum(keep) - 1, 0)))
-                cast = pc.if_else(pa.array(keep), taken, pa.nulls(records.num_rows, to))
-            else:
-                cast = pa.nulls(records.num_rows, to)
-        updated = batch.with_records(_replace(records, name, cast))
-        return updated.fail_rows(failures, self.label)
+        # The failed records leave with their values as they were; the others take the cast column.
+        kept = batch.fail_rows(failures, self.label)
+        return kept.with_records(_replace(kept.records, name, good.column(0)))
 
 
 def _plain(value: Any, target: FieldType) -> str:
