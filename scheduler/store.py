@@ -26,15 +26,17 @@ import base64
 import binascii
 import json
 import re
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final
+from typing import Any, Final, cast
 
-from sqlalchemy import Select, and_, func, or_, select
-from sqlalchemy.engine import Engine
+from sqlalchemy import Select, Table, and_, func, insert, or_, select, update
+from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, defer
@@ -70,6 +72,8 @@ _IDEMPOTENCY_KEY_MAX = 255
 _BACKEND_MAX = 32
 _REASON_MAX = 64
 _TASK_ORDER: Final = {Task.INSTALL: 0, Task.WAIT: 1, Task.UNINSTALL: 2}
+_VERSION_CACHE_SIZE: Final = 256
+"""Pipeline versions (with their IR) kept in memory per store: versions are immutable once stored."""
 
 CREATED_REASON: Final = "Created"
 """The reason recorded on the event that creates a job (`from_state` None, `to_state` PENDING)."""
@@ -331,6 +335,73 @@ def _job_select() -> Select[JobRow, str, int]:
     )
 
 
+# Core (no ORM unit of work) for the hot paths: the job reads and the per-job writes of the lifecycle.
+
+_JOBS: Final = cast(Table, JobRow.__table__)
+_EVENTS: Final = cast(Table, JobEventRow.__table__)
+_VERSIONS: Final = cast(Table, PipelineVersionRow.__table__)
+_PIPELINES: Final = cast(Table, PipelineRow.__table__)
+_PIPELINE_NAME: Final = "modelops_pipeline_name"
+_VERSION_NUMBER: Final = "modelops_version_number"
+
+
+def _core_job_select() -> Select[Any]:
+    return select(
+        *_JOBS.c, _PIPELINES.c.name.label(_PIPELINE_NAME), _VERSIONS.c.number.label(_VERSION_NUMBER)
+    ).select_from(
+        _JOBS.join(_VERSIONS, _JOBS.c.pipeline_version_id == _VERSIONS.c.id).join(
+            _PIPELINES, _VERSIONS.c.pipeline_id == _PIPELINES.c.id
+        )
+    )
+
+
+def _core_event_select(job_id: uuid.UUID) -> Select[Any]:
+    return select(*_EVENTS.c).where(_EVENTS.c.job_id == job_id).order_by(_EVENTS.c.id)
+
+
+def _event_of(row: RowMapping) -> JobEvent:
+    from_state = row["from_state"]
+    task = row["task"]
+    return JobEvent(
+        id=row["id"],
+        at=row["at"],
+        from_state=JobState(from_state) if from_state is not None else None,
+        to_state=JobState(row["to_state"]),
+        task=Task(task) if task is not None else None,
+        reason=row["reason"],
+        message=row["message"],
+    )
+
+
+def _job_of(row: Mapping[str, Any] | RowMapping, events: tuple[JobEvent, ...] | None = None) -> Job:
+    task = row["task"]
+    return Job(
+        id=row["id"],
+        pipeline=row[_PIPELINE_NAME],
+        pipeline_version=row[_VERSION_NUMBER],
+        pipeline_version_id=row["pipeline_version_id"],
+        state=JobState(row["state"]),
+        task=Task(task) if task is not None else None,
+        parameters=row["parameters"],
+        environment=row["environment"],
+        backend=row["backend"],
+        backend_ref=row["backend_ref"],
+        idempotency_key=row["idempotency_key"],
+        token_hash=row["token_hash"],
+        created_at=row["created_at"],
+        started_at=row["started_at"],
+        finished_at=row["finished_at"],
+        reason=row["reason"],
+        message=row["message"],
+        records_read=row["records_read"],
+        records_written=row["records_written"],
+        records_failed=row["records_failed"],
+        completion=row["completion"],
+        completion_message=row["completion_message"],
+        events=events,
+    )
+
+
 # ---------------------------------------------------------------------------------------------------------
 # The store
 
@@ -347,6 +418,8 @@ class JobStore:
         self._sessions = make_sessionmaker(engine)
         self._sqlite = engine.dialect.name == "sqlite"
         self._clock = clock
+        self._versions: OrderedDict[int, PipelineVersion] = OrderedDict()
+        self._versions_lock = threading.Lock()
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
@@ -359,26 +432,78 @@ class JobStore:
     @contextmanager
     def _tx(self, *, write: bool) -> Iterator[Session]:
         """One transaction; commits on success, rolls back on any exception. DB outages -> StoreUnavailable."""
-        where = self._engine.url.render_as_string(hide_password=True)
+        with self._unavailable(), self._sessions.begin() as session:
+            if write and self._sqlite:
+                # Take SQLite's write lock now, not at the first write: the read-check-write of a
+                # transition must not interleave with another writer (see scheduler.db.session).
+                session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            yield session
+
+    @contextmanager
+    def _conn(self, *, write: bool) -> Iterator[Connection]:
+        """Like `_tx`, but a Core connection in one transaction: no ORM session, identity map or flush."""
+        with self._unavailable(), self._engine.connect() as conn:
+            if write and self._sqlite:
+                conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
+            with conn.begin():
+                yield conn
+
+    @contextmanager
+    def _unavailable(self) -> Iterator[None]:
+        """Database outages (and lost connections) -> StoreUnavailable, with the driver's exception chained."""
         try:
-            with self._sessions.begin() as session:
-                if write and self._sqlite:
-                    # Take SQLite's write lock now, not at the first write: the read-check-write of a
-                    # transition must not interleave with another writer (see scheduler.db.session).
-                    session.connection(execution_options={SQLITE_BEGIN_OPTION: "IMMEDIATE"})
-                yield session
+            yield
         except (OperationalError, PoolTimeout) as exc:
             cause = getattr(exc, "orig", None) or exc
+            where = self._engine.url.render_as_string(hide_password=True)
             raise StoreUnavailable(
                 f"the scheduler database is unavailable ({where}): {cause}",
                 details={"database": where},
             ) from exc
         except DBAPIError as exc:
             if exc.connection_invalidated:
+                where = self._engine.url.render_as_string(hide_password=True)
                 raise StoreUnavailable(
                     f"lost the connection to the scheduler database ({where})", details={"database": where}
                 ) from exc
             raise
+
+    def _locked_row(self, conn: Connection, job_id: uuid.UUID) -> dict[str, Any]:
+        """The job's row (with its pipeline name and version number), locked until the transaction ends."""
+        found = (
+            conn.execute(_core_job_select().where(_JOBS.c.id == job_id).with_for_update(of=_JOBS))
+            .mappings()
+            .one_or_none()
+        )
+        if found is None:
+            raise NotFound(f"no job {job_id}", code="job_not_found", details={"job_id": str(job_id)})
+        return dict(found)
+
+    @staticmethod
+    def _update_row(conn: Connection, row: dict[str, Any], **values: Any) -> None:
+        conn.execute(update(_JOBS).where(_JOBS.c.id == row["id"]).values(**values))
+        row.update(values)
+
+    @staticmethod
+    def _insert_event(
+        conn: Connection,
+        row: Mapping[str, Any],
+        at: datetime,
+        from_state: str | None,
+        reason: str | None,
+        message: str | None,
+    ) -> None:
+        conn.execute(
+            insert(_EVENTS).values(
+                job_id=row["id"],
+                at=at,
+                from_state=from_state,
+                to_state=row["state"],
+                task=row["task"],
+                reason=reason,
+                message=message,
+            )
+        )
 
     def _locked_job(self, session: Session, job_id: uuid.UUID) -> tuple[JobRow, str, int]:
         """The job row, locked until the transaction ends, with its pipeline name and version number."""
@@ -502,26 +627,56 @@ class JobStore:
             return Pipeline(pipeline.name, pipeline.created_at, tuple(_version_info(v) for v in versions))
 
     def get_version(self, name: str, number: int | None = None) -> PipelineVersion:
-        """Version `number` of pipeline `name`, with its IR; the latest one when `number` is None."""
-        with self._tx(write=False) as session:
+        """Version `number` of pipeline `name`, with its IR; the latest one when `number` is None.
+
+        Versions are immutable, so their IR documents are kept in memory once read: a call costs one small
+        query (which version), and the IR is read and parsed only the first time.
+        """
+        with self._conn(write=False) as conn:
             query = (
-                select(PipelineVersionRow)
-                .join(PipelineRow, PipelineVersionRow.pipeline_id == PipelineRow.id)
-                .where(PipelineRow.name == name)
+                select(_VERSIONS.c.id, _VERSIONS.c.number, _VERSIONS.c.digest, _VERSIONS.c.created_at)
+                .select_from(_VERSIONS.join(_PIPELINES, _VERSIONS.c.pipeline_id == _PIPELINES.c.id))
+                .where(_PIPELINES.c.name == name)
             )
             if number is None:
-                query = query.order_by(PipelineVersionRow.number.desc()).limit(1)
+                query = query.order_by(_VERSIONS.c.number.desc()).limit(1)
             else:
-                query = query.where(PipelineVersionRow.number == number)
-            row = session.scalar(query)
-            if row is None:
+                query = query.where(_VERSIONS.c.number == number)
+            found = conn.execute(query).one_or_none()
+            if found is None:
                 what = f"pipeline {name!r}" if number is None else f"version {number} of pipeline {name!r}"
                 raise NotFound(
                     f"no {what}",
                     code="pipeline_version_not_found",
                     details={"pipeline": name, "version": number},
                 )
-            return _version(row, name)
+            version_id, found_number, digest, created_at = found
+            with self._versions_lock:
+                cached = self._versions.get(version_id)
+                if cached is not None:
+                    self._versions.move_to_end(version_id)
+            if cached is not None and (cached.pipeline, cached.number, cached.digest, cached.created_at) == (
+                name,
+                found_number,
+                digest,
+                created_at,
+            ):
+                return cached
+            row = conn.execute(select(*_VERSIONS.c).where(_VERSIONS.c.id == version_id)).mappings().one()
+        version = PipelineVersion(
+            id=row["id"],
+            pipeline=name,
+            number=row["number"],
+            digest=row["digest"],
+            ir=row["ir"],
+            created_at=row["created_at"],
+            created_by=row["created_by"],
+        )
+        with self._versions_lock:
+            self._versions[version.id] = version
+            while len(self._versions) > _VERSION_CACHE_SIZE:
+                self._versions.popitem(last=False)
+        return version
 
     # -- jobs -------------------------------------------------------------------------------------------
 
@@ -559,9 +714,9 @@ class JobStore:
             if replay is not None:
                 return replay, False
         try:
-            with self._tx(write=True) as session:
+            with self._conn(write=True) as conn:
                 return self._insert_job(
-                    session, version, params, env, backend, token_hash, idempotency_key, job_id or uuid.uuid4()
+                    conn, version, params, env, backend, token_hash, idempotency_key, job_id or uuid.uuid4()
                 )
         except IntegrityError as exc:
             # Either another caller committed a job with this idempotency key between the replay check and
@@ -614,7 +769,7 @@ class JobStore:
 
     def _insert_job(
         self,
-        session: Session,
+        conn: Connection,
         version: PipelineVersion,
         params: dict[str, Any],
         env: dict[str, Any],
@@ -624,7 +779,7 @@ class JobStore:
         job_id: uuid.UUID,
     ) -> tuple[Job, bool]:
         now = self._now()
-        row = JobRow(
+        row: dict[str, Any] = dict(
             id=job_id,
             pipeline_version_id=version.id,
             state=JobState.PENDING.value,
@@ -643,31 +798,28 @@ class JobStore:
             records_read=0,
             records_written=0,
             records_failed=0,
+            completion=None,
+            completion_message=None,
         )
-        session.add(row)
-        session.flush()
-        self._record_event(session, row, now, None, CREATED_REASON, None)
-        session.flush()
+        conn.execute(insert(_JOBS).values(**row))
+        self._insert_event(conn, row, now, None, CREATED_REASON, None)
         # Read the pipeline name and number from the database, not from `version`: the row is the truth.
-        number, pipeline = session.execute(
-            select(PipelineVersionRow.number, PipelineRow.name)
-            .join(PipelineRow, PipelineVersionRow.pipeline_id == PipelineRow.id)
-            .where(PipelineVersionRow.id == version.id)
+        number, pipeline = conn.execute(
+            select(_VERSIONS.c.number, _PIPELINES.c.name)
+            .select_from(_VERSIONS.join(_PIPELINES, _VERSIONS.c.pipeline_id == _PIPELINES.c.id))
+            .where(_VERSIONS.c.id == version.id)
         ).one()
-        return _job(row, pipeline, number), True
+        return _job_of({**row, _PIPELINE_NAME: pipeline, _VERSION_NUMBER: number}), True
 
     def get_job(self, job_id: uuid.UUID | str) -> Job:
         """The job with its events, oldest first; NotFound if there is none."""
         uid = _parse_job_id(job_id)
-        with self._tx(write=False) as session:
-            found = session.execute(_job_select().where(JobRow.id == uid)).one_or_none()
+        with self._conn(write=False) as conn:
+            found = conn.execute(_core_job_select().where(_JOBS.c.id == uid)).mappings().one_or_none()
             if found is None:
                 raise NotFound(f"no job {uid}", code="job_not_found", details={"job_id": str(uid)})
-            row, pipeline, number = found
-            events = session.scalars(
-                select(JobEventRow).where(JobEventRow.job_id == uid).order_by(JobEventRow.id)
-            ).all()
-            return _job(row, pipeline, number, tuple(_event(e) for e in events))
+            events = conn.execute(_core_event_select(uid)).mappings().all()
+            return _job_of(found, tuple(_event_of(e) for e in events))
 
     def list_jobs(
         self,
@@ -685,28 +837,30 @@ class JobStore:
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}", details={"limit": limit})
-        query = _job_select()
+        query = _core_job_select()
         if state is not None:
-            query = query.where(JobRow.state == _state(state).value)
+            query = query.where(_JOBS.c.state == _state(state).value)
         if pipeline is not None:
-            query = query.where(PipelineRow.name == pipeline)
+            query = query.where(_PIPELINES.c.name == pipeline)
         if cursor is not None:
             at, last_id = _decode_cursor(cursor)
-            query = query.where(or_(JobRow.created_at < at, and_(JobRow.created_at == at, JobRow.id < last_id)))
-        query = query.order_by(JobRow.created_at.desc(), JobRow.id.desc()).limit(limit + 1)
-        with self._tx(write=False) as session:
-            rows = session.execute(query).all()
-            jobs = tuple(_job(row, name, number) for row, name, number in rows[:limit])
+            query = query.where(or_(_JOBS.c.created_at < at, and_(_JOBS.c.created_at == at, _JOBS.c.id < last_id)))
+        query = query.order_by(_JOBS.c.created_at.desc(), _JOBS.c.id.desc()).limit(limit + 1)
+        with self._conn(write=False) as conn:
+            rows = conn.execute(query).mappings().all()
+            jobs = tuple(_job_of(row) for row in rows[:limit])
         next_cursor = _encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
         return JobPage(jobs, next_cursor)
 
     def non_terminal_jobs(self) -> tuple[Job, ...]:
         """Every job not yet in a terminal state, oldest first: what the reconciler re-syncs at start."""
         query = (
-            _job_select().where(JobRow.state.not_in([s.value for s in TERMINAL])).order_by(JobRow.created_at, JobRow.id)
+            _core_job_select()
+            .where(_JOBS.c.state.not_in([s.value for s in TERMINAL]))
+            .order_by(_JOBS.c.created_at, _JOBS.c.id)
         )
-        with self._tx(write=False) as session:
-            return tuple(_job(row, name, number) for row, name, number in session.execute(query).all())
+        with self._conn(write=False) as conn:
+            return tuple(_job_of(row) for row in conn.execute(query).mappings().all())
 
     def count_jobs_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zero included): the jobs-by-state gauge."""
@@ -757,24 +911,25 @@ class JobStore:
         target = _state(to_state)
         new_task = _task(task) if task is not None else None
         _check_text(reason, "reason", _REASON_MAX)
-        with self._tx(write=True) as session:
-            row, pipeline, number = self._locked_job(session, uid)
-            current = JobState(row.state)
+        with self._conn(write=True) as conn:
+            row = self._locked_row(conn, uid)
+            current = JobState(row["state"])
             check_transition(current, target, job_id=str(uid))
+            changes: dict[str, Any] = {}
             if new_task is not None:
-                _check_task_order(uid, row.task, new_task)
-                row.task = new_task.value
+                _check_task_order(uid, row["task"], new_task)
+                changes["task"] = new_task.value
             now = self._now()
-            row.state = target.value
-            if target in (JobState.INSTALLING, JobState.RUNNING) and row.started_at is None:
-                row.started_at = now
+            changes["state"] = target.value
+            if target in (JobState.INSTALLING, JobState.RUNNING) and row["started_at"] is None:
+                changes["started_at"] = now
             if target in TERMINAL:
-                row.finished_at = now
+                changes["finished_at"] = now
             if reason is not None or message is not None:
-                row.reason, row.message = reason, message
-            self._record_event(session, row, now, current.value, reason, message)
-            session.flush()
-            return _job(row, pipeline, number)
+                changes["reason"], changes["message"] = reason, message
+            self._update_row(conn, row, **changes)
+            self._insert_event(conn, row, now, current.value, reason, message)
+            return _job_of(row)
 
     def set_task(
         self,
@@ -792,21 +947,20 @@ class JobStore:
         uid = _parse_job_id(job_id)
         new_task = _task(task)
         _check_text(reason, "reason", _REASON_MAX)
-        with self._tx(write=True) as session:
-            row, pipeline, number = self._locked_job(session, uid)
-            if row.task == new_task.value:
-                return _job(row, pipeline, number)
-            if JobState(row.state) in TERMINAL:
+        with self._conn(write=True) as conn:
+            row = self._locked_row(conn, uid)
+            if row["task"] == new_task.value:
+                return _job_of(row)
+            if JobState(row["state"]) in TERMINAL:
                 raise Conflict(
-                    f"job {uid} is {row.state}: its task can no longer change",
+                    f"job {uid} is {row['state']}: its task can no longer change",
                     code="job_finished",
-                    details={"job_id": str(uid), "state": row.state},
+                    details={"job_id": str(uid), "state": row["state"]},
                 )
-            _check_task_order(uid, row.task, new_task)
-            row.task = new_task.value
-            self._record_event(session, row, self._now(), row.state, reason, message)
-            session.flush()
-            return _job(row, pipeline, number)
+            _check_task_order(uid, row["task"], new_task)
+            self._update_row(conn, row, task=new_task.value)
+            self._insert_event(conn, row, self._now(), row["state"], reason, message)
+            return _job_of(row)
 
     def update_progress(self, job_id: uuid.UUID | str, read: int, written: int, failed: int) -> Job:
         """Raise the job's record counters to the reported values; counters never go down.
@@ -819,13 +973,16 @@ class JobStore:
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**63:
                 raise InvalidInput(f"records {name} must be a non-negative integer", details={name: value})
-        with self._tx(write=True) as session:
-            row, pipeline, number = self._locked_job(session, uid)
-            row.records_read = max(row.records_read, read)
-            row.records_written = max(row.records_written, written)
-            row.records_failed = max(row.records_failed, failed)
-            session.flush()
-            return _job(row, pipeline, number)
+        with self._conn(write=True) as conn:
+            row = self._locked_row(conn, uid)
+            raised = {
+                column: value
+                for column, value in (("records_read", read), ("records_written", written), ("records_failed", failed))
+                if value > row[column]
+            }
+            if raised:
+                self._update_row(conn, row, **raised)
+            return _job_of(row)
 
     def record_completion(self, job_id: uuid.UUID | str, succeeded: bool, message: str | None = None) -> Job:
         """Record that the scoring flows finished (`/complete`); the first report wins, later ones change nothing.
@@ -835,26 +992,25 @@ class JobStore:
         only then enters the terminal state. Refused with `Conflict` on a job that is cancelling or finished.
         """
         uid = _parse_job_id(job_id)
-        with self._tx(write=True) as session:
-            row, pipeline, number = self._locked_job(session, uid)
-            if row.completion is None:
-                if JobState(row.state) not in (JobState.INSTALLING, JobState.RUNNING):
+        with self._conn(write=True) as conn:
+            row = self._locked_row(conn, uid)
+            if row["completion"] is None:
+                if JobState(row["state"]) not in (JobState.INSTALLING, JobState.RUNNING):
                     raise Conflict(
-                        f"job {uid} is {row.state}: it no longer accepts a completion report",
+                        f"job {uid} is {row['state']}: it no longer accepts a completion report",
                         code="job_not_running",
-                        details={"job_id": str(uid), "state": row.state},
+                        details={"job_id": str(uid), "state": row["state"]},
                     )
-                row.completion = "succeeded" if succeeded else "failed"
-                row.completion_message = message
-                session.flush()
-            return _job(row, pipeline, number)
+                self._update_row(
+                    conn, row, completion="succeeded" if succeeded else "failed", completion_message=message
+                )
+            return _job_of(row)
 
     def set_backend_ref(self, job_id: uuid.UUID | str, backend_ref: Mapping[str, Any] | None) -> Job:
         """Store how the backend finds this job's run again (e.g. `{"pipelinerun": "modelops-abc12"}`)."""
         uid = _parse_job_id(job_id)
         ref = _json_document(backend_ref, "backend_ref") if backend_ref is not None else None
-        with self._tx(write=True) as session:
-            row, pipeline, number = self._locked_job(session, uid)
-            row.backend_ref = ref
-            session.flush()
-            return _job(row, pipeline, number)
+        with self._conn(write=True) as conn:
+            row = self._locked_row(conn, uid)
+            self._update_row(conn, row, backend_ref=ref)
+            return _job_of(row)

@@ -10,7 +10,10 @@ time). SQLAlchemy takes over `BEGIN` from the sqlite3 driver so that a write tra
 `BEGIN IMMEDIATE`: it takes the database write lock up front, which is SQLite's equivalent of
 `SELECT ... FOR UPDATE` and what makes `JobStore.transition` safe without a version column.
 
-PostgreSQL gets a small pool with pre-ping (a restarted server costs one retry, not a failed request).
+PostgreSQL gets a pool as large as the server's worker threads (anyio's default limiter: 40), so connections
+are opened once and kept rather than opened and closed per request, and no pre-ping: a connection found dead
+on first use fails that one call with `StoreUnavailable` (503), and SQLAlchemy then invalidates the pool's
+older connections, so the next calls reconnect (the lifecycle engine retries store calls on its own).
 """
 
 from __future__ import annotations
@@ -31,6 +34,12 @@ SQLITE_BUSY_TIMEOUT_SECONDS: Final = 30.0
 
 POSTGRES_CONNECT_TIMEOUT_SECONDS: Final = 10
 """How long to wait for a PostgreSQL connection before the store reports itself unavailable."""
+
+DEFAULT_POOL_SIZE: Final = 40
+"""PostgreSQL connections kept open: anyio's default worker-thread limit, so request threads never churn connections."""
+
+DEFAULT_MAX_OVERFLOW: Final = 10
+"""Extra PostgreSQL connections for threads beyond the pool (the lifecycle engine's `asyncio.to_thread` calls)."""
 
 SQLITE_BEGIN_OPTION: Final = "modelops_sqlite_begin"
 """Execution option naming the SQLite BEGIN mode of a transaction: `DEFERRED` (default) or `IMMEDIATE`."""
@@ -53,8 +62,8 @@ def _is_memory_sqlite(url: URL) -> bool:
 def create_engine(
     url: str | URL,
     *,
-    pool_size: int = 5,
-    max_overflow: int = 10,
+    pool_size: int = DEFAULT_POOL_SIZE,
+    max_overflow: int = DEFAULT_MAX_OVERFLOW,
     echo: bool = False,
 ) -> Engine:
     """An engine for `url`, configured for the scheduler's use of SQLite or PostgreSQL.
@@ -75,7 +84,9 @@ def create_engine(
             echo=echo,
             pool_size=pool_size,
             max_overflow=max_overflow,
-            pool_pre_ping=True,
+            # No pre-ping (a round trip per checkout): a dead connection fails its first use, which the
+            # store reports as StoreUnavailable, and SQLAlchemy invalidates the pool's older connections.
+            pool_pre_ping=False,
             # Recycle before typical proxy / load-balancer idle cut-offs (often 30-60 minutes).
             pool_recycle=1800,
             connect_args=connect_args,
