@@ -215,19 +215,7 @@ class SchedulerService:
             problem = json_object_problem(document)
             if problem:
                 raise InvalidInput(f"{what} {problem}", details={"field": what})
-        stored = await self.get_version(pipeline, version)
-        job_id = uuid.uuid4()
-        await _in_thread(render_values, stored.ir, params, self.settings, job_id, None, env)
-        job, created = await _in_thread(
-            self.store.create_job,
-            stored,
-            parameters=params,
-            environment=env,
-            backend=self.backend.name,
-            token_hash=job_token_hash(self._secret, job_id),
-            idempotency_key=idempotency_key,
-            job_id=job_id,
-        )
+        job, created = await _in_thread(self._check_and_insert, pipeline, version, params, env, idempotency_key)
         if not created:
             return job, False
         log.info("job %s: created for %s version %d", job.id, job.pipeline, job.pipeline_version)
@@ -246,6 +234,28 @@ class SchedulerService:
             )
         except IllegalTransition:  # the backend got further than it said: report where the job is
             return await self.get_job(job.id, events=False)
+
+    def _check_and_insert(
+        self,
+        pipeline: str,
+        version: int | None,
+        params: dict[str, Any],
+        env: dict[str, Any],
+        idempotency_key: str | None,
+    ) -> tuple[Job, bool]:
+        """`create_job`'s blocking part, in one worker thread: find the version, render, insert."""
+        stored = self.store.get_version(pipeline, version)
+        job_id = uuid.uuid4()
+        render_values(stored.ir, params, self.settings, job_id, None, env)
+        return self.store.create_job(
+            stored,
+            parameters=params,
+            environment=env,
+            backend=self.backend.name,
+            token_hash=job_token_hash(self._secret, job_id),
+            idempotency_key=idempotency_key,
+            job_id=job_id,
+        )
 
     async def list_jobs(
         self,

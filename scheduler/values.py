@@ -11,7 +11,9 @@ these functions, so the preview is what install deploys:
 
 from __future__ import annotations
 
+import threading
 import uuid
+from collections import OrderedDict
 from collections.abc import Mapping
 from typing import Any, Final
 
@@ -22,6 +24,8 @@ __all__ = ["PREVIEW_JOB_ID", "bundle_of", "globals_for", "render_values", "store
 
 DOCUMENTS_KEY: Final = "documents"
 
+_BUNDLE_CACHE_SIZE: Final = 64
+
 PREVIEW_JOB_ID: Final = uuid.UUID(int=0)
 """The job id a values preview renders with: the nil UUID, which no real job gets."""
 
@@ -31,8 +35,51 @@ def stored_ir(bundle: ir.Bundle) -> dict[str, Any]:
     return {DOCUMENTS_KEY: bundle.canonical()}
 
 
+class _BundleCache:
+    """Bundles rebuilt from stored IR documents, by the identity of the document object.
+
+    The store keeps each version's IR document in memory (versions are immutable), so the same object comes
+    back for every job of a version and its bundle is built once. Each entry holds a reference to its
+    document, so an id cannot be reused by another object while its entry exists.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._entries: OrderedDict[int, tuple[Mapping[str, Any], ir.Bundle]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get(self, document: Mapping[str, Any]) -> ir.Bundle | None:
+        with self._lock:
+            entry = self._entries.get(id(document))
+            if entry is None or entry[0] is not document:
+                return None
+            self._entries.move_to_end(id(document))
+            return entry[1]
+
+    def put(self, document: Mapping[str, Any], bundle: ir.Bundle) -> None:
+        with self._lock:
+            self._entries[id(document)] = (document, bundle)
+            while len(self._entries) > self._size:
+                self._entries.popitem(last=False)
+
+
+_bundles: Final = _BundleCache(_BUNDLE_CACHE_SIZE)
+
+
 def bundle_of(document: Mapping[str, Any]) -> ir.Bundle:
-    """The validated bundle of a stored IR document (raises `ir.IRValidationError` if it no longer validates)."""
+    """The validated bundle of a stored IR document (raises `ir.IRValidationError` if it no longer validates).
+
+    Built once per document object (a stored IR is never changed in place).
+    """
+    cached = _bundles.get(document)
+    if cached is not None:
+        return cached
+    bundle = _build_bundle(document)
+    _bundles.put(document, bundle)
+    return bundle
+
+
+def _build_bundle(document: Mapping[str, Any]) -> ir.Bundle:
     documents = document.get(DOCUMENTS_KEY)
     if not isinstance(documents, list):
         raise ir.IRValidationError([ir.Issue("<stored>", "", DOCUMENTS_KEY, "the stored IR has no document list")])

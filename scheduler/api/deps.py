@@ -14,7 +14,8 @@ API_PREFIX = "/api/v1"
 is its whole template (what the latency histogram is labelled with)."""
 
 
-def _service(request: Request) -> SchedulerService:
+async def _service(request: Request) -> SchedulerService:
+    # async: a sync dependency would cost a worker-thread hop on every request
     service = getattr(request.app.state, "service", None)
     if not isinstance(service, SchedulerService):
         raise ServiceUnavailable("the scheduler is starting or stopping: try again shortly", code="not_started")

@@ -12,6 +12,7 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
+from pydantic import BaseModel
 
 from scheduler.api.deps import API_PREFIX, Service
 from scheduler.api.errors import error_responses
@@ -40,6 +41,12 @@ CURSOR_PATTERN: Final = r"^[A-Za-z0-9_-]+$"
 JobIdPath = Annotated[uuid.UUID, Path(description="The job's id (a UUID).")]
 
 
+def _json(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
+    """`model` as the JSON body FastAPI would send for it, serialised once: a route that returns a `Response`
+    is not validated again against its `response_model` (which still declares the body in the OpenAPI)."""
+    return Response(model.model_dump_json(by_alias=True), status_code=status_code, media_type="application/json")
+
+
 @router.post(
     "",
     summary="Start a job",
@@ -55,7 +62,6 @@ JobIdPath = Annotated[uuid.UUID, Path(description="The job's id (a UUID).")]
 )
 async def create_job(
     body: JobCreate,
-    response: Response,
     service: Service,
     _: WritePrincipal,
     idempotency_key: Annotated[
@@ -66,13 +72,11 @@ async def create_job(
             description="Makes retries safe: the same key and request return the same job.",
         ),
     ] = None,
-) -> JobOut:
+) -> Response:
     job, created = await service.create_job(
         body.pipeline, body.version, body.parameters, body.environment, idempotency_key
     )
-    if not created:
-        response.status_code = status.HTTP_200_OK
-    return JobOut.of(job)
+    return _json(JobOut.of(job), status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 
 
 @router.get(
@@ -94,9 +98,9 @@ async def list_jobs(
         Query(max_length=512, pattern=CURSOR_PATTERN, description="The `next_cursor` of the previous page."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page.")] = DEFAULT_PAGE_SIZE,
-) -> JobPageOut:
+) -> Response:
     page = await service.list_jobs(state=state, pipeline=pipeline, cursor=cursor, limit=limit)
-    return JobPageOut(items=[JobOut.of(job) for job in page.items], next_cursor=page.next_cursor)
+    return _json(JobPageOut(items=[JobOut.of(job) for job in page.items], next_cursor=page.next_cursor))
 
 
 @router.get(
@@ -107,8 +111,8 @@ async def list_jobs(
     response_model=JobDetail,
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def get_job(job_id: JobIdPath, service: Service, _: ReadPrincipal) -> JobDetail:
-    return JobDetail.of(await service.get_job(job_id))
+async def get_job(job_id: JobIdPath, service: Service, _: ReadPrincipal) -> Response:
+    return _json(JobDetail.of(await service.get_job(job_id)))
 
 
 @router.post(
@@ -120,8 +124,8 @@ async def get_job(job_id: JobIdPath, service: Service, _: ReadPrincipal) -> JobD
     response_model=JobOut,
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-async def cancel_job(job_id: JobIdPath, service: Service, principal: WritePrincipal) -> JobOut:
-    return JobOut.of(await service.cancel_job(job_id, principal))
+async def cancel_job(job_id: JobIdPath, service: Service, principal: WritePrincipal) -> Response:
+    return _json(JobOut.of(await service.cancel_job(job_id, principal)), status.HTTP_202_ACCEPTED)
 
 
 @router.post(
@@ -132,8 +136,8 @@ async def cancel_job(job_id: JobIdPath, service: Service, principal: WritePrinci
     response_model=JobOut,
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def report_progress(job_id: JobIdPath, body: ProgressIn, service: Service, credential: Reporter) -> JobOut:
-    return JobOut.of(await service.report_progress(job_id, credential, body.read, body.written, body.failed))
+async def report_progress(job_id: JobIdPath, body: ProgressIn, service: Service, credential: Reporter) -> Response:
+    return _json(JobOut.of(await service.report_progress(job_id, credential, body.read, body.written, body.failed)))
 
 
 @router.post(
@@ -145,8 +149,11 @@ async def report_progress(job_id: JobIdPath, body: ProgressIn, service: Service,
     response_model=JobOut,
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
-async def complete_job(job_id: JobIdPath, body: CompleteIn, service: Service, credential: Reporter) -> JobOut:
-    return JobOut.of(await service.complete_job(job_id, credential, body.succeeded, body.message))
+async def complete_job(job_id: JobIdPath, body: CompleteIn, service: Service, credential: Reporter) -> Response:
+    return _json(
+        JobOut.of(await service.complete_job(job_id, credential, body.succeeded, body.message)),
+        status.HTTP_202_ACCEPTED,
+    )
 
 
 @router.get(
