@@ -216,6 +216,7 @@ class Flow:
         self._store: CheckpointStore | None = None
         self._checkpoint: Checkpoint | None = None
         self._position = 0
+        self._read_written = 0
         self._uncommitted: list[SourceBatch] = []
         self._dirty = False
         self._logged_errors = 0
@@ -369,6 +370,7 @@ class Flow:
             extra = max(0, start - checkpoint.ordinal)  # rows a SQL sink committed after the last checkpoint
             self.counters.read += extra
             self.counters.written += extra
+            self._read_written = self.counters.read
         if start:
             self.log(f"resuming at record {start:,} (sink watermarks: {self._watermarks})")
         self._position = start
@@ -499,6 +501,7 @@ class Flow:
         self.metrics.failed.inc(failed)
         self.metrics.filtered.inc(filtered)
         self._uncommitted.append(batch)
+        self._read_written += batch.end - batch.start
         self._position = batch.end
         self._dirty = True
 
@@ -557,7 +560,8 @@ class Flow:
             self._checkpoint.ordinal = self._position
             self._checkpoint.sinks = states
             self._checkpoint.source = self._source.state()
-            self._checkpoint.counters = self.counters.as_dict()
+            # `read` counts batches still in the steps too; the checkpoint keeps what matches its ordinal.
+            self._checkpoint.counters = {**self.counters.as_dict(), "read": self._read_written}
             await asyncio.to_thread(self._store.save, self._checkpoint)
         if self._source is not None:
             for batch in self._uncommitted:
