@@ -134,6 +134,8 @@ class V2Client:
         self.urls = {name: url.rstrip("/") for name, url in urls.items()}
         self.retry_seconds = retry_seconds
         self.binary: dict[str, bool] = {}
+        self.stopping = False
+        """Set when the flow stops: a failing request is not retried any more (the flow is going away)."""
         self._on_retry = on_retry
         self._on_request = on_request
         # trust_env=False: a proxy from HTTP_PROXY must not stand between the flow and its services.
@@ -243,6 +245,8 @@ class V2Client:
                     )
                 problem = f"HTTP {response.status_code}: {_problem(response)}"
             now = time.monotonic()
+            if self.stopping:
+                raise ScoringUnavailable(f"scoring service {service} at {base} failed while the flow stops: {problem}")
             if now >= deadline:
                 raise ScoringUnavailable(
                     f"scoring service {service} at {base} did not answer within {self.retry_seconds:g}s of retries; "

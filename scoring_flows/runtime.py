@@ -42,6 +42,7 @@ import os
 import signal
 import socket
 import time
+import traceback
 import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -235,6 +236,8 @@ class Flow:
         self._stopping = True
         if self._source is not None:
             self._source.stop()
+        if self._client is not None:
+            self._client.stopping = True
 
     async def run(self) -> int:
         """The exit code: 0 when done or stopped, 1 on failure (reported to the scheduler)."""
@@ -249,15 +252,17 @@ class Flow:
         try:
             await self._run()
             return 0
-        except (FlowFailed, ChannelError, ScoringUnavailable, StepError, CheckpointError) as exc:
-            message = str(exc)
-            self.log(f"FAILED: {message}")
-            await self.reporter.complete(False, f"flow {self.name}: {message}")
-            return 1
+        except ScoringUnavailable as exc:
+            if not self._stopping:
+                return await self._failed(str(exc))
+            # Asked to stop while a service is gone: what was not committed is not acknowledged (queues deliver
+            # it again) nor checkpointed (a batch source resumes before it). Nothing is lost; stop as asked.
+            self.log(f"stopped with batches in flight unfinished: {exc}")
+            return 0
+        except (FlowFailed, ChannelError, StepError, CheckpointError) as exc:
+            return await self._failed(str(exc))
         except Exception as exc:
             self.log(f"FAILED with an unexpected error: {type(exc).__name__}: {exc}")
-            import traceback
-
             traceback.print_exc()
             await self.reporter.complete(False, f"flow {self.name}: internal error: {type(exc).__name__}: {exc}")
             return 1
@@ -266,6 +271,11 @@ class Flow:
                 with contextlib.suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
             await self._close()
+
+    async def _failed(self, message: str) -> int:
+        self.log(f"FAILED: {message}")
+        await self.reporter.complete(False, f"flow {self.name}: {message}")
+        return 1
 
     async def _close(self) -> None:
         for closer in [

@@ -502,18 +502,22 @@ class LocalProcessDeployer:
         if deployment.ref.get("bootId") not in (None, "", _boot_id()):
             log("the machine rebooted since this deployment: none of its processes can still run")
             procs = []
-        # Flows first: they stop pulling records and finish their in-flight batches while services still answer.
-        ordered = [p for p in procs if p.kind == "flow"] + [p for p in procs if p.kind == "service"]
-        signalled = [p for p in ordered if self._signal_group(p, signal.SIGTERM)]
-        for proc in signalled:
-            log(f"sent SIGTERM to {proc.label} (process group {proc.pid})")
+        # Flows first, services once the flows have stopped (or the grace is up): a stopping flow finishes its
+        # in-flight batches, and those still need the services to answer. One grace for both.
+        deadline = time.monotonic() + grace
+        signalled: list[_Proc] = []
+        remaining: list[_Proc] = []
+        for kind in ("flow", "service"):
+            sent = [p for p in procs if p.kind == kind and self._signal_group(p, signal.SIGTERM)]
+            for proc in sent:
+                log(f"sent SIGTERM to {proc.label} (process group {proc.pid})")
+            signalled += sent
+            remaining += sent
+            while remaining and time.monotonic() < deadline:
+                await asyncio.sleep(_STOP_POLL_SECONDS)
+                remaining = [p for p in remaining if self._group_alive(p)]
         if not signalled:
             log("no process of this deployment is running")
-        deadline = time.monotonic() + grace
-        remaining = signalled
-        while remaining and time.monotonic() < deadline:
-            await asyncio.sleep(_STOP_POLL_SECONDS)
-            remaining = [p for p in remaining if self._group_alive(p)]
         for proc in remaining:
             if self._signal_group(proc, signal.SIGKILL):
                 log(f"{proc.label} did not stop within {grace:g}s: sent SIGKILL")
