@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final, cast
 
-from sqlalchemy import Select, Table, and_, func, insert, or_, select, update
+from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -355,21 +355,55 @@ def _core_job_select() -> Select[Any]:
     )
 
 
-def _core_event_select(job_id: uuid.UUID) -> Select[Any]:
-    return select(*_EVENTS.c).where(_EVENTS.c.job_id == job_id).order_by(_EVENTS.c.id)
+_EVENT_PREFIX: Final = "modelops_event_"
+
+
+def _job_with_events_select(job_id: Any) -> Select[Any]:
+    """The job (one row per event, oldest first; one row with NULL event columns if it has none): one
+    statement, so the job and its events come from one snapshot in one round trip."""
+    return (
+        _core_job_select()
+        .add_columns(*(column.label(_EVENT_PREFIX + column.name) for column in _EVENTS.c))
+        .outerjoin(_EVENTS, _EVENTS.c.job_id == _JOBS.c.id)
+        .where(_JOBS.c.id == job_id)
+        .order_by(_EVENTS.c.id)
+    )
+
+
+# Statements built once (building and hashing a statement costs more than running it): values are parameters.
+_WANTED: Final = "modelops_wanted_id"
+_SELECT_JOB_WITH_EVENTS: Final = _job_with_events_select(bindparam(_WANTED))
+_LOCK_JOB: Final = _core_job_select().where(_JOBS.c.id == bindparam(_WANTED)).with_for_update(of=_JOBS)
+_UPDATE_JOB: Final = update(_JOBS).where(_JOBS.c.id == bindparam(_WANTED))
+_INSERT_JOB: Final = insert(_JOBS)
+_INSERT_EVENT: Final = insert(_EVENTS)
+_VERSION_NAMES: Final = (
+    select(_VERSIONS.c.number, _PIPELINES.c.name)
+    .select_from(_VERSIONS.join(_PIPELINES, _VERSIONS.c.pipeline_id == _PIPELINES.c.id))
+    .where(_VERSIONS.c.id == bindparam(_WANTED))
+)
+_VERSION_KEY_QUERY: Final = (
+    select(_VERSIONS.c.id, _VERSIONS.c.number, _VERSIONS.c.digest, _VERSIONS.c.created_at)
+    .select_from(_VERSIONS.join(_PIPELINES, _VERSIONS.c.pipeline_id == _PIPELINES.c.id))
+    .where(_PIPELINES.c.name == bindparam("modelops_pipeline"))
+)
+_LATEST_VERSION_KEY: Final = _VERSION_KEY_QUERY.order_by(_VERSIONS.c.number.desc()).limit(1)
+_NUMBERED_VERSION_KEY: Final = _VERSION_KEY_QUERY.where(_VERSIONS.c.number == bindparam("modelops_number"))
+_VERSION_ROW: Final = select(*_VERSIONS.c).where(_VERSIONS.c.id == bindparam(_WANTED))
 
 
 def _event_of(row: RowMapping) -> JobEvent:
-    from_state = row["from_state"]
-    task = row["task"]
+    p = _EVENT_PREFIX
+    from_state = row[p + "from_state"]
+    task = row[p + "task"]
     return JobEvent(
-        id=row["id"],
-        at=row["at"],
+        id=row[p + "id"],
+        at=row[p + "at"],
         from_state=JobState(from_state) if from_state is not None else None,
-        to_state=JobState(row["to_state"]),
+        to_state=JobState(row[p + "to_state"]),
         task=Task(task) if task is not None else None,
-        reason=row["reason"],
-        message=row["message"],
+        reason=row[p + "reason"],
+        message=row[p + "message"],
     )
 
 
@@ -420,6 +454,10 @@ class JobStore:
         self._clock = clock
         self._versions: OrderedDict[int, PipelineVersion] = OrderedDict()
         self._versions_lock = threading.Lock()
+        # Reads on PostgreSQL: the same pool, connections in autocommit while checked out.
+        self._autocommit: Engine | None = (
+            None if self._sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
+        )
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
@@ -449,6 +487,20 @@ class JobStore:
                 yield conn
 
     @contextmanager
+    def _read(self) -> Iterator[Connection]:
+        """A connection for a read of one statement (or several that need no common snapshot).
+
+        PostgreSQL: in autocommit, so no BEGIN and COMMIT round trips (one statement is one snapshot anyway).
+        SQLite: a deferred transaction, as `_conn(write=False)`.
+        """
+        if self._autocommit is None:
+            with self._conn(write=False) as conn:
+                yield conn
+            return
+        with self._unavailable(), self._autocommit.connect() as conn:
+            yield conn
+
+    @contextmanager
     def _unavailable(self) -> Iterator[None]:
         """Database outages (and lost connections) -> StoreUnavailable, with the driver's exception chained."""
         try:
@@ -470,18 +522,14 @@ class JobStore:
 
     def _locked_row(self, conn: Connection, job_id: uuid.UUID) -> dict[str, Any]:
         """The job's row (with its pipeline name and version number), locked until the transaction ends."""
-        found = (
-            conn.execute(_core_job_select().where(_JOBS.c.id == job_id).with_for_update(of=_JOBS))
-            .mappings()
-            .one_or_none()
-        )
+        found = conn.execute(_LOCK_JOB, {_WANTED: job_id}).mappings().one_or_none()
         if found is None:
             raise NotFound(f"no job {job_id}", code="job_not_found", details={"job_id": str(job_id)})
         return dict(found)
 
     @staticmethod
     def _update_row(conn: Connection, row: dict[str, Any], **values: Any) -> None:
-        conn.execute(update(_JOBS).where(_JOBS.c.id == row["id"]).values(**values))
+        conn.execute(_UPDATE_JOB, {**values, _WANTED: row["id"]})
         row.update(values)
 
     @staticmethod
@@ -494,15 +542,16 @@ class JobStore:
         message: str | None,
     ) -> None:
         conn.execute(
-            insert(_EVENTS).values(
-                job_id=row["id"],
-                at=at,
-                from_state=from_state,
-                to_state=row["state"],
-                task=row["task"],
-                reason=reason,
-                message=message,
-            )
+            _INSERT_EVENT,
+            {
+                "job_id": row["id"],
+                "at": at,
+                "from_state": from_state,
+                "to_state": row["state"],
+                "task": row["task"],
+                "reason": reason,
+                "message": message,
+            },
         )
 
     def _locked_job(self, session: Session, job_id: uuid.UUID) -> tuple[JobRow, str, int]:
@@ -632,17 +681,13 @@ class JobStore:
         Versions are immutable, so their IR documents are kept in memory once read: a call costs one small
         query (which version), and the IR is read and parsed only the first time.
         """
-        with self._conn(write=False) as conn:
-            query = (
-                select(_VERSIONS.c.id, _VERSIONS.c.number, _VERSIONS.c.digest, _VERSIONS.c.created_at)
-                .select_from(_VERSIONS.join(_PIPELINES, _VERSIONS.c.pipeline_id == _PIPELINES.c.id))
-                .where(_PIPELINES.c.name == name)
-            )
+        with self._read() as conn:
             if number is None:
-                query = query.order_by(_VERSIONS.c.number.desc()).limit(1)
+                found = conn.execute(_LATEST_VERSION_KEY, {"modelops_pipeline": name}).one_or_none()
             else:
-                query = query.where(_VERSIONS.c.number == number)
-            found = conn.execute(query).one_or_none()
+                found = conn.execute(
+                    _NUMBERED_VERSION_KEY, {"modelops_pipeline": name, "modelops_number": number}
+                ).one_or_none()
             if found is None:
                 what = f"pipeline {name!r}" if number is None else f"version {number} of pipeline {name!r}"
                 raise NotFound(
@@ -662,7 +707,7 @@ class JobStore:
                 created_at,
             ):
                 return cached
-            row = conn.execute(select(*_VERSIONS.c).where(_VERSIONS.c.id == version_id)).mappings().one()
+            row = conn.execute(_VERSION_ROW, {_WANTED: version_id}).mappings().one()
         version = PipelineVersion(
             id=row["id"],
             pipeline=name,
@@ -801,25 +846,21 @@ class JobStore:
             completion=None,
             completion_message=None,
         )
-        conn.execute(insert(_JOBS).values(**row))
+        conn.execute(_INSERT_JOB, row)
         self._insert_event(conn, row, now, None, CREATED_REASON, None)
         # Read the pipeline name and number from the database, not from `version`: the row is the truth.
-        number, pipeline = conn.execute(
-            select(_VERSIONS.c.number, _PIPELINES.c.name)
-            .select_from(_VERSIONS.join(_PIPELINES, _VERSIONS.c.pipeline_id == _PIPELINES.c.id))
-            .where(_VERSIONS.c.id == version.id)
-        ).one()
+        number, pipeline = conn.execute(_VERSION_NAMES, {_WANTED: version.id}).one()
         return _job_of({**row, _PIPELINE_NAME: pipeline, _VERSION_NUMBER: number}), True
 
     def get_job(self, job_id: uuid.UUID | str) -> Job:
         """The job with its events, oldest first; NotFound if there is none."""
         uid = _parse_job_id(job_id)
-        with self._conn(write=False) as conn:
-            found = conn.execute(_core_job_select().where(_JOBS.c.id == uid)).mappings().one_or_none()
-            if found is None:
-                raise NotFound(f"no job {uid}", code="job_not_found", details={"job_id": str(uid)})
-            events = conn.execute(_core_event_select(uid)).mappings().all()
-            return _job_of(found, tuple(_event_of(e) for e in events))
+        with self._read() as conn:
+            rows = conn.execute(_SELECT_JOB_WITH_EVENTS, {_WANTED: uid}).mappings().all()
+        if not rows:
+            raise NotFound(f"no job {uid}", code="job_not_found", details={"job_id": str(uid)})
+        events = tuple(_event_of(row) for row in rows if row[_EVENT_PREFIX + "id"] is not None)
+        return _job_of(rows[0], events)
 
     def list_jobs(
         self,
@@ -846,7 +887,7 @@ class JobStore:
             at, last_id = _decode_cursor(cursor)
             query = query.where(or_(_JOBS.c.created_at < at, and_(_JOBS.c.created_at == at, _JOBS.c.id < last_id)))
         query = query.order_by(_JOBS.c.created_at.desc(), _JOBS.c.id.desc()).limit(limit + 1)
-        with self._conn(write=False) as conn:
+        with self._read() as conn:
             rows = conn.execute(query).mappings().all()
             jobs = tuple(_job_of(row) for row in rows[:limit])
         next_cursor = _encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
@@ -859,7 +900,7 @@ class JobStore:
             .where(_JOBS.c.state.not_in([s.value for s in TERMINAL]))
             .order_by(_JOBS.c.created_at, _JOBS.c.id)
         )
-        with self._conn(write=False) as conn:
+        with self._read() as conn:
             return tuple(_job_of(row) for row in conn.execute(query).mappings().all())
 
     def count_jobs_by_state(self) -> dict[JobState, int]:
