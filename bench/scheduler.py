@@ -28,7 +28,7 @@ What is measured:
 
 Usage:
     .venv/bin/python bench/scheduler.py [--duration 10] [--clients 32] [--loadgen auto|wrk|httpx]
-                                        [--lifecycle-jobs 10] [--profile DIR]
+                                        [--lifecycle-jobs 10] [--profile DIR [--profile-gil]]
 
 `--profile DIR` records the server with py-spy (`pip install py-spy`) during the creation and GET phases and
 writes the flame graphs plus the hottest functions (`*-top.txt`) there. Never fails on a slow result.
@@ -367,7 +367,7 @@ def _load(url: str, phase: str, options: argparse.Namespace, *extra: str) -> dic
 
 
 @contextlib.contextmanager
-def profiling(pid: int, directory: Path | None, name: str, seconds: float) -> Iterator[None]:
+def profiling(pid: int, directory: Path | None, name: str, seconds: float, gil: bool = False) -> Iterator[None]:
     """py-spy record of the server while the body runs (nothing without `--profile`)."""
     if directory is None:
         yield
@@ -391,6 +391,7 @@ def profiling(pid: int, directory: Path | None, name: str, seconds: float) -> It
             str(raw),
             "--nonblocking",
             "--threads",
+            *(["--gil"] if gil else []),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
@@ -507,6 +508,9 @@ def main() -> None:
     parser.add_argument("--lifecycle-jobs", type=int, default=10)
     parser.add_argument("--admin-url", default=os.environ.get("MODELOPS_BENCH_POSTGRES_URL", ADMIN_URL))
     parser.add_argument("--profile", type=Path, default=None, help="write py-spy profiles of the server here")
+    parser.add_argument(
+        "--profile-gil", action="store_true", help="profile only the thread holding the GIL (where the CPU goes)"
+    )
     options = parser.parse_args()
     if options.loadgen == "auto":
         options.loadgen = "wrk" if shutil.which("wrk") else "httpx"
@@ -550,7 +554,7 @@ def main() -> None:
                 f"creations: POST /api/v1/jobs, {options.clients} clients, {options.duration:g}s, {options.loadgen} ..."
             )
             cpu, pg_cpu, sessions = cpu_seconds(server.pid), postgres_cpu(), sessions_opened(db)
-            with profiling(server.pid, options.profile, "create", options.duration):
+            with profiling(server.pid, options.profile, "create", options.duration, options.profile_gil):
                 create = _load(url, "create", options)
             create["server_cpu"] = cpu_seconds(server.pid) - cpu
             create["postgres_cpu"] = postgres_cpu_since(pg_cpu)
@@ -570,7 +574,7 @@ def main() -> None:
             ids_file.write_text("\n".join(ids) + "\n")
             print(f"reads: GET /api/v1/jobs/{{id}} over {len(ids)} jobs, {options.clients} clients ...")
             cpu, pg_cpu, sessions = cpu_seconds(server.pid), postgres_cpu(), sessions_opened(db)
-            with profiling(server.pid, options.profile, "get", options.duration):
+            with profiling(server.pid, options.profile, "get", options.duration, options.profile_gil):
                 get = _load(url, "get", options, f"--ids={ids_file}")
             get["server_cpu"] = cpu_seconds(server.pid) - cpu
             get["postgres_cpu"] = postgres_cpu_since(pg_cpu)

@@ -74,7 +74,8 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if auth.open_mode:
             log.warning(OPEN_MODE_WARNING)
-        engine = create_engine(settings.database_url)
+        anyio.to_thread.current_default_thread_limiter().total_tokens = settings.worker_threads
+        engine = create_engine(settings.database_url, pool_size=settings.worker_threads)
         try:
             store = await _open_store(engine)
             try:

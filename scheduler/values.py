@@ -11,6 +11,7 @@ these functions, so the preview is what install deploys:
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import uuid
 from collections import OrderedDict
@@ -33,6 +34,22 @@ PREVIEW_JOB_ID: Final = uuid.UUID(int=0)
 def stored_ir(bundle: ir.Bundle) -> dict[str, Any]:
     """The JSON object a pipeline version stores for `bundle`."""
     return {DOCUMENTS_KEY: bundle.canonical()}
+
+
+@dataclasses.dataclass(frozen=True)
+class _StoredBundle(ir.Bundle):
+    """A bundle rebuilt from a stored IR, with its digest computed once: `ir.render` asks for it on every
+    render, and a bundle never changes."""
+
+    stored_digest: str = dataclasses.field(default="", compare=False, repr=False)
+
+    def digest(self) -> str:
+        return self.stored_digest
+
+
+def _memoised(bundle: ir.Bundle) -> ir.Bundle:
+    fields = {field.name: getattr(bundle, field.name) for field in dataclasses.fields(bundle)}
+    return _StoredBundle(**fields, stored_digest=bundle.digest())
 
 
 class _BundleCache:
@@ -74,7 +91,7 @@ def bundle_of(document: Mapping[str, Any]) -> ir.Bundle:
     cached = _bundles.get(document)
     if cached is not None:
         return cached
-    bundle = _build_bundle(document)
+    bundle = _memoised(_build_bundle(document))
     _bundles.put(document, bundle)
     return bundle
 
