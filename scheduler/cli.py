@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
+from urllib.parse import urlsplit
 
 import typer
 from rich import box
@@ -744,7 +745,13 @@ def _run(
         deployment = client.deploy(path)
         state = "new version" if deployment.created else "unchanged"
         err.print(f"pipeline {deployment.name} version {deployment.version} ({state}, {deployment.digest[:12]})")
-        job = client.create_job(deployment.name, version=deployment.version, parameters=parameters)
+        # On this machine, relative artifact paths in the IR resolve against the bundle's folder.
+        base = path.resolve() if path.is_dir() else path.resolve().parent
+        local = embedded is not None or urlsplit(server).hostname in ("127.0.0.1", "localhost", "::1")
+        environment = {"modelStore": base.as_uri()} if local else None
+        job = client.create_job(
+            deployment.name, version=deployment.version, parameters=parameters, environment=environment
+        )
         err.print(f"job {job.id} started")
         view = _RunView(job)
         cancelled = False

@@ -110,7 +110,9 @@ def globals_for(
     environment: Mapping[str, Any] | None = None,
 ) -> ir.Globals:
     """The global settings (step 4 of rendering) of job `job_id`: from the server's settings, the job's
-    `environment` (its `namespace`), and `token`, the job token (None in previews).
+    `environment` (its `namespace`, and `modelStore`, which overrides the server's model store: `modelops run
+    PATH` sets it to the bundle's folder so relative artifact paths resolve there), and `token`, the job token
+    (None in previews).
 
     Install renders through `render_values` too (`scheduler.lifecycle.Lifecycle.render`), with the job token.
     """
@@ -124,8 +126,9 @@ def globals_for(
     namespace = (environment or {}).get("namespace")
     if namespace is not None:
         data["namespace"] = namespace
-    if settings.model_store is not None:
-        data["modelStore"] = settings.model_store
+    store = (environment or {}).get("modelStore", settings.model_store)
+    if store is not None:
+        data["modelStore"] = store
     return ir.make_globals(data)
 
 
