@@ -798,9 +798,12 @@ def _follow(client: SchedulerClient, job_id: uuid.UUID, view: _RunView) -> JobDe
 
 def _report(job: JobDetail, cancelled_by_us: bool, logs: str) -> int:
     took = ""
-    if job.started_at is not None and job.finished_at is not None:
-        took = f" in {_duration((job.finished_at - job.started_at).total_seconds())}"
     records = f"read {job.progress.read:,}, written {job.progress.written:,}, failed {job.progress.failed:,}"
+    if job.started_at is not None and job.finished_at is not None:
+        seconds = (job.finished_at - job.started_at).total_seconds()
+        took = f" in {_duration(seconds)}"
+        if seconds > 0 and job.progress.written:
+            records += f" ({job.progress.written / seconds:,.0f} rows/s over the whole job)"
     if job.state is JobState.SUCCEEDED:
         out.print(f"job {job.id} SUCCEEDED{took}: {records}")
         return 0
