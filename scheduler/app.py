@@ -14,6 +14,7 @@ of the engine.
 
 from __future__ import annotations
 
+import gc
 import importlib
 import logging
 from collections.abc import AsyncIterator, Callable
@@ -88,6 +89,11 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
                 app.state.engine = engine
                 app.state.service = SchedulerService(store, backend, settings, secret)
                 metrics.attach(store)
+                if settings.gc_freeze:
+                    # What exists now (modules, the app, the routes' models) lives as long as the server: keep
+                    # it out of the collector's later full passes, which otherwise walk it all again each time.
+                    gc.collect()
+                    gc.freeze()
                 log.info(
                     "scheduler ready: %s backend, database %s",
                     backend.name,
