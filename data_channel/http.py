@@ -22,6 +22,7 @@ The address is `MODELOPS_FLOW_HTTP_HOST`:`MODELOPS_FLOW_HTTP_PORT` from the flow
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import socket
 from collections.abc import Awaitable, Callable, Generator, Mapping, MutableMapping
@@ -182,7 +183,8 @@ class HttpSource(Source):
         super().__init__(name, spec, context)
         self.options = _options(spec)
         self.exchange = _exchange(context)
-        self._inbox: asyncio.Queue[_Request] = asyncio.Queue()
+        self._inbox: collections.deque[_Request] = collections.deque()
+        self._arrived = asyncio.Event()
         self._counter = 0
         self.reading = False
 
@@ -205,22 +207,25 @@ class HttpSource(Source):
         if not records:
             return 200, orjson.dumps({"records": [], "errors": []})
         request = _Request(records, asyncio.get_running_loop().create_future())
-        await self._inbox.put(request)
+        self._inbox.append(request)
+        self._arrived.set()
         try:
             return await asyncio.wait_for(asyncio.shield(request.answer), REQUEST_TIMEOUT_SECONDS)
         except TimeoutError:
             return 504, orjson.dumps({"error": f"no answer within {REQUEST_TIMEOUT_SECONDS:g}s"})
 
     async def read(self, max_records: int) -> SourceBatch | None:
-        requests: list[_Request] = []
-        while not requests:
+        while not self._inbox:
             if self._stopping:
                 return None
+            self._arrived.clear()
             with contextlib.suppress(asyncio.TimeoutError):
-                requests.append(await asyncio.wait_for(self._inbox.get(), _WAIT_SECONDS))
+                await asyncio.wait_for(self._arrived.wait(), _WAIT_SECONDS)
+        # Coalesce the requests waiting now, up to `max_records` records (the first one whatever its size).
+        requests = [self._inbox.popleft()]
         total = len(requests[0].records)
-        while not self._inbox.empty() and total + len(self._inbox._queue[0].records) <= max_records:  # type: ignore[attr-defined]
-            request = self._inbox.get_nowait()
+        while self._inbox and total + len(self._inbox[0].records) <= max_records:
+            request = self._inbox.popleft()
             requests.append(request)
             total += len(request.records)
         return self._batch(requests)
@@ -295,8 +300,8 @@ class HttpSource(Source):
 
     async def close(self) -> None:
         self.reading = False
-        while not self._inbox.empty():
-            request = self._inbox.get_nowait()
+        while self._inbox:
+            request = self._inbox.popleft()
             if not request.answer.done():
                 request.answer.set_result((503, orjson.dumps({"error": "the flow stopped"})))
         self.exchange.routes.pop(self.options.path, None)

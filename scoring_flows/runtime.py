@@ -296,10 +296,9 @@ class Flow:
 
     def _context(self) -> ChannelContext:
         channels = [self.spec.source, *self.spec.sinks, *([self.spec.dead_letter] if self.spec.dead_letter else [])]
-        environ = self.environ if self.environ is not None else None
         context = ChannelContext(workdir=self.workdir, consumer=f"{self.name}-{socket.gethostname()}")
-        if environ is not None:
-            context.environ = environ
+        if self.environ is not None:
+            context.environ = self.environ
         if any(c.spec.type == "http" for c in channels):
             self._exchange = HttpExchange.from_environ(context.environ)
             self._exchange.fail_requests = self.spec.error_policy == "fail"

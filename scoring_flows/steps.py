@@ -155,6 +155,7 @@ class MapOp(FlowStep):
         spec = RecordSchema.model_validate(
             {"fields": [{"name": name, **target.model_dump(exclude_none=True), "nullable": True}]}
         )
+        # The casts below locate a record by its row index in this batch (`str(row)`), read back with `int()`.
         if pa.types.is_string(column.type):
             good, _, errors = from_text(
                 pa.table({name: column}), spec, np.arange(records.num_rows), lambda row: str(row)
