@@ -389,6 +389,10 @@ class Flow:
         exhausted = await self._loop(source)
         if exhausted and source.finite:
             await self._finish()
+        elif not source.finite:
+            # A stream flow ends when it is stopped: what it wrote is complete (a file sink moves into place).
+            for sink in [*self._sinks, *([self._dead] if self._dead else [])]:
+                await sink.finish()
 
     def _identity(self) -> str:
         """Which run a checkpoint belongs to: the job id; without one (a flow run by hand), the flow's values."""

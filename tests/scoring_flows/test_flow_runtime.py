@@ -426,3 +426,45 @@ async def test_prometheus_metrics_count_the_records(
     assert 'modelops_flow_records_read_total{flow="digits-flow"} 600.0' in text
     assert 'modelops_flow_records_written_total{flow="digits-flow"} 600.0' in text
     assert 'modelops_flow_score_request_seconds_count{flow="digits-flow",service="digits-rf"}' in text
+
+
+async def test_a_streaming_flow_scores_a_rabbitmq_queue_into_a_file_that_is_complete_when_it_stops(
+    tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
+) -> None:
+    import aio_pika
+
+    amqp = "amqp://guest:guest@127.0.0.1:5672/"
+    queue = f"modelops-flow-{secrets.token_hex(3)}"
+    secret = {"secretRef": {"name": "amqp", "key": "url"}}
+    channels = {
+        "in": channel("source", "rabbitmq", {"url": secret, "queue": queue, "prefetch": 500}, IN_FIELDS),
+        "out": channel("sink", "file", {"path": "out/scored.jsonl", "format": "jsonl"}, OUT_FIELDS),
+    }
+    bundle = write_bundle(tmp_path / "bundle", digits, channels=channels, mode="streaming", batch_size=100)
+    values = render_values(bundle, tmp_path / "run" / "values.yaml")
+    rows = digits_rows(digits, 500)
+    connection = await aio_pika.connect_robust(amqp)
+    try:
+        channel_ = await connection.channel()
+        await channel_.declare_queue(queue, durable=True)
+        for row in rows.tolist():
+            body = orjson.dumps(dict(zip(["id", *PIXELS], row, strict=True)))
+            await channel_.default_exchange.publish(aio_pika.Message(body), routing_key=queue)
+        lines: list[str] = []
+        runner = make_flow(values, digits_services.urls, workdir, lines, environ={"MODELOPS_SECRET_AMQP_URL": amqp})
+        task = asyncio.create_task(runner.run())
+        deadline = asyncio.get_running_loop().time() + 60
+        while runner.counters.written < len(rows):
+            assert asyncio.get_running_loop().time() < deadline and not task.done(), lines
+            await asyncio.sleep(0.05)
+        runner.stop()
+        assert await asyncio.wait_for(task, 30) == 0, lines
+        declared = await channel_.declare_queue(queue, durable=True, passive=True)
+        assert declared.declaration_result.message_count == 0  # every message acknowledged
+        got = [orjson.loads(line) for line in (workdir / "out" / "scored.jsonl").read_bytes().splitlines()]
+        table = pa.table({name: [r[name] for r in got] for name in ["id", "label", "probability", "onnx_label"]})
+        assert_scored(table, expected(digits, rows))
+    finally:
+        channel_ = await connection.channel()
+        await channel_.queue_delete(queue)
+        await connection.close()
