@@ -44,10 +44,15 @@ def main() -> int:
         got = output.column(column).to_numpy()
         wrong = int(np.count_nonzero(got != want))
         if wrong:
-            print(f"error: {wrong:,} of {len(want):,} '{column}' values differ from in-process predictions", file=sys.stderr)
+            print(
+                f"error: {wrong:,} of {len(want):,} '{column}' values differ from in-process predictions",
+                file=sys.stderr,
+            )
             return 1
     took = time.perf_counter() - started
-    print(f"checked {output.num_rows:,} rows: same ids as the input, labels equal to in-process predictions ({took:.1f}s)")
+    print(
+        f"checked {output.num_rows:,} rows: same ids as the input, labels equal to in-process predictions ({took:.1f}s)"
+    )
     return 0
 
 
