@@ -137,7 +137,10 @@ class Metadata(StrictModel):
 
 
 class SecretRef(StrictModel):
-    """A reference to a key of a Kubernetes Secret (locally: an environment variable, see docs/ir.md)."""
+    """A reference to a key of a Kubernetes Secret.
+
+    Locally it is read from the environment variable `MODELOPS_SECRET_<NAME>_<KEY>` (see docs/flows.md).
+    """
 
     name: DnsLabel
     key: str = Field(min_length=1, max_length=253)
