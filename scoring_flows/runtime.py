@@ -435,8 +435,14 @@ class Flow:
                     task.add_done_callback(started.discard)
                     await window.put((batch, task))
                     self.metrics.in_flight.set(window.qsize())
-            finally:
-                await window.put(None)
+            except asyncio.CancelledError:
+                # The writer failed and cancelled us; it no longer reads the window, so an end marker put
+                # into a full window would block this task forever (and the writer waiting for it).
+                raise
+            except BaseException:
+                await window.put(None)  # a source error: the writer drains the window, then `await reader` raises
+                raise
+            await window.put(None)
 
         reader = asyncio.create_task(read(), name="reader")
         progress = asyncio.create_task(self._report_progress(), name="progress")

@@ -174,6 +174,27 @@ async def test_under_fail_the_first_bad_record_fails_the_job_naming_it_and_no_ou
     assert not (workdir / "out" / "scored.csv").exists()
 
 
+async def test_a_failure_while_the_window_of_batches_is_full_ends_the_flow_instead_of_hanging(
+    tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
+) -> None:
+    # The reader fills the window (2 batches) while the first batch is scored; the first batch then fails
+    # under `fail`, and the flow must end although the reader is blocked on the full window.
+    rows = digits_rows(digits, 2000)
+    source = write_digits_csv(workdir / "data" / "in.csv", rows)
+    corrupt(source, {2: "1," + ",".join(["x"] + ["0"] * 63)})
+    with StubScheduler() as scheduler:
+        values = csv_flow(tmp_path, digits, scheduler=scheduler, error_policy={"mode": "fail"}, batch_size=50)
+        task = asyncio.ensure_future(run(values, digits_services.urls, workdir, in_flight=2))
+        done, _ = await asyncio.wait({task}, timeout=90)  # about 3 s normally; a hang never ends by itself
+        if not done:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+        assert done, "the flow hung after a batch failed while the window was full"
+        code, _, _ = task.result()
+    assert code == 1
+    assert f"record 2 of {source}, field 'p0'" in scheduler.completions[0]["message"]
+
+
 async def test_under_skip_bad_records_are_counted_and_left_out(
     tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
 ) -> None:
