@@ -110,6 +110,17 @@ class SchedulerLink:
         return bool(self.url and self.token and self.job_id)
 
 
+#: Environment variable holding the job token on Kubernetes: the chart keeps the token out of the values
+#: ConfigMap and passes it from the release's `<release>-job-token` Secret instead.
+JOB_TOKEN_ENV: Final = "MODELOPS_JOB_TOKEN"
+
+
+def job_token(from_values: str | None, environ: Mapping[str, str] | None = None) -> str | None:
+    """The token flows present to the scheduler: `MODELOPS_JOB_TOKEN` when set (non-empty), else the values'."""
+    env = os.environ if environ is None else environ
+    return env.get(JOB_TOKEN_ENV) or from_values
+
+
 class Reporter:
     """Progress and completion reports to the scheduler; problems are logged, never fatal to the scoring."""
 
@@ -202,7 +213,9 @@ class Flow:
         self.values_path = values_path
         self._print = log or (lambda line: print(line, flush=True))
         globals_ = values.global_
-        self.link = SchedulerLink(globals_.scheduler.url, globals_.scheduler.token, globals_.job_id)
+        self.link = SchedulerLink(
+            globals_.scheduler.url, job_token(globals_.scheduler.token, self.environ), globals_.job_id
+        )
         self.reporter = Reporter(self.link, self.log, self.settings.complete_timeout_seconds)
         self.metrics = FlowMetrics(name)
         self.counters = Counters()
