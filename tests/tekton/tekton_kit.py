@@ -49,7 +49,8 @@ def load_documents(path: Path) -> list[Manifest]:
             if doc is None:
                 continue
             if not isinstance(doc, dict):
-                raise AssertionError(f"{path.relative_to(ROOT)}: document {index} is a {type(doc).__name__}, not a mapping")
+                what = type(doc).__name__
+                raise AssertionError(f"{path.relative_to(ROOT)}: document {index} is a {what}, not a mapping")
             docs.append(doc)
     return docs
 
@@ -83,7 +84,9 @@ def tekton_schema(kind: str) -> dict[str, Any]:
     """The strict schema for a tekton.dev/v1 kind (Task, Pipeline, PipelineRun, TaskRun)."""
     path = TEKTON_SCHEMAS / f"{kind.lower()}_v1.json"
     if not path.is_file():
-        raise AssertionError(f"no strict schema for tekton.dev/v1 {kind}: {path} is missing (see ../shared/schemas/README.md)")
+        raise AssertionError(
+            f"no strict schema for tekton.dev/v1 {kind}: {path} is missing (see ../shared/schemas/README.md)"
+        )
     schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)
     return schema

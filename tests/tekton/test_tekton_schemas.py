@@ -21,7 +21,7 @@ from tekton_kit import (
     tekton_errors,
 )
 
-TEKTON_OBJECTS = [(path, doc) for path, doc in all_objects() if str(doc.get("apiVersion", "")).startswith("tekton.dev/")]
+TEKTON_OBJECTS = [(path, doc) for path, doc in all_objects() if str(doc.get("apiVersion")).startswith("tekton.dev/")]
 
 
 def _id(item: tuple[Path, Manifest]) -> str:
