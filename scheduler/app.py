@@ -25,7 +25,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from scheduler.api import health, jobs, pipelines
+from scheduler.api import health, jobs, pipelines, tasks
 from scheduler.api.errors import install_error_handlers
 from scheduler.auth import OPEN_MODE_WARNING, Authenticator, OpenModeRefused
 from scheduler.backends.base import Backend
@@ -125,6 +125,7 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
     install_error_handlers(app)
     app.include_router(pipelines.router)
     app.include_router(jobs.router)
+    app.include_router(tasks.router)
     app.include_router(health.router)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app

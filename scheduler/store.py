@@ -77,6 +77,11 @@ _VERSION_CACHE_SIZE: Final = 256
 
 CREATED_REASON: Final = "Created"
 """The reason recorded on the event that creates a job (`from_state` None, `to_state` PENDING)."""
+_PHASE_STATUSES: Final = frozenset({"started", "succeeded", "failed"})
+"""What `record_phase` accepts as a task's status."""
+_INSTALLING_REASON: Final = "Installing"
+_READY_REASON: Final = "Ready"
+"""The reasons of PENDING -> INSTALLING and INSTALLING -> RUNNING (as `scheduler.lifecycle` records them)."""
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -1054,4 +1059,61 @@ class JobStore:
         with self._conn(write=True) as conn:
             row = self._locked_row(conn, uid)
             self._update_row(conn, row, backend_ref=ref)
+            return _job_of(row)
+
+    def record_phase(
+        self,
+        job_id: uuid.UUID | str,
+        task: Task | str,
+        status: str,
+        *,
+        reason: str | None = None,
+        message: str | None = None,
+    ) -> Job:
+        """Record what a pipeline task (a Tekton step running `modelops task ...`) reports about itself.
+
+        `status` is `started`, `succeeded` or `failed`. The effect, atomically under the row lock:
+
+        - install started: PENDING -> INSTALLING (task install) when the job is still PENDING;
+        - install succeeded: INSTALLING -> RUNNING (task wait, reason Ready) when the job is INSTALLING;
+        - uninstall started: the task becomes uninstall (an event with `from_state == to_state`);
+        - failed (any task): `reason` and `message` become the job's, without a state change (an event);
+        - anything else (a report the state has already moved past): an event only.
+
+        A report about a finished job, or about install or wait of a CANCELLING job, changes nothing and
+        records nothing: it raced the end of the run, which is not the reporter's fault, so it is no error.
+        """
+        uid = _parse_job_id(job_id)
+        phase = _task(task)
+        if status not in _PHASE_STATUSES:
+            raise InvalidInput(f"unknown phase status {status!r}", details={"allowed": sorted(_PHASE_STATUSES)})
+        _check_text(reason, "reason", _REASON_MAX)
+        with self._conn(write=True) as conn:
+            row = self._locked_row(conn, uid)
+            current = JobState(row["state"])
+            if current in TERMINAL or (current is JobState.CANCELLING and phase is not Task.UNINSTALL):
+                return _job_of(row)
+            now = self._now()
+            note = f"task {phase.value} {status}" + (f": {message}" if message else "")
+            if phase is Task.INSTALL and status == "started" and current is JobState.PENDING:
+                changes: dict[str, Any] = {"state": JobState.INSTALLING.value, "task": phase.value}
+                changes.update(reason=_INSTALLING_REASON, message=message)
+                if row["started_at"] is None:
+                    changes["started_at"] = now
+                self._update_row(conn, row, **changes)
+                self._insert_event(conn, row, now, current.value, _INSTALLING_REASON, message)
+            elif phase is Task.INSTALL and status == "succeeded" and current is JobState.INSTALLING:
+                _check_task_order(uid, row["task"], Task.WAIT)
+                self._update_row(
+                    conn, row, state=JobState.RUNNING.value, task=Task.WAIT.value, reason=_READY_REASON, message=message
+                )
+                self._insert_event(conn, row, now, current.value, _READY_REASON, message)
+            elif phase is Task.UNINSTALL and status == "started" and row["task"] != Task.UNINSTALL.value:
+                self._update_row(conn, row, task=Task.UNINSTALL.value)
+                self._insert_event(conn, row, now, current.value, reason, note)
+            elif status == "failed":
+                self._update_row(conn, row, reason=reason, message=message)
+                self._insert_event(conn, row, now, current.value, reason, message)
+            else:
+                self._insert_event(conn, row, now, current.value, None, note)
             return _job_of(row)
