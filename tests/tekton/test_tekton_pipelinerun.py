@@ -5,13 +5,15 @@ the six params, `taskRunTemplate.serviceAccountName: modelops-runner`, and timeo
 `timeouts.tasks` for install + wait, `timeouts.finally` for uninstall, and `timeouts.pipeline` = their sum
 (unset, Tekton bounds the whole run by its default timeout and checks tasks and finally against it).
 The run must validate against the strict pipelinerun_v1 schema, pass every param the Pipeline declares and no
-other, and use the ServiceAccount that tekton/rbac.yaml defines.
+other, and use the ServiceAccount that tekton/rbac.yaml defines. The same holds for the body the TektonBackend
+really builds (`scheduler.backends.tekton.pipelinerun_body`), checked at the end.
 """
 
 from __future__ import annotations
 
 import copy
 import uuid
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -49,7 +51,7 @@ def pipeline_run(job_id: str, *, tasks_timeout: str = "6h0m0s", finally_timeout:
                 {"name": "release-name", "value": release},
                 {"name": "namespace", "value": "modelops"},
                 {"name": "chart", "value": "/opt/modelops/charts/modelops"},
-                {"name": "token-secret", "value": f"{release}-token"},
+                {"name": "token-secret", "value": f"modelops-job-token-{job_id}"},
             ],
             "timeouts": {"pipeline": f"{int(total)}s", "tasks": tasks_timeout, "finally": finally_timeout},
             "taskRunTemplate": {"serviceAccountName": RUNNER_SERVICE_ACCOUNT},
@@ -103,3 +105,51 @@ def test_a_pipelinerun_without_the_pipeline_ref_name_is_invalid() -> None:
     run = copy.deepcopy(pipeline_run(JOB_ID))
     run["spec"]["pipelineRef"] = {"nmae": PIPELINE_NAME}
     assert tekton_errors(run) != []
+
+
+def test_the_tekton_backends_own_pipelinerun_fits_the_pipeline_the_schema_and_the_rbac() -> None:
+    tekton = pytest.importorskip("scheduler.backends.tekton", reason="the TektonBackend is not there yet")
+    from scheduler.settings import SchedulerSettings
+    from scheduler.states import JobState
+    from scheduler.store import Job
+
+    job_id = uuid.UUID(JOB_ID)
+    job = Job(
+        id=job_id,
+        pipeline="digits",
+        pipeline_version=1,
+        pipeline_version_id=1,
+        state=JobState.PENDING,
+        task=None,
+        parameters={},
+        environment={},
+        backend="tekton",
+        backend_ref=None,
+        idempotency_key=None,
+        token_hash="-",
+        created_at=datetime.now(UTC),
+        started_at=None,
+        finished_at=None,
+        reason=None,
+        message=None,
+        records_read=0,
+        records_written=0,
+        records_failed=0,
+    )
+    run = tekton.pipelinerun_body(
+        job,
+        SchedulerSettings(),
+        target_namespace="scoring",
+        timeouts={"install": 600, "wait": 7200, "uninstall": 300},
+        secret_name=tekton.token_secret_name(job_id),
+    )
+    assert tekton_errors(run) == []
+    spec = run["spec"]
+    assert {p["name"] for p in spec["params"]} == {p["name"] for p in pipeline()["spec"]["params"]}
+    assert spec["pipelineRef"] == {"name": PIPELINE_NAME}
+    assert spec["taskRunTemplate"]["serviceAccountName"] == RUNNER_SERVICE_ACCOUNT
+    assert run["metadata"]["generateName"] == "modelops-"
+    assert run["metadata"]["labels"]["modelops.io/job-id"] == JOB_ID
+    timeouts = {k: go_duration_seconds(v) for k, v in spec["timeouts"].items()}
+    assert timeouts["tasks"] >= 600 + 7200 and timeouts["finally"] >= 300
+    assert timeouts["tasks"] + timeouts["finally"] <= timeouts["pipeline"]
