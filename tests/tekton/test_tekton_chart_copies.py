@@ -2,16 +2,20 @@
 
 tekton/ is the source of truth; the platform sub-chart installs the copies with `.Files.Glob "files/tekton/*.yaml"`
 (a glob that does not descend into folders, so tasks/<name>.yaml becomes task-<name>.yaml).
-Refresh them with scripts/sync-tekton.sh.
+Refresh them with scripts/sync-tekton.sh. tekton/rbac.yaml is not copied (its namespace is fixed); the sub-chart
+templates the runner's Role into its release namespace, and the last test here keeps its rules equal to ours.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from pathlib import Path
 
-from tekton_kit import CHART_COPIES, ROOT, TEKTON
+import pytest
+import yaml
+from tekton_kit import CHART_COPIES, ROOT, RUNNER_SERVICE_ACCOUNT, TEKTON, load_documents
 
 SYNC = ROOT / "scripts" / "sync-tekton.sh"
 FIX = "run scripts/sync-tekton.sh"
@@ -55,3 +59,23 @@ def test_sync_tekton_refreshes_a_stale_copy_adds_a_new_task_and_removes_an_orpha
     assert sorted(p.name for p in dest.iterdir()) == sorted(expected)
     for name, source in expected.items():
         assert (dest / name).read_bytes() == source.read_bytes(), name
+
+
+def test_the_sub_charts_runner_role_grants_exactly_what_tekton_rbac_yaml_grants() -> None:
+    sub_chart = CHART_COPIES.parent.parent
+    if not (sub_chart / "templates").is_dir():
+        pytest.skip("the scheduler sub-chart has no templates yet")
+    helm = shutil.which("helm", path=f"{ROOT / '.tools' / 'bin'}{os.pathsep}{os.environ.get('PATH', '')}")
+    assert helm is not None, "helm is not on PATH nor in .tools/bin: run `make tools`"
+    result = subprocess.run(
+        [helm, "template", "platform", str(sub_chart), "--namespace", "modelops"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    rendered = [d for d in yaml.safe_load_all(result.stdout) if isinstance(d, dict)]
+    (chart_role,) = [d for d in rendered if d["kind"] == "Role" and d["metadata"]["name"] == RUNNER_SERVICE_ACCOUNT]
+    (our_role,) = [d for d in load_documents(TEKTON / "rbac.yaml") if d["kind"] == "Role"]
+    assert chart_role["rules"] == our_role["rules"]
