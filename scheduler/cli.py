@@ -73,6 +73,11 @@ from scoring_flows.cli import flow_command  # noqa: E402
 
 app.command("flow")(flow_command)
 
+# The pipeline tasks of a job on Kubernetes (issue 6): `modelops task install|wait|uninstall`.
+from scheduler.taskcmd import task_app  # noqa: E402
+
+app.add_typer(task_app, name="task")
+
 # markup off: messages quote user input (paths, keys, values), and '[/x]' in them must print as it is
 err = Console(stderr=True, highlight=False, soft_wrap=True, markup=False)
 out = Console(highlight=False, soft_wrap=True, markup=False)
