@@ -54,6 +54,12 @@ def default_backend(store: JobStore, settings: SchedulerSettings, secret: bytes)
     if settings.backend == "local":
         module: Any = importlib.import_module("scheduler.backends.local")
         return cast(Backend, module.LocalBackend(store, settings, secret))
+    if settings.backend == "tekton":
+        tekton: Any = importlib.import_module("scheduler.backends.tekton")
+        try:
+            return cast(Backend, tekton.TektonBackend(store, settings, secret))
+        except tekton.K8sError as exc:
+            raise StartupRefused(f"cannot start the tekton backend: {exc}") from exc
     raise StartupRefused(f"the {settings.backend!r} backend is not available in this version: use 'local'")
 
 

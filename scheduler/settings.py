@@ -193,6 +193,45 @@ class SchedulerSettings(BaseSettings):
     """Exempt everything alive once the server has started from later garbage collections (`gc.freeze`):
     shorter collector pauses, so shorter latency tails."""
 
+    # -- the tekton backend (one PipelineRun per job; see docs/kubernetes.md) ---------------------------------
+
+    tekton_namespace: str = Field(default="modelops", pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")
+    """Namespace of the Tekton Pipeline, where each job's PipelineRun and token Secret are created (the
+    platform chart's namespace). A job's services go to its pipeline's `environment.namespace` instead."""
+
+    tekton_pipeline: str = Field(default="modelops-scoring", min_length=1)
+    """Name of the Tekton Pipeline each job's PipelineRun refers to (`pipelineRef.name`)."""
+
+    tekton_service_account: str = Field(default="modelops-runner", min_length=1)
+    """ServiceAccount the tasks run as (`taskRunTemplate.serviceAccountName`); tekton/rbac.yaml grants it what
+    the install, wait and uninstall tasks need."""
+
+    tekton_chart: str = Field(default="/opt/modelops/charts/modelops", min_length=1)
+    """Chart reference the install task deploys (the `chart` param): the chart inside the runner image by
+    default, or an OCI reference such as `oci://registry.example/charts/modelops`."""
+
+    tekton_tasks_timeout_seconds: int | None = Field(default=None, gt=0)
+    """`timeouts.tasks` of every PipelineRun; unset: the pipeline's install + wait timeouts, plus
+    `tekton_timeout_margin_seconds`."""
+
+    tekton_finally_timeout_seconds: int | None = Field(default=None, gt=0)
+    """`timeouts.finally` (the uninstall task) of every PipelineRun; unset: the pipeline's uninstall timeout plus
+    `tekton_timeout_margin_seconds`."""
+
+    tekton_timeout_margin_seconds: int = Field(default=300, ge=0)
+    """Added to the pipeline's own timeouts for the PipelineRun's: pod scheduling and image pulls come first."""
+
+    kube_config: Literal["auto", "in-cluster", "kubeconfig"] = "auto"
+    """How the tekton backend reaches the cluster: `in-cluster` (the pod's ServiceAccount), `kubeconfig`, or
+    `auto` (in-cluster inside a pod, kubeconfig elsewhere)."""
+
+    kubeconfig: Path | None = None
+    """The kubeconfig file for `kube_config=kubeconfig`/`auto` outside a pod; unset: `$KUBECONFIG`, else
+    `~/.kube/config`."""
+
+    kube_context: str | None = None
+    """The kubeconfig context to use; unset: the file's current context."""
+
     @field_validator("home", mode="after")
     @classmethod
     def _expand_home(cls, value: Path) -> Path:

@@ -1,0 +1,499 @@
+"""The Tekton backend against the fake cluster (fake_k8s.py) and the real store, on SQLite and PostgreSQL.
+
+Each test replays what the Tekton controller writes for one story (success, a failed install, a cancel during
+wait, a tasks timeout, a missing parameter, a run deleted behind our back, a compacted watch history, a
+scheduler restart) and checks what the store says after the reconciler has applied each step:
+`backend.wait_applied(rv)` waits for the event with that resourceVersion, so no test depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import jsonschema
+import kubernetes_validate
+import pytest
+from fake_k8s import FakeKube
+from lifecycle_kit import SECRET, add_pipeline, settings_for
+
+from scheduler.backends.tekton import (
+    CANCEL_STATUS,
+    JOB_LABEL,
+    PIPELINE_RUN_FAILED,
+    RUN_DELETED,
+    TektonBackend,
+    token_secret_name,
+)
+from scheduler.k8s import K8sError
+from scheduler.lifecycle import INSTALL_FAILED
+from scheduler.settings import SchedulerSettings
+from scheduler.states import JobState, Task
+from scheduler.store import Job, JobStore, PipelineVersion
+from scheduler.tokens import job_token, job_token_hash
+
+SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
+NS = "modelops"
+
+
+@pytest.fixture
+def settings(tmp_path: Path) -> SchedulerSettings:
+    return settings_for(
+        tmp_path, backend="tekton", public_url="http://modelops-scheduler.modelops.svc:8787", poll_interval_seconds=0.02
+    )
+
+
+@pytest.fixture
+def kube() -> FakeKube:
+    return FakeKube()
+
+
+@pytest.fixture
+def version(store: JobStore) -> PipelineVersion:
+    return add_pipeline(store, wait="2h")
+
+
+@pytest.fixture
+async def backend(store: JobStore, settings: SchedulerSettings, kube: FakeKube) -> AsyncIterator[TektonBackend]:
+    backend = TektonBackend(store, settings, SECRET, kube=kube)
+    await backend.recover()
+    yield backend
+    await backend.close()
+
+
+def new_job(store: JobStore, version: PipelineVersion, **environment: Any) -> Job:
+    job_id = uuid.uuid4()
+    job, _ = store.create_job(
+        version,
+        parameters={},
+        environment=environment,
+        backend="tekton",
+        token_hash=job_token_hash(SECRET, job_id),
+        job_id=job_id,
+    )
+    return job
+
+
+async def started(backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube) -> tuple[Job, str]:
+    """A job whose PipelineRun was created and started by the controller; (job, run name)."""
+    job = await asyncio.to_thread(new_job, store, version)
+    await backend.start(job.id)
+    ref = (await job_of(store, job.id)).backend_ref
+    assert ref is not None
+    name = ref["pipelinerun"]
+    kube.start_run(name)
+    await synced(backend, kube)
+    return job, name
+
+
+async def synced(backend: TektonBackend, kube: FakeKube) -> None:
+    """Wait until the reconciler has applied every PipelineRun event so far."""
+    await asyncio.wait_for(backend.wait_applied(kube.last_event_version), 30)
+
+
+async def job_of(store: JobStore, job_id: uuid.UUID) -> Job:
+    return await asyncio.to_thread(store.get_job, job_id)
+
+
+def params_of(run: dict[str, Any]) -> dict[str, str]:
+    return {p["name"]: p["value"] for p in run["spec"]["params"]}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What start creates
+
+
+async def test_start_creates_a_labelled_pipelinerun_with_the_contract_params_and_a_token_secret_it_owns(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job = await asyncio.to_thread(new_job, store, version, namespace="scoring-team")
+    await backend.start(job.id)
+
+    run = kube.only_run()
+    assert run["metadata"]["generateName"] == "modelops-"
+    assert run["metadata"]["labels"][JOB_LABEL] == str(job.id)
+    assert "status" not in run["spec"], "the run was left pending"
+    assert run["spec"]["pipelineRef"] == {"name": "modelops-scoring"}
+    assert run["spec"]["taskRunTemplate"] == {"serviceAccountName": "modelops-runner"}
+    secret_name = token_secret_name(job.id)
+    assert params_of(run) == {
+        "job-id": str(job.id),
+        "scheduler-url": "http://modelops-scheduler.modelops.svc:8787",
+        "release-name": f"modelops-{job.id}",
+        "namespace": "scoring-team",
+        "chart": "/opt/modelops/charts/modelops",
+        "token-secret": secret_name,
+    }
+    # install 5m + wait 2h + 300s margin; uninstall 5m + 300s margin; pipeline = both
+    assert run["spec"]["timeouts"] == {"tasks": "7800s", "finally": "600s", "pipeline": "8400s"}
+
+    secret = kube.secrets[(NS, secret_name)]
+    assert secret["stringData"] == {"token": job_token(SECRET, job.id)}
+    assert secret["metadata"]["ownerReferences"] == [
+        {
+            "apiVersion": "tekton.dev/v1",
+            "kind": "PipelineRun",
+            "name": run["metadata"]["name"],
+            "uid": run["metadata"]["uid"],
+        }
+    ]
+    stored = await job_of(store, job.id)
+    assert (stored.state, stored.task) == (JobState.INSTALLING, Task.INSTALL)
+    assert stored.backend_ref == {"kind": "tekton", "namespace": NS, "pipelinerun": run["metadata"]["name"]}
+
+
+async def test_the_target_namespace_defaults_to_the_pipelines_environment_namespace(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job = await asyncio.to_thread(new_job, store, version)
+    await backend.start(job.id)
+    assert params_of(kube.only_run())["namespace"] == "default"
+
+
+async def test_the_pipelinerun_body_validates_against_the_strict_tekton_v1_schema(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job = await asyncio.to_thread(new_job, store, version)
+    await backend.start(job.id)
+    _, body = next(args for method, args in kube.calls if method == "create_pipelinerun")
+    schema = json.loads((SCHEMAS / "tekton.dev" / "pipelinerun_v1.json").read_text())
+    jsonschema.validate(body, schema)
+    assert body["spec"]["status"] == "PipelineRunPending", "created pending, started once its Secret exists"
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({**body, "spec": {**body["spec"], "timeout": "1h"}}, schema)
+
+
+async def test_the_token_secret_validates_against_the_kubernetes_schema(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job = await asyncio.to_thread(new_job, store, version)
+    await backend.start(job.id)
+    secret = kube.secrets[(NS, token_secret_name(job.id))]
+    body = {**secret, "metadata": {k: v for k, v in secret["metadata"].items() if k != "uid"}}
+    kubernetes_validate.validate(body, "1.30.0", strict=True)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate({**body, "stringdata": {"token": "x"}}, "1.30.0", strict=True)
+
+
+async def test_a_secret_that_cannot_be_created_leaves_no_pipelinerun_and_no_token_behind(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job = await asyncio.to_thread(new_job, store, version)
+    kube.fail_next("create_secret", K8sError("secrets is forbidden", 403))
+    with pytest.raises(K8sError, match="forbidden"):
+        await backend.start(job.id)
+    assert kube.pipelineruns == {}
+    assert kube.secrets == {}
+    assert ("delete_pipelinerun", (NS, "modelops-00001")) in kube.calls
+
+
+async def test_a_run_that_cannot_be_started_is_deleted_and_takes_its_secret_along(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job = await asyncio.to_thread(new_job, store, version)
+    kube.fail_next("patch_pipelinerun_merge", K8sError("connection reset", None))
+    with pytest.raises(K8sError):
+        await backend.start(job.id)
+    assert kube.pipelineruns == {}
+    assert kube.secrets == {}
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The stories
+
+
+async def test_a_successful_run_goes_installing_running_uninstall_succeeded(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+
+    kube.start_task(name, "install")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task) == (JobState.INSTALLING, Task.INSTALL)
+
+    kube.finish_task(name, "install", succeeded=True)
+    kube.start_task(name, "wait")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task, current.reason) == (JobState.RUNNING, Task.WAIT, "Ready")
+
+    await asyncio.to_thread(store.record_completion, job.id, True, "1000 rows scored")
+    kube.finish_task(name, "wait", succeeded=True)
+    kube.start_task(name, "uninstall")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task) == (JobState.RUNNING, Task.UNINSTALL)
+
+    kube.finish_task(name, "uninstall", succeeded=True)
+    kube.set_run_condition(name, "True", "Succeeded", "Tasks Completed: 3 (Failed: 0, Cancelled 0), Skipped: 0")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task, current.reason) == (JobState.SUCCEEDED, Task.UNINSTALL, "Completed")
+    assert current.message == "1000 rows scored"
+    assert (NS, token_secret_name(job.id)) not in kube.secrets, "the token goes when the job ends"
+
+
+async def test_a_failed_install_ends_failed_with_the_reason_the_task_reported(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    kube.start_task(name, "install")
+    await synced(backend, kube)
+    await asyncio.to_thread(
+        store.record_phase, job.id, Task.INSTALL, "failed", reason=INSTALL_FAILED, message="helm: timed out"
+    )
+    kube.finish_task(name, "install", succeeded=False)
+    kube.start_task(name, "uninstall")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task) == (JobState.INSTALLING, Task.UNINSTALL), "not final while finally runs"
+
+    kube.finish_task(name, "uninstall", succeeded=True)
+    kube.set_run_condition(name, "False", "Failed", "Tasks Completed: 2 (Failed: 1, Cancelled 0), Skipped: 1")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.reason, current.message) == (JobState.FAILED, INSTALL_FAILED, "helm: timed out")
+
+
+async def test_a_failed_install_without_a_report_ends_failed_with_pipelinerunfailed_and_the_condition(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    kube.start_task(name, "install")
+    kube.finish_task(name, "install", succeeded=False)
+    kube.start_task(name, "uninstall")
+    kube.finish_task(name, "uninstall", succeeded=True)
+    kube.set_run_condition(name, "False", "Failed", "Tasks Completed: 2 (Failed: 1, Cancelled 0), Skipped: 1")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task, current.reason) == (JobState.FAILED, Task.UNINSTALL, PIPELINE_RUN_FAILED)
+    assert current.message == f"PipelineRun {NS}/{name} Failed: Tasks Completed: 2 (Failed: 1, Cancelled 0), Skipped: 1"
+
+
+async def test_a_cancel_during_wait_patches_cancelledrunfinally_and_ends_cancelled_after_finally(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    kube.start_task(name, "install")
+    kube.finish_task(name, "install", succeeded=True)
+    kube.start_task(name, "wait")
+    await synced(backend, kube)
+
+    await asyncio.to_thread(
+        store.transition, job.id, JobState.CANCELLING, reason="Cancelled", message="cancelled by alice"
+    )
+    await backend.cancel(job.id)
+    patches = [args for method, args in kube.calls if method == "patch_pipelinerun_merge"]
+    assert patches[-1] == (NS, name, {"spec": {"status": CANCEL_STATUS}})
+    await synced(backend, kube)
+
+    kube.finish_task(
+        name, "wait", succeeded=False, reason="TaskRunCancelled", message=f'TaskRun "{name}-wait" was cancelled'
+    )
+    kube.start_task(name, "uninstall")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task) == (JobState.CANCELLING, Task.UNINSTALL), "finally still runs"
+
+    kube.finish_task(name, "uninstall", succeeded=True)
+    kube.set_run_condition(name, "False", "Cancelled", f'PipelineRun "{name}" was cancelled')
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.reason, current.message) == (JobState.CANCELLED, "Cancelled", "cancelled by alice")
+
+
+async def test_cancelling_a_job_whose_run_is_gone_ends_it_cancelled(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    await backend.close()  # nobody watches: the deletion goes unseen
+    kube.delete_pipelinerun(NS, name)
+    await asyncio.to_thread(store.transition, job.id, JobState.CANCELLING, reason="Cancelled")
+    await backend.cancel(job.id)
+    current = await job_of(store, job.id)
+    assert (current.state, current.reason) == (JobState.CANCELLED, "Cancelled")
+    assert "no longer exists" in (current.message or "")
+
+
+async def test_a_tasks_timeout_keeps_the_job_running_while_finally_runs_then_fails_it(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    kube.start_task(name, "install")
+    kube.finish_task(name, "install", succeeded=True)
+    kube.start_task(name, "wait")
+    kube.finish_task(
+        name, "wait", succeeded=False, reason="TaskRunTimeout", message='TaskRun "x" failed to finish within "2h5m0s"'
+    )
+    kube.set_run_condition(
+        name, "Unknown", "StoppedRunningFinally", "Tasks Completed: 2 (Failed: 1, Cancelled 0), Skipped: 0"
+    )
+    kube.start_task(name, "uninstall")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task) == (JobState.RUNNING, Task.UNINSTALL)
+
+    kube.finish_task(name, "uninstall", succeeded=True)
+    kube.set_run_condition(
+        name, "False", "PipelineRunTimeout", f'PipelineRun "{name}" failed to finish within "2h10m0s"'
+    )
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.reason) == (JobState.FAILED, PIPELINE_RUN_FAILED)
+    assert "failed to finish within" in (current.message or "")
+
+
+async def test_parameter_missing_fails_the_job_at_once_without_taskruns(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job = await asyncio.to_thread(new_job, store, version)
+    await backend.start(job.id)
+    name = kube.only_run()["metadata"]["name"]
+    kube.set_run_condition(
+        name,
+        "False",
+        "ParameterMissing",
+        f"PipelineRun {NS}/{name} is missing some parameters required by Pipeline modelops-scoring: [chart]",
+    )
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task, current.reason) == (JobState.FAILED, Task.INSTALL, PIPELINE_RUN_FAILED)
+    assert "ParameterMissing" in (current.message or "")
+
+
+async def test_a_pipelinerun_deleted_behind_our_back_fails_the_job_with_rundeleted(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    kube.start_task(name, "install")
+    await synced(backend, kube)
+    kube.delete_pipelinerun(NS, name)
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.reason) == (JobState.FAILED, RUN_DELETED)
+    assert f"modelops-{job.id}" in (current.message or "")
+
+
+async def test_a_watch_410_gone_relists_and_sees_what_the_expired_history_held(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    first, first_name = await started(backend, store, version, kube)
+    second, second_name = await started(backend, store, version, kube)
+
+    kube.expire_history()  # the open watch answers 410 Gone: nothing from here on comes through it
+    kube.start_task(second_name, "install")
+    kube.finish_task(second_name, "install", succeeded=True)
+    kube.start_task(second_name, "wait")
+    kube.delete_pipelinerun(NS, first_name)
+    listed_at = str(kube.resource_version)
+    await asyncio.wait_for(backend.wait_applied(listed_at), 30)
+
+    gone = await job_of(store, first.id)
+    assert (gone.state, gone.reason) == (JobState.FAILED, RUN_DELETED)
+    moved = await job_of(store, second.id)
+    assert (moved.state, moved.task) == (JobState.RUNNING, Task.WAIT)
+
+    kube.start_task(second_name, "uninstall")  # and the watch goes on from the new list
+    await synced(backend, kube)
+    assert (await job_of(store, second.id)).task is Task.UNINSTALL
+
+
+async def test_a_restarted_scheduler_reattaches_to_live_runs_and_ends_finished_ones(
+    store: JobStore, settings: SchedulerSettings, version: PipelineVersion, kube: FakeKube
+) -> None:
+    before = TektonBackend(store, settings, SECRET, kube=kube)
+    await before.recover()
+    live, live_name = await started(before, store, version, kube)
+    done, done_name = await started(before, store, version, kube)
+    await before.close()
+
+    # While the scheduler is down: one run moves on, the other finishes.
+    kube.start_task(live_name, "install")
+    kube.finish_task(live_name, "install", succeeded=True)
+    kube.start_task(live_name, "wait")
+    for task in ("install", "wait", "uninstall"):
+        kube.start_task(done_name, task)
+        kube.finish_task(done_name, task, succeeded=True)
+    kube.set_run_condition(done_name, "True", "Succeeded", "Tasks Completed: 3 (Failed: 0, Cancelled 0), Skipped: 0")
+    pending = await asyncio.to_thread(new_job, store, version)  # created while no backend ran
+
+    after = TektonBackend(store, settings, SECRET, kube=kube)
+    await after.recover()
+    try:
+        current = await job_of(store, live.id)
+        assert (current.state, current.task) == (JobState.RUNNING, Task.WAIT)
+        finished = await job_of(store, done.id)
+        assert (finished.state, finished.task, finished.reason) == (JobState.SUCCEEDED, Task.UNINSTALL, "Completed")
+        started_now = await job_of(store, pending.id)
+        assert started_now.state is JobState.INSTALLING
+        assert started_now.backend_ref is not None
+
+        # and it keeps watching from where its list left off
+        kube.finish_task(live_name, "wait", succeeded=True)
+        kube.start_task(live_name, "uninstall")
+        await asyncio.wait_for(after.wait_applied(kube.last_event_version), 30)
+        assert (await job_of(store, live.id)).task is Task.UNINSTALL
+    finally:
+        await after.close()
+
+
+async def test_a_phase_report_ahead_of_the_reconciler_is_not_undone(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    await asyncio.to_thread(store.record_phase, job.id, Task.INSTALL, "succeeded")
+    await asyncio.to_thread(store.record_phase, job.id, Task.UNINSTALL, "started")
+    kube.start_task(name, "install")  # a late view of the cluster: install only
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.task) == (JobState.RUNNING, Task.UNINSTALL)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Logs
+
+
+async def collect(lines: AsyncIterator[str]) -> list[str]:
+    return [line async for line in lines]
+
+
+async def test_logs_come_from_each_tasks_step_containers_in_order(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    kube.start_task(name, "install", steps=("render", "helm"))
+    kube.log(name, "install", "rendering values", step="render")
+    kube.log(name, "install", "helm upgrade --install", "deployed", step="helm")
+    kube.finish_task(name, "install", succeeded=True)
+    kube.start_task(name, "wait")
+    kube.log(name, "wait", "waiting for completion")
+
+    assert await collect(backend.logs(job.id, Task.INSTALL, False)) == [
+        "rendering values",
+        "helm upgrade --install",
+        "deployed",
+    ]
+    assert await collect(backend.logs(job.id, None, False)) == [
+        "rendering values",
+        "helm upgrade --install",
+        "deployed",
+        "waiting for completion",
+    ]
+    assert await collect(backend.logs(job.id, Task.UNINSTALL, False)) == []
+
+
+async def test_following_logs_waits_for_the_task_and_ends_with_it(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    follower = asyncio.create_task(collect(backend.logs(job.id, Task.INSTALL, True)))
+    kube.start_task(name, "install")
+    kube.log(name, "install", "first")
+    kube.log(name, "install", "second")
+    kube.finish_task(name, "install", succeeded=True)
+    assert await asyncio.wait_for(follower, 30) == ["first", "second"]
