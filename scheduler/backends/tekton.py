@@ -58,13 +58,14 @@ from scheduler.lifecycle import (
     INVALID_PARAMETERS,
     READY_REASON,
     RENDER_FAILED,
+    SCHEDULER_RESTARTED,
     SCORING_FAILED,
     UNINSTALL_FAILED,
 )
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
 from scheduler.store import Job, JobStore
-from scheduler.tokens import job_token
+from scheduler.tokens import job_token, job_token_hash
 from scheduler.values import render_values
 
 __all__ = [
@@ -328,6 +329,18 @@ class TektonBackend:
                 await self._end(job_id, _Target(JobState.CANCELLED, CANCELLED, "cancelled before its run started"))
                 return
             if job.state is not JobState.PENDING:
+                return
+            if job_token_hash(self._secret, job_id) != job.token_hash:
+                # The tasks would present a token the job does not accept: every report would be refused.
+                await self._end(
+                    job_id,
+                    _Target(
+                        JobState.FAILED,
+                        SCHEDULER_RESTARTED,
+                        "the scheduler's job-token secret changed since the job was created: set "
+                        "MODELOPS_SCHEDULER_JOB_TOKEN_SECRET (from a Kubernetes Secret) so it survives restarts",
+                    ),
+                )
                 return
             rendered = await self._render(job)
             if rendered is None:

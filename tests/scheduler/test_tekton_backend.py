@@ -21,6 +21,7 @@ import pytest
 from fake_k8s import FakeKube
 from lifecycle_kit import SECRET, add_pipeline, settings_for
 
+from scheduler.app import StartupRefused, default_backend
 from scheduler.backends.tekton import (
     CANCEL_STATUS,
     JOB_LABEL,
@@ -200,6 +201,35 @@ async def test_a_run_that_cannot_be_started_is_deleted_and_takes_its_secret_alon
         await backend.start(job.id)
     assert kube.pipelineruns == {}
     assert kube.secrets == {}
+
+
+async def test_a_job_created_under_another_job_token_secret_fails_instead_of_running_unable_to_report(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job_id = uuid.uuid4()
+    job, _ = await asyncio.to_thread(
+        lambda: store.create_job(
+            version,
+            parameters={},
+            environment={},
+            backend="tekton",
+            token_hash=job_token_hash(b"the-secret-of-a-previous-server-process!", job_id),
+            job_id=job_id,
+        )
+    )
+    await backend.start(job.id)
+    current = await job_of(store, job.id)
+    assert (current.state, current.reason) == (JobState.FAILED, "SchedulerRestarted")
+    assert "MODELOPS_SCHEDULER_JOB_TOKEN_SECRET" in (current.message or "")
+    assert kube.pipelineruns == {}
+
+
+def test_the_tekton_backend_refuses_to_start_without_a_usable_cluster_configuration(
+    store: JobStore, tmp_path: Path
+) -> None:
+    settings = settings_for(tmp_path, backend="tekton", kube_config="kubeconfig", kubeconfig=tmp_path / "missing")
+    with pytest.raises(StartupRefused, match="cannot start the tekton backend: cannot load the Kubernetes"):
+        default_backend(store, settings, SECRET)
 
 
 # ---------------------------------------------------------------------------------------------------------
