@@ -21,7 +21,8 @@ import pytest
 import yaml
 
 import ir
-from ir.schema import dumps, values_schema
+from ir.render import PROFILES
+from ir.schema import CHART_KEYS, ChartSettings, dumps, values_schema
 
 ROOT = Path(__file__).resolve().parent.parent
 CHART = ROOT / "charts" / "modelops"
@@ -146,10 +147,11 @@ def test_mutated_values_are_refused(
 
 
 def test_helm_accepts_the_schema_and_applies_it(tmp_path: Path, digits_values: dict[str, Any]) -> None:
-    """helm (when on PATH, as under `make test`) reads the schema and checks values with it."""
-    helm = shutil.which("helm")
+    """helm (.tools/bin, or on PATH) reads the schema and checks values with it."""
+    local = ROOT / ".tools" / "bin" / "helm"
+    helm = str(local) if local.is_file() else shutil.which("helm")
     if helm is None:
-        pytest.skip("helm is not on PATH (make tools puts it in .tools/bin)")
+        pytest.fail("helm is not installed: run `make tools` (it puts helm in .tools/bin)")
     good = tmp_path / "values.yaml"
     good.write_text(yaml.safe_dump(digits_values))
     ok = subprocess.run([helm, "lint", str(CHART), "-f", str(good)], capture_output=True, text=True, timeout=120)
@@ -159,3 +161,34 @@ def test_helm_accepts_the_schema_and_applies_it(tmp_path: Path, digits_values: d
     refused = subprocess.run([helm, "lint", str(CHART), "-f", str(bad)], capture_output=True, text=True, timeout=120)
     assert refused.returncode != 0
     assert "extra" in refused.stdout + refused.stderr
+
+
+def test_the_charts_own_values_are_valid_and_pipeline_is_not_required(schema: dict[str, Any]) -> None:
+    """`helm lint` with only values.yaml must pass: no `pipeline` there, the chart-only keys allowed."""
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert "pipeline" not in defaults
+    jsonschema.Draft7Validator(schema).validate(defaults)
+    chart_only = {key: defaults[key] for key in CHART_KEYS}
+    ChartSettings.model_validate(chart_only)  # the same keys, checked by the model the schema comes from
+    assert set(defaults) == {"global", "scoringServices", "scoringFlows", "dataChannels", "scheduler", *CHART_KEYS}
+
+
+def test_the_size_profiles_of_values_yaml_are_the_renderers(schema: dict[str, Any]) -> None:
+    defaults = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert defaults["sizeProfiles"] == PROFILES
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("keda", {"enabled": True, "pollingIntervall": 5}),
+        ("persistence", {"modelCache": {"accessModes": ["ReadWriteSometimes"]}}),
+        ("serviceMonitor", {"enabled": "yes"}),
+        ("networkPolicy", {"dns": {"port": 0}}),
+        ("sizeProfiles", {"huge": {"requests": {"cpu": "64"}}}),
+        ("scheduler", "on"),
+    ],
+)
+def test_chart_settings_are_strict(schema: dict[str, Any], digits_values: dict[str, Any], key: str, value: Any) -> None:
+    errors = list(jsonschema.Draft7Validator(schema).iter_errors({**digits_values, key: value}))
+    assert errors, f"the schema accepted {key}: {value!r}"
