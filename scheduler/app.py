@@ -37,7 +37,14 @@ from scheduler.settings import SchedulerSettings
 from scheduler.store import JobStore
 from scheduler.tokens import load_secret
 
-__all__ = ["BackendFactory", "StartupRefused", "create_app", "default_backend"]
+__all__ = [
+    "WORKER_SETTINGS_ENV",
+    "BackendFactory",
+    "StartupRefused",
+    "create_app",
+    "create_worker_app",
+    "default_backend",
+]
 
 log = logging.getLogger(__name__)
 
@@ -146,3 +153,32 @@ async def _open_store(engine: Engine) -> JobStore:
     if not check.ok:
         raise StartupRefused(f"cannot start: {check.message}")
     return JobStore(engine)
+
+
+MIN_WORKER_THREADS = 4
+"""The fewest request threads (and pooled connections) an API worker of a multi-worker server gets."""
+
+WORKER_SETTINGS_ENV = "MODELOPS_WORKER_SETTINGS"
+"""Where `modelops serve --workers N` puts its settings (JSON) for the API worker processes it spawns."""
+
+
+def create_worker_app() -> FastAPI:
+    """uvicorn's app factory in each API worker of a multi-worker server (`scheduler.dispatch`).
+
+    The settings are the supervisor's, passed as JSON in `MODELOPS_WORKER_SETTINGS`; the backend hands jobs to
+    the supervisor's lifecycle engine instead of running them.
+    """
+    import json
+    import os
+
+    from scheduler.dispatch import dispatching
+
+    raw = os.environ.get(WORKER_SETTINGS_ENV)
+    if raw is None:
+        raise StartupRefused(f"cannot start an API worker: {WORKER_SETTINGS_ENV} is not set (use `modelops serve`)")
+    settings = SchedulerSettings(**json.loads(raw))
+    # The threads (and so the database connections) are shared out between the workers: N workers with the
+    # full count each would open N times the connections one server is meant to use.
+    share = max(MIN_WORKER_THREADS, settings.worker_threads // settings.workers)
+    settings = settings.model_copy(update={"worker_threads": share})
+    return create_app(settings, backend_factory=dispatching(default_backend))

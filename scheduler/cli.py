@@ -307,9 +307,15 @@ def serve(
     ] = None,
     port: Annotated[int | None, typer.Option(help="TCP port (env MODELOPS_SCHEDULER_PORT, default 8787).")] = None,
     access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Log every request.")] = False,
+    workers: Annotated[
+        int | None,
+        typer.Option(
+            help="API worker processes (env MODELOPS_SCHEDULER_WORKERS, default 1); more than 1 needs PostgreSQL."
+        ),
+    ] = None,
 ) -> None:
-    """Run the scheduling server (REST API and the local backend) until Ctrl-C or SIGTERM."""
-    run_server(_settings(host=host, port=port), access_log=access_log)
+    """Run the scheduling server (REST API and the lifecycle engine) until Ctrl-C or SIGTERM."""
+    run_server(_settings(host=host, port=port, workers=workers), access_log=access_log)
 
 
 def run_server(
@@ -343,18 +349,56 @@ def run_server(
         except EmbeddedServerError as exc:
             _fail(f"cannot start: {exc}")
     try:
+        if settings.workers > 1:
+            del application  # built above only to refuse a bad configuration with one line
+            _serve_with_workers(settings, backend_factory, access_log)
+        else:
+            uvicorn.run(
+                application,
+                host=settings.host,
+                port=settings.port,
+                log_config=_serve_logging(settings.log_level.upper()),
+                access_log=access_log,
+                lifespan="on",
+                timeout_graceful_shutdown=10,
+            )
+    finally:
+        if lock is not None:
+            lock.release()
+
+
+def _serve_with_workers(
+    settings: SchedulerSettings, backend_factory: BackendFactory | None, access_log: bool
+) -> None:
+    """`--workers N`: the lifecycle engine in this process, N uvicorn API workers beside it (scheduler.dispatch)."""
+    import json
+    import logging.config
+    import os
+
+    import uvicorn
+
+    from scheduler.app import WORKER_SETTINGS_ENV, default_backend
+    from scheduler.dispatch import Engine
+
+    log_config = _serve_logging(settings.log_level.upper())
+    logging.config.dictConfig(log_config)
+    engine = Engine(settings, backend_factory or default_backend)
+    engine.start()
+    os.environ[WORKER_SETTINGS_ENV] = json.dumps(settings.model_dump(mode="json"))
+    try:
         uvicorn.run(
-            application,
+            "scheduler.app:create_worker_app",
+            factory=True,
+            workers=settings.workers,
             host=settings.host,
             port=settings.port,
-            log_config=_serve_logging(settings.log_level.upper()),
+            log_config=log_config,
             access_log=access_log,
             lifespan="on",
             timeout_graceful_shutdown=10,
         )
     finally:
-        if lock is not None:
-            lock.release()
+        engine.stop()
 
 
 def _serve_logging(level: str) -> dict[str, Any]:

@@ -18,7 +18,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
@@ -187,7 +187,13 @@ class SchedulerSettings(BaseSettings):
 
     worker_threads: int = Field(default=40, ge=1, le=1000)
     """Worker threads for request handling (the database work of the API): anyio's thread limiter, and the size
-    of the PostgreSQL connection pool (plus headroom for the lifecycle engine's own threads)."""
+    of the PostgreSQL connection pool (plus headroom for the lifecycle engine's own threads). With `workers` > 1
+    the count is shared out between the workers, so the server's connections stay within the same budget."""
+
+    workers: int = Field(default=1, ge=1, le=64)
+    """API worker processes. 1 (the default): one process serves the API and runs the lifecycle engine. More
+    (PostgreSQL only): that many uvicorn workers serve the API and hand jobs to the one lifecycle engine, which
+    runs in the supervising process (`scheduler.dispatch`); about one per core is right for a busy server."""
 
     gc_freeze: bool = True
     """Exempt everything alive once the server has started from later garbage collections (`gc.freeze`):
@@ -260,6 +266,15 @@ class SchedulerSettings(BaseSettings):
         if url.password is not None and str(url.password).lower() in _PLACEHOLDER_SECRETS:
             raise ValueError("database_url has a placeholder password")
         return _render(url)
+
+    @model_validator(mode="after")
+    def _workers_need_postgresql(self) -> SchedulerSettings:
+        if self.workers > 1 and not self.database_url.startswith("postgresql"):
+            raise ValueError(
+                f"workers={self.workers} needs PostgreSQL (API workers wake the lifecycle engine with LISTEN/NOTIFY):"
+                " use workers=1 with SQLite"
+            )
+        return self
 
     @field_validator("host")
     @classmethod

@@ -48,6 +48,7 @@ from scheduler.states import TERMINAL, JobState, Task, check_transition
 
 __all__ = [
     "DEFAULT_PAGE_SIZE",
+    "ENGINE_CHANNEL",
     "MAX_PAGE_SIZE",
     "Job",
     "JobEvent",
@@ -382,6 +383,10 @@ _LOCK_JOB: Final = _core_job_select().where(_JOBS.c.id == bindparam(_WANTED)).wi
 _UPDATE_JOB: Final = update(_JOBS).where(_JOBS.c.id == bindparam(_WANTED))
 _INSERT_JOB: Final = insert(_JOBS)
 _INSERT_EVENT: Final = insert(_EVENTS)
+_NOTIFY: Final = select(func.pg_notify(bindparam("channel"), bindparam("payload")))
+
+ENGINE_CHANNEL: Final = "modelops_jobs"
+"""The PostgreSQL notification channel on which API workers wake the lifecycle engine (`scheduler.dispatch`)."""
 _VERSION_NAMES: Final = (
     select(_VERSIONS.c.number, _PIPELINES.c.name)
     .select_from(_VERSIONS.join(_PIPELINES, _VERSIONS.c.pipeline_id == _PIPELINES.c.id))
@@ -907,6 +912,40 @@ class JobStore:
         )
         with self._read() as conn:
             return tuple(_job_of(row) for row in conn.execute(query).mappings().all())
+
+    # -- the hand-off from API workers to the lifecycle engine (scheduler.dispatch) ---------------------
+
+    def notify_engine(self, action: str, job_id: uuid.UUID) -> None:
+        """Wake the lifecycle engine (`NOTIFY modelops_jobs, '<action>:<job id>'`); nothing on SQLite.
+
+        A notification is a hint, not the record: the job's state in the database is. A notification lost (the
+        engine was reconnecting) is made up for by the engine's periodic sweep over `engine_work`.
+        """
+        if self._autocommit is None:
+            return
+        with self._unavailable(), self._autocommit.connect() as conn:
+            conn.execute(_NOTIFY, {"channel": ENGINE_CHANNEL, "payload": f"{action}:{job_id}"})
+
+    def engine_work(self, backend: str) -> tuple[tuple[uuid.UUID, JobState, str | None], ...]:
+        """`backend`'s jobs the engine may have to act on: (id, state, completion) of every PENDING or
+        CANCELLING job and of every INSTALLING or RUNNING job whose flows reported completion."""
+        jobs = _JOBS.c
+        query = (
+            select(jobs.id, jobs.state, jobs.completion)
+            .where(jobs.backend == backend)
+            .where(
+                or_(
+                    jobs.state.in_([JobState.PENDING.value, JobState.CANCELLING.value]),
+                    and_(
+                        jobs.state.in_([JobState.INSTALLING.value, JobState.RUNNING.value]),
+                        jobs.completion.is_not(None),
+                    ),
+                )
+            )
+            .order_by(jobs.created_at, jobs.id)
+        )
+        with self._read() as conn:
+            return tuple((row.id, JobState(row.state), row.completion) for row in conn.execute(query).all())
 
     def count_jobs_by_state(self) -> dict[JobState, int]:
         """How many jobs are in each state (every state present, zero included): the jobs-by-state gauge."""

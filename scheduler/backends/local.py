@@ -141,7 +141,9 @@ class LocalBackend:
         - task `uninstall` already: resume it with the outcome it recorded.
         - RUNNING with its processes all alive (and really ours): re-attach and continue the wait phase.
         - RUNNING whose flows reported completion meanwhile: uninstall with that outcome.
-        - anything else (PENDING, INSTALLING, RUNNING with processes gone): uninstall whatever the reference
+        - PENDING with nothing deployed: start it; it never began (a multi-worker server's API workers create
+          jobs while the engine restarts: `scheduler.dispatch`).
+        - anything else (INSTALLING, RUNNING with processes gone): uninstall whatever the reference
           names, then FAILED with reason `SchedulerRestarted`.
         """
         jobs = await self.lifecycle.db(self.store.non_terminal_jobs)
@@ -189,6 +191,8 @@ class LocalBackend:
         return None
 
     def _recovery_plan(self, job: Job, deployment: Deployment | None) -> tuple[Mode, Outcome | None]:
+        if job.state == JobState.PENDING and deployment is None:
+            return "start", None  # never began (e.g. created by an API worker while the engine restarted)
         if job.state == JobState.CANCELLING:
             return "uninstall", Outcome.cancelled()
         if job.task == Task.UNINSTALL:

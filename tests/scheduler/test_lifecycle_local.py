@@ -524,3 +524,15 @@ async def test_a_deployment_record_without_a_stored_reference_is_still_torn_down
     job = await lite.finished(again, job.id)
     assert (job.state, job.reason) == (JobState.FAILED, "SchedulerRestarted")
     assert any_running(processes_of(running_job)) == []
+
+
+async def test_recover_starts_a_job_that_never_began(lite: Harness) -> None:
+    # PENDING with nothing deployed: created while no engine ran (a multi-worker server's API workers do this).
+    job = lite.job()
+    backend = lite.backend(FakeCommands())
+    await backend.recover()
+    running = await wait_for(lite.store, job.id, JobState.RUNNING)
+    assert (running.task, running.reason) == (Task.WAIT, "Ready")
+    await lite.cancel(backend, job.id)
+    job = await lite.finished(backend, job.id)
+    assert job.state == JobState.CANCELLED
