@@ -557,6 +557,18 @@ def test_the_platform_runs_the_tekton_backend_with_its_database_url_from_a_secre
     }
     assert env["MODELOPS_SCHEDULER_TEKTON_NAMESPACE"]["value"] == "modelops"
     assert deployment["spec"]["template"]["spec"]["serviceAccountName"] == "modelops-scheduler"
+    assert "MODELOPS_SCHEDULER_JOB_TOKEN_SECRET" not in env
+    secret_ref = template(
+        chart=SUBCHART,
+        release="modelops",
+        namespace="modelops",
+        sets=["server.jobTokenSecret.name=modelops-job-tokens", "server.jobTokenSecret.key=secret"],
+    )
+    env = env_of(by_name(secret_ref, "Deployment", "modelops-scheduler")["spec"]["template"]["spec"]["containers"][0])
+    assert env["MODELOPS_SCHEDULER_JOB_TOKEN_SECRET"]["valueFrom"]["secretKeyRef"] == {
+        "name": "modelops-job-tokens",
+        "key": "secret",
+    }
     assert of_kind(platform, "Ingress") == []
     with_ingress = template(chart=SUBCHART, release="modelops", namespace="modelops", sets=["ingress.enabled=true"])
     (ingress,) = of_kind(with_ingress, "Ingress")
@@ -571,7 +583,7 @@ def test_the_platform_rbac_lets_the_server_run_pipelineruns_and_nothing_more(pla
         ("tekton.dev", "taskruns"): {"get", "list", "watch"},
         ("", "pods"): {"get", "list", "watch"},
         ("", "pods/log"): {"get"},
-        ("", "secrets"): {"create", "get", "delete"},
+        ("", "secrets"): {"create", "get", "patch", "delete"},
     }
     runner = by_name(platform, "Role", "modelops-runner")
     resources = {res for r in runner["rules"] for res in r["resources"]}
