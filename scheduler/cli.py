@@ -367,9 +367,7 @@ def run_server(
             lock.release()
 
 
-def _serve_with_workers(
-    settings: SchedulerSettings, backend_factory: BackendFactory | None, access_log: bool
-) -> None:
+def _serve_with_workers(settings: SchedulerSettings, backend_factory: BackendFactory | None, access_log: bool) -> None:
     """`--workers N`: the lifecycle engine in this process, N uvicorn API workers beside it (scheduler.dispatch)."""
     import json
     import logging.config

@@ -30,7 +30,7 @@ from scheduler.settings import SchedulerSettings
 from scheduler.states import TERMINAL, JobState, Task
 from scheduler.store import DEFAULT_PAGE_SIZE, Job, JobPage, JobStore, Pipeline, PipelineVersion
 from scheduler.tokens import job_token, job_token_hash, verify_job_token
-from scheduler.values import render_values, stored_ir
+from scheduler.values import bundle_of, render_values, stored_ir
 
 __all__ = [
     "BundleFormat",
@@ -308,13 +308,29 @@ class SchedulerService:
         return await _in_thread(self.store.update_progress, job_id, read, written, failed)
 
     async def complete_job(
-        self, job_id: uuid.UUID, credential: ReporterCredential, succeeded: bool, message: str | None = None
+        self,
+        job_id: uuid.UUID,
+        credential: ReporterCredential,
+        succeeded: bool,
+        message: str | None = None,
+        flow: str | None = None,
     ) -> Job:
-        """Record that the scoring flows finished (the first report wins), then let the backend end `wait`."""
+        """Record a completion report, of one flow (`flow`) or of all, then let the backend end `wait` if the
+        job's completion is now known (every flow succeeded, or one failed: `JobStore.record_completion`)."""
         await self._authorize_report(job_id, credential)
-        job = await _in_thread(self.store.record_completion, job_id, succeeded, message)
+        job = await _in_thread(self._record_completion, job_id, succeeded, message, flow)
+        if job.completion is None:
+            return job  # other flows have yet to report
         await self.backend.completed(job_id)
         return await self.get_job(job.id, events=False)
+
+    def _record_completion(self, job_id: uuid.UUID, succeeded: bool, message: str | None, flow: str | None) -> Job:
+        flows: list[str] = []
+        if flow is not None:
+            job = self.store.get_job(job_id)
+            stored = self.store.get_version(job.pipeline, job.pipeline_version)
+            flows = list(bundle_of(stored.ir).pipeline.spec.flows)
+        return _without_events(self.store.record_completion(job_id, succeeded, message, flow=flow, flows=flows))
 
     async def _authorize_report(self, job_id: uuid.UUID, credential: ReporterCredential) -> None:
         if credential.job_token is None:

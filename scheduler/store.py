@@ -29,7 +29,7 @@ import re
 import threading
 import uuid
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -167,6 +167,9 @@ class Job:
     completion: str | None = None
     """`succeeded` or `failed` once the scoring flows reported the end of their work; None before."""
     completion_message: str | None = None
+    flow_completions: dict[str, Any] | None = None
+    """Per-flow reports so far, `{flow: {"succeeded": bool, "message": str | None}}` (None: none, or the flows
+    reported as a whole)."""
     events: tuple[JobEvent, ...] | None = None
 
     @property
@@ -329,6 +332,7 @@ def _job(row: JobRow, pipeline: str, version_number: int, events: tuple[JobEvent
         records_failed=row.records_failed,
         completion=row.completion,
         completion_message=row.completion_message,
+        flow_completions=row.flow_completions,
         events=events,
     )
 
@@ -417,6 +421,15 @@ def _event_of(row: RowMapping) -> JobEvent:
     )
 
 
+def _joined_messages(reports: Mapping[str, Any], flows: Collection[str]) -> str | None:
+    """The completion message of several flows: `flow a: ...; flow b: ...` (the message alone for one flow)."""
+    if len(flows) == 1:
+        only: str | None = reports[next(iter(flows))]["message"]
+        return only
+    parts = [f"flow {name}: {reports[name]['message']}" for name in sorted(flows) if reports[name]["message"]]
+    return "; ".join(parts) or None
+
+
 def _job_of(row: Mapping[str, Any] | RowMapping, events: tuple[JobEvent, ...] | None = None) -> Job:
     task = row["task"]
     return Job(
@@ -442,6 +455,7 @@ def _job_of(row: Mapping[str, Any] | RowMapping, events: tuple[JobEvent, ...] | 
         records_failed=row["records_failed"],
         completion=row["completion"],
         completion_message=row["completion_message"],
+        flow_completions=row.get("flow_completions"),
         events=events,
     )
 
@@ -1069,14 +1083,33 @@ class JobStore:
                 self._update_row(conn, row, **raised)
             return _job_of(row)
 
-    def record_completion(self, job_id: uuid.UUID | str, succeeded: bool, message: str | None = None) -> Job:
-        """Record that the scoring flows finished (`/complete`); the first report wins, later ones change nothing.
+    def record_completion(
+        self,
+        job_id: uuid.UUID | str,
+        succeeded: bool,
+        message: str | None = None,
+        *,
+        flow: str | None = None,
+        flows: Collection[str] = (),
+    ) -> Job:
+        """Record a completion report (`/complete`); once the job's completion is known, later reports change nothing.
+
+        Without `flow`, the report speaks for all the job's flows: it is the job's completion at once. With
+        `flow` (one of `flows`, the pipeline's flow names), it is that flow's report: the job's completion is
+        `failed` at the first failed flow, `succeeded` once every flow of `flows` succeeded, unknown until then;
+        a flow's second report changes nothing. A flow name not in `flows` is `InvalidInput`.
 
         Accepted while the job is INSTALLING or RUNNING (a fast batch flow can finish before install has seen
         it ready). The job's state does not change here: the lifecycle engine ends `wait`, runs uninstall and
         only then enters the terminal state. Refused with `Conflict` on a job that is cancelling or finished.
         """
         uid = _parse_job_id(job_id)
+        if flow is not None and flow not in flows:
+            known = ", ".join(sorted(flows)) or "none"
+            raise InvalidInput(
+                f"job {uid} has no scoring flow {flow!r} (its flows: {known})",
+                details={"flow": flow, "flows": sorted(flows)},
+            )
         with self._conn(write=True) as conn:
             row = self._locked_row(conn, uid)
             if row["completion"] is None:
@@ -1086,9 +1119,22 @@ class JobStore:
                         code="job_not_running",
                         details={"job_id": str(uid), "state": row["state"]},
                     )
-                self._update_row(
-                    conn, row, completion="succeeded" if succeeded else "failed", completion_message=message
-                )
+                if flow is None:
+                    self._update_row(
+                        conn, row, completion="succeeded" if succeeded else "failed", completion_message=message
+                    )
+                else:
+                    reports = dict(row["flow_completions"] or {})
+                    if flow not in reports:
+                        reports[flow] = {"succeeded": succeeded, "message": message}
+                        changes: dict[str, Any] = {"flow_completions": reports}
+                        if not succeeded:
+                            changes["completion"] = "failed"
+                            changes["completion_message"] = message or f"flow {flow} failed"
+                        elif set(flows) <= reports.keys():
+                            changes["completion"] = "succeeded"
+                            changes["completion_message"] = _joined_messages(reports, flows)
+                        self._update_row(conn, row, **changes)
             return _job_of(row)
 
     def set_backend_ref(self, job_id: uuid.UUID | str, backend_ref: Mapping[str, Any] | None) -> Job:

@@ -124,10 +124,12 @@ def job_token(from_values: str | None, environ: Mapping[str, str] | None = None)
 class Reporter:
     """Progress and completion reports to the scheduler; problems are logged, never fatal to the scoring."""
 
-    def __init__(self, link: SchedulerLink, log: Log, complete_timeout: float) -> None:
+    def __init__(self, link: SchedulerLink, log: Log, complete_timeout: float, flow: str | None = None) -> None:
         self.link = link
         self.log = log
         self.complete_timeout = complete_timeout
+        self.flow = flow
+        """The reporting flow's name: the scheduler waits for every flow of the pipeline to report."""
         self._http = httpx.AsyncClient(timeout=10.0, trust_env=False)
         self._warned = False
 
@@ -158,7 +160,9 @@ class Reporter:
             return True
         deadline = time.monotonic() + self.complete_timeout
         delay = 0.2
-        body = {"succeeded": succeeded, "message": message[:4000]}
+        body: dict[str, Any] = {"succeeded": succeeded, "message": message[:4000]}
+        if self.flow is not None:
+            body["flow"] = self.flow
         while True:
             problem: str
             try:
@@ -216,7 +220,7 @@ class Flow:
         self.link = SchedulerLink(
             globals_.scheduler.url, job_token(globals_.scheduler.token, self.environ), globals_.job_id
         )
-        self.reporter = Reporter(self.link, self.log, self.settings.complete_timeout_seconds)
+        self.reporter = Reporter(self.link, self.log, self.settings.complete_timeout_seconds, self.name)
         self.metrics = FlowMetrics(name)
         self.counters = Counters()
         self._stopping = False

@@ -143,15 +143,17 @@ async def report_progress(job_id: JobIdPath, body: ProgressIn, service: Service,
 @router.post(
     "/{job_id}/complete",
     summary="Report completion",
-    description="For the scoring flows: the work is done (a batch source is exhausted), well or not. Ends the "
-    "wait phase; uninstall follows. The first report wins. Authenticated like progress reports.",
+    description="For the scoring flows: the work is done (a batch source is exhausted), well or not. Each flow "
+    "reports for itself (`flow`): the wait phase ends once every flow of the pipeline succeeded, or at the first "
+    "failure, and uninstall follows; a report without `flow` speaks for all the flows. Once the job's completion "
+    "is known, later reports change nothing. Authenticated like progress reports.",
     status_code=status.HTTP_202_ACCEPTED,
     response_model=JobOut,
     responses=error_responses(401, 403, 404, 409, 422, 503),
 )
 async def complete_job(job_id: JobIdPath, body: CompleteIn, service: Service, credential: Reporter) -> Response:
     return _json(
-        JobOut.of(await service.complete_job(job_id, credential, body.succeeded, body.message)),
+        JobOut.of(await service.complete_job(job_id, credential, body.succeeded, body.message, body.flow)),
         status.HTTP_202_ACCEPTED,
     )
 

@@ -406,15 +406,26 @@ class ProgressIn(BaseModel):
 
 
 class CompleteIn(BaseModel):
-    """The scoring flows finished their work (batch source exhausted), well or not."""
+    """A scoring flow (`flow`), or all of them, finished the work (batch source exhausted), well or not."""
 
     model_config = ConfigDict(
         extra="forbid",
-        json_schema_extra={"examples": [{"succeeded": True}, {"succeeded": False, "message": "sink unreachable"}]},
+        json_schema_extra={
+            "examples": [
+                {"succeeded": True, "flow": "digits-batch", "message": "1000000 records"},
+                {"succeeded": False, "flow": "digits-batch", "message": "sink unreachable"},
+                {"succeeded": True},
+            ]
+        },
     )
 
     succeeded: StrictBool
     message: Annotated[CleanText, Field(max_length=MESSAGE_MAX)] | None = None
+    flow: Annotated[str, Field(pattern=r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", max_length=63)] | None = Field(
+        default=None,
+        description="The reporting scoring flow. The job is complete once every flow of its pipeline reported "
+        "success, or at the first failure; a report without `flow` speaks for all the flows at once.",
+    )
 
 
 # ------------------------------------------------------------------------------------------------ health

@@ -172,6 +172,9 @@ class JobRow(Base):
     completion: Mapped[str | None] = mapped_column(String(16))
     """What the scoring flows reported at the end of their work (`succeeded`/`failed`); ends the wait phase."""
     completion_message: Mapped[str | None] = mapped_column(Text)
+    flow_completions: Mapped[dict[str, Any] | None]
+    """Reports of the pipeline's flows one by one (`{flow: {"succeeded": bool, "message": str | None}}`); the
+    job's `completion` is set once every flow succeeded, or at the first failure."""
 
     version: Mapped[PipelineVersionRow] = relationship()
     events: Mapped[list[JobEventRow]] = relationship(

@@ -298,6 +298,24 @@ async def test_completion_with_the_job_token_ends_the_job(api: Api) -> None:
     assert [e["task"] for e in shown["events"]][-2:] == ["uninstall", "uninstall"]
 
 
+async def test_a_flow_reports_completion_by_name(api: Api) -> None:
+    job = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(job["id"])))
+    unknown = await api.client.post(
+        f"{JOBS}/{job['id']}/complete", json={"succeeded": True, "flow": "nope"}, headers=token
+    )
+    assert unknown.status_code == 422, unknown.text
+    assert "tiny-batch" in unknown.json()["error"]["message"]
+    assert api.backend.called("completed") == []
+    done = await api.client.post(
+        f"{JOBS}/{job['id']}/complete",
+        json={"succeeded": True, "flow": "tiny-batch", "message": "9 rows"},
+        headers=token,
+    )
+    assert done.status_code == 202, done.text
+    assert (done.json()["state"], done.json()["completion"]) == ("SUCCEEDED", {"succeeded": True, "message": "9 rows"})
+
+
 async def test_a_failed_completion_ends_the_job_failed(api: Api) -> None:
     job = await api.start_job()
     token = bearer(api.service.job_token(uuid.UUID(job["id"])))

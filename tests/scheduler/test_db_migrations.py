@@ -38,7 +38,7 @@ def test_the_alembic_configuration_ships_inside_the_package() -> None:
     assert ALEMBIC_INI.is_file()
     script_location = Path(alembic_config().get_main_option("script_location") or "")
     assert script_location.is_dir() and (script_location / "env.py").is_file()
-    assert head_revision() == "0001"
+    assert head_revision() == "0002"
 
 
 def test_upgrading_creates_the_schema_of_the_models_without_drift(database_url: str) -> None:
@@ -110,20 +110,20 @@ def test_a_database_migrated_by_a_newer_release_is_reported_newer(
 def test_a_database_at_an_older_revision_is_reported_behind(
     empty_database_url: str, empty_engine: Engine, tmp_path: Path
 ) -> None:
-    # This code ships one revision, so "behind" is shown against a copy of the migrations with a second one.
+    # "Behind" is shown against a copy of the migrations with one more revision than this code ships.
     upgrade(empty_database_url)
     shipped = Path(alembic_config().get_main_option("script_location") or "")
     copy = tmp_path / "migrations"
     shutil.copytree(shipped, copy, ignore=shutil.ignore_patterns("__pycache__"))
-    (copy / "versions" / "0002_next.py").write_text(
-        'revision = "0002"\ndown_revision = "0001"\nbranch_labels = None\ndepends_on = None\n\n\n'
+    (copy / "versions" / "0003_next.py").write_text(
+        'revision = "0003"\ndown_revision = "0002"\nbranch_labels = None\ndepends_on = None\n\n\n'
         "def upgrade() -> None:\n    pass\n\n\ndef downgrade() -> None:\n    pass\n"
     )
     config = Config()
     config.set_main_option("script_location", str(copy))
     check = check_schema(empty_engine, config=config)
     assert check.status is SchemaStatus.BEHIND
-    assert (check.current, check.head) == ("0001", "0002")
+    assert (check.current, check.head) == ("0002", "0003")
     assert "modelops db upgrade" in check.message
 
 

@@ -265,7 +265,11 @@ def test_a_two_worker_server_runs_cancels_and_logs_jobs(
     done = client.create_job("scoring")
     finished = wait_job(client, done.id, {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED}, within=60)
     assert (finished.state, finished.reason) == (JobState.SUCCEEDED, "Completed")
-    assert [event.to_state for event in finished.events][:3] == [JobState.PENDING, JobState.INSTALLING, JobState.RUNNING]
+    assert [event.to_state for event in finished.events][:3] == [
+        JobState.PENDING,
+        JobState.INSTALLING,
+        JobState.RUNNING,
+    ]
     install_log = list(client.logs(done.id, task=Task.INSTALL))
     assert any("the job is RUNNING" in line for line in install_log)
 

@@ -524,6 +524,41 @@ def test_the_first_completion_report_wins_and_the_state_does_not_change(store: J
     assert store.get_job(job.id).completion == "succeeded"
 
 
+def test_a_pipeline_is_complete_once_every_flow_reported_success(store: JobStore, new_job: NewJob) -> None:
+    job = bring_to(store, new_job(), JobState.RUNNING)
+    first = store.record_completion(job.id, True, "1,000 rows", flow="score", flows=["score", "audit"])
+    assert first.completion is None
+    assert first.flow_completions == {"score": {"succeeded": True, "message": "1,000 rows"}}
+    last = store.record_completion(job.id, True, "12 alerts", flow="audit", flows=["score", "audit"])
+    assert (last.completion, last.completion_message) == ("succeeded", "flow audit: 12 alerts; flow score: 1,000 rows")
+    late = store.record_completion(job.id, False, "late", flow="audit", flows=["score", "audit"])
+    assert (late.completion, late.flow_completions) == ("succeeded", last.flow_completions)
+    assert store.get_job(job.id).flow_completions == last.flow_completions
+
+
+def test_the_first_failed_flow_fails_the_completion_at_once(store: JobStore, new_job: NewJob) -> None:
+    job = bring_to(store, new_job(), JobState.RUNNING)
+    store.record_completion(job.id, True, None, flow="score", flows=["score", "audit", "export"])
+    failed = store.record_completion(
+        job.id, False, "flow audit: sink down", flow="audit", flows=["score", "audit", "export"]
+    )
+    assert (failed.completion, failed.completion_message) == ("failed", "flow audit: sink down")
+
+
+def test_a_flow_reports_only_once(store: JobStore, new_job: NewJob) -> None:
+    job = bring_to(store, new_job(), JobState.RUNNING)
+    store.record_completion(job.id, True, "first", flow="score", flows=["score", "audit"])
+    again = store.record_completion(job.id, False, "second", flow="score", flows=["score", "audit"])
+    assert (again.completion, again.flow_completions) == (None, {"score": {"succeeded": True, "message": "first"}})
+
+
+def test_a_report_from_a_flow_the_pipeline_does_not_have_is_refused(store: JobStore, new_job: NewJob) -> None:
+    job = bring_to(store, new_job(), JobState.RUNNING)
+    with pytest.raises(InvalidInput, match="has no scoring flow 'nope' \\(its flows: audit, score\\)"):
+        store.record_completion(job.id, True, flow="nope", flows=["score", "audit"])
+    assert store.get_job(job.id).flow_completions is None
+
+
 def test_a_completion_may_arrive_while_installing(store: JobStore, new_job: NewJob) -> None:
     job = bring_to(store, new_job(), JobState.INSTALLING)
     assert store.record_completion(job.id, False, "flow crashed").completion == "failed"

@@ -48,7 +48,7 @@ async def test_a_flow_without_a_token_in_its_values_reports_with_the_environment
             assert await runner.reporter.complete(True, "done") is True
         finally:
             await runner.reporter.close()
-    assert stub.completions == [{"succeeded": True, "message": "done"}]
+    assert stub.completions == [{"succeeded": True, "message": "done", "flow": "digits-batch"}]
 
 
 async def test_a_stale_token_in_the_values_is_overridden_by_the_environment(tmp_path: Path) -> None:
@@ -58,7 +58,7 @@ async def test_a_stale_token_in_the_values_is_overridden_by_the_environment(tmp_
             assert await runner.reporter.complete(False, "boom") is True
         finally:
             await runner.reporter.close()
-    assert stub.completions == [{"succeeded": False, "message": "boom"}]
+    assert stub.completions == [{"succeeded": False, "message": "boom", "flow": "digits-batch"}]
 
 
 async def test_without_the_environment_variable_the_values_token_is_presented(tmp_path: Path) -> None:
@@ -71,4 +71,4 @@ async def test_without_the_environment_variable_the_values_token_is_presented(tm
         finally:
             await refused.reporter.close()
             await accepted.reporter.close()
-    assert stub.completions == [{"succeeded": True, "message": "y"}]
+    assert stub.completions == [{"succeeded": True, "message": "y", "flow": "digits-batch"}]

@@ -129,6 +129,7 @@ async def test_a_csv_flow_scores_every_record_in_order_like_in_process_and_repor
     assert len(scheduler.completions) == 1
     done = scheduler.completions[0]
     assert done["succeeded"] is True
+    assert done["flow"] == "digits-flow"  # the scheduler waits for each flow of the pipeline to report
     assert "3,000 records written to file sink 'out'" in done["message"] and "records/s" in done["message"]
     assert scheduler.progress[-1] == {"read": 3000, "written": 3000, "failed": 0}
     assert any("binary tensors" in line for line in lines)
