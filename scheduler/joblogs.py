@@ -17,7 +17,7 @@ import asyncio
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -55,16 +55,23 @@ class PhaseLog:
 
     Call the instance (a `LogFn`) with a message; multi-line messages (log tails) are written line by line,
     each with the timestamp, so every line stays self-describing. Every line is flushed at once: a follower
-    sees it immediately, and a crash loses nothing already logged.
+    sees it immediately, and a crash loses nothing already logged. Without a `path`, lines only go to `echo`
+    (the Tekton task commands print to stdout, which `tkn pipelinerun logs` shows). Every one of `secrets`
+    is written as `***`.
     """
 
-    def __init__(self, path: Path, *, echo: TextIO | None = None) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: Path | None, *, echo: TextIO | None = None, secrets: Sequence[str] = ()) -> None:
         self.path = path
-        self._file: TextIO | None = path.open("a", encoding="utf-8")
+        self._file: TextIO | None = None
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self._file = path.open("a", encoding="utf-8")
         self._echo = echo
+        self._secrets = [secret for secret in secrets if secret]
 
     def __call__(self, message: str) -> None:
+        for secret in self._secrets:
+            message = message.replace(secret, "***")
         stamp = _timestamp()
         lines = message.splitlines() or [""]
         text = "".join(f"{stamp} {line}\n" for line in lines)

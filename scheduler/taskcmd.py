@@ -31,16 +31,15 @@ import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Coroutine, Iterator, Mapping
-from contextlib import contextmanager
-from datetime import UTC, datetime
+from collections.abc import Coroutine, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TextIO, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, Final, NoReturn, TypeVar
 
 import httpx
 import typer
 
 import ir
+from scheduler.joblogs import PhaseLog
 from scheduler.states import TERMINAL, JobState
 
 if TYPE_CHECKING:
@@ -75,34 +74,6 @@ task_app = typer.Typer(
 # ---------------------------------------------------------------------------------------------- step log
 
 
-class StepLog:
-    """Plain timestamped lines on `stream`, with every `secret` replaced by `***`."""
-
-    def __init__(self, stream: TextIO, secrets: list[str]) -> None:
-        self._stream = stream
-        self._secrets = [s for s in secrets if s]
-
-    def __call__(self, message: str) -> None:
-        for secret in self._secrets:
-            message = message.replace(secret, "***")
-        stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
-        lines = message.splitlines() or [""]
-        self._stream.write("".join(f"{stamp} {line}\n" for line in lines))
-        self._stream.flush()
-
-    @contextmanager
-    def step(self, what: str) -> Iterator[None]:
-        """`what ...`, then `what: done in 1.23s` or `what: failed after 1.23s`."""
-        self(f"{what} ...")
-        started = time.monotonic()
-        try:
-            yield
-        except BaseException:
-            self(f"{what}: failed after {time.monotonic() - started:.2f}s")
-            raise
-        self(f"{what}: done in {time.monotonic() - started:.2f}s")
-
-
 def _secrets_of(token: str | None) -> list[str]:
     """The token and the forms a manifest or an error could show it in (a Secret's base64 data)."""
     if not token:
@@ -125,7 +96,7 @@ class TaskApi:
         server: str,
         job_id: uuid.UUID,
         token: str | None,
-        log: StepLog,
+        log: PhaseLog,
         *,
         transport: httpx.BaseTransport | None = None,
     ) -> None:
@@ -284,13 +255,13 @@ def _blank_is_none(value: str | None) -> str | None:
     return value if value and value.strip() else None
 
 
-def _finish(log: StepLog, started: float, code: int) -> NoReturn:
+def _finish(log: PhaseLog, started: float, code: int) -> NoReturn:
     log(f"{'done' if code == 0 else 'failed'} in {time.monotonic() - started:.2f}s (exit {code})")
     raise typer.Exit(code)
 
 
 def _report(
-    api: TaskApi, log: StepLog, task: str, status: str, reason: str | None = None, message: str | None = None
+    api: TaskApi, log: PhaseLog, task: str, status: str, reason: str | None = None, message: str | None = None
 ) -> bool:
     """Report a phase; a failure to report is logged (the caller decides whether it matters)."""
     try:
@@ -360,7 +331,7 @@ def install(
     uid = _job_uuid(job_id)
     seconds = _timeout_option(timeout)
     # With --dry-run stdout carries the manifests, so the step lines go to stderr.
-    log = StepLog(sys.stderr if dry_run else sys.stdout, _secrets_of(token))
+    log = PhaseLog(None, echo=sys.stderr if dry_run else sys.stdout, secrets=_secrets_of(token))
     name = _blank_is_none(release) or f"modelops-{uid}"
     started = time.monotonic()
     log(
@@ -406,7 +377,7 @@ def install(
 
 
 def _template(
-    client: HelmClient, log: StepLog, release: str, chart: str, path: Path, namespace: str, secrets: list[str]
+    client: HelmClient, log: PhaseLog, release: str, chart: str, path: Path, namespace: str, secrets: list[str]
 ) -> int:
     from scheduler.helm import HelmError
 
@@ -424,7 +395,14 @@ def _template(
 
 
 def _install(
-    client: HelmClient, api: TaskApi, log: StepLog, release: str, chart: str, path: Path, namespace: str, timeout: float
+    client: HelmClient,
+    api: TaskApi,
+    log: PhaseLog,
+    release: str,
+    chart: str,
+    path: Path,
+    namespace: str,
+    timeout: float,
 ) -> int:
     from scheduler.helm import HelmError, HelmTimeout
     from scheduler.lifecycle import INSTALL_FAILED, INSTALL_TIMEOUT
@@ -459,7 +437,7 @@ def wait(
     from scheduler.lifecycle import SCORING_FAILED
 
     uid = _job_uuid(job_id)
-    log = StepLog(sys.stdout, _secrets_of(token))
+    log = PhaseLog(None, echo=sys.stdout, secrets=_secrets_of(token))
     started = time.monotonic()
     log(f"wait: job {uid}, scheduler {scheduler_url}, polling every {interval:g}s")
     api = TaskApi(scheduler_url, uid, token, log)
@@ -513,7 +491,7 @@ def uninstall(
 
     uid = _job_uuid(job_id)
     seconds = _timeout_option(timeout) or DEFAULT_UNINSTALL_TIMEOUT_SECONDS
-    log = StepLog(sys.stdout, _secrets_of(token))
+    log = PhaseLog(None, echo=sys.stdout, secrets=_secrets_of(token))
     name = _blank_is_none(release) or f"modelops-{uid}"
     started = time.monotonic()
     log(f"uninstall: job {uid}, release {name}, scheduler {scheduler_url}")
@@ -541,7 +519,7 @@ def uninstall(
         api.close()
 
 
-def _namespace_from_spec(api: TaskApi, log: StepLog) -> str:
+def _namespace_from_spec(api: TaskApi, log: PhaseLog) -> str:
     """The release's namespace as install chose it (the values' `pipeline.namespace`), or `default`."""
     try:
         return render_spec(api.spec()).pipeline.namespace
