@@ -301,21 +301,24 @@ class KubeClient:
 
     def list_pipelineruns(self, namespace: str, label_selector: str) -> tuple[list[dict[str, Any]], str]:
         """The PipelineRuns matching the selector, and the list's resourceVersion (where a watch resumes)."""
+        found = self._list_tekton(_PIPELINERUNS, "PipelineRuns", namespace, label_selector)
+        items = [item for item in found.get("items") or [] if isinstance(item, dict)]
+        return items, str((found.get("metadata") or {}).get("resourceVersion") or "")
+
+    def _list_tekton(self, plural: str, what: str, namespace: str, label_selector: str) -> dict[str, Any]:
         try:
-            found = _as_dict(
+            return _as_dict(
                 self._custom.list_namespaced_custom_object(
                     TEKTON_GROUP,
                     TEKTON_VERSION,
                     namespace,
-                    _PIPELINERUNS,
+                    plural,
                     label_selector=label_selector,
                     _request_timeout=_REQUEST_TIMEOUT,
                 )
             )
         except Exception as exc:
-            raise _wrap(exc, f"list PipelineRuns in namespace {namespace!r} ({label_selector})") from exc
-        items = [item for item in found.get("items") or [] if isinstance(item, dict)]
-        return items, str((found.get("metadata") or {}).get("resourceVersion") or "")
+            raise _wrap(exc, f"list {what} in namespace {namespace!r} ({label_selector})") from exc
 
     def watch_pipelineruns(
         self, namespace: str, label_selector: str, resource_version: str, timeout_seconds: int
@@ -325,19 +328,7 @@ class KubeClient:
         return _PipelineRunWatch(self._custom, namespace, label_selector, resource_version, timeout_seconds)
 
     def list_taskruns(self, namespace: str, label_selector: str) -> list[dict[str, Any]]:
-        try:
-            found = _as_dict(
-                self._custom.list_namespaced_custom_object(
-                    TEKTON_GROUP,
-                    TEKTON_VERSION,
-                    namespace,
-                    _TASKRUNS,
-                    label_selector=label_selector,
-                    _request_timeout=_REQUEST_TIMEOUT,
-                )
-            )
-        except Exception as exc:
-            raise _wrap(exc, f"list TaskRuns in namespace {namespace!r} ({label_selector})") from exc
+        found = self._list_tekton(_TASKRUNS, "TaskRuns", namespace, label_selector)
         return [item for item in found.get("items") or [] if isinstance(item, dict)]
 
     # -- Secrets -----------------------------------------------------------------------------------
