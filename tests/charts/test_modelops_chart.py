@@ -666,3 +666,16 @@ def test_the_sub_chart_is_off_in_per_job_releases_and_on_when_enabled() -> None:
     enabled = template(sets=["scheduler.enabled=true"], release="modelops", namespace="modelops")
     assert by_name(enabled, "Deployment", "modelops-scheduler")
     assert all(o["metadata"]["labels"]["app.kubernetes.io/name"] == "modelops-scheduler" for o in enabled)
+
+
+def test_the_platform_runs_one_server_with_several_api_workers_and_never_two_engines(
+    platform: list[dict[str, Any]],
+) -> None:
+    (server,) = of_kind(platform, "Deployment")
+    assert server["spec"]["replicas"] == 1
+    assert server["spec"]["strategy"] == {"type": "Recreate"}
+    (container,) = server["spec"]["template"]["spec"]["containers"]
+    assert env_of(container)["MODELOPS_SCHEDULER_WORKERS"] == {"name": "MODELOPS_SCHEDULER_WORKERS", "value": "2"}
+    refused = helm("template", "modelops", str(SUBCHART), "--set", "replicas=2", check=False)
+    assert refused.returncode != 0
+    assert "replicas" in refused.stderr
