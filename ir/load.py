@@ -374,6 +374,10 @@ def _parse_yaml(name: str, text: str) -> tuple[list[RawDocument], list[Issue]]:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
         what = " ".join(part for part in (exc.context, exc.problem) if part)
+        if "maximum nesting depth" in what:  # libyaml's own limit (0.2.5+), far above ours: say ours
+            return docs, [
+                Issue(name, f"document {index + 1}", "", f"nesting is too deep (more than {MAX_DEPTH} levels)", line)
+            ]
         return docs, [Issue(name, f"document {index + 1}", "", f"YAML syntax error: {what}", line)]
     except yaml.YAMLError as exc:
         return docs, [Issue(name, f"document {index + 1}", "", f"YAML error: {exc}")]

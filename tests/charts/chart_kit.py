@@ -23,7 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 CHART = ROOT / "charts" / "modelops"
 SUBCHART = CHART / "charts" / "scheduler"
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+SCHEMAS = ROOT / "tests" / "schemas"  # a copy of ../shared/schemas (tests/schemas/README.md)
 KUBERNETES_VERSION = "1.30.0"
 #: A per-job release name as the install task makes it: `modelops-<job uuid>`, 45 characters.
 RELEASE = "modelops-6f1c2a9e-0b7d-4c55-9a3e-2d8f4b1c7e10"

@@ -37,7 +37,7 @@ from scheduler.states import JobState, Task
 from scheduler.store import Job, JobStore, PipelineVersion
 from scheduler.tokens import job_token, job_token_hash
 
-SCHEMAS = Path(__file__).resolve().parents[3] / "shared" / "schemas"
+SCHEMAS = Path(__file__).resolve().parents[1] / "schemas"  # a copy of ../shared/schemas (tests/schemas/README.md)
 NS = "modelops"
 
 

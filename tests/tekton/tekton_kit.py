@@ -3,7 +3,7 @@
 Test modules import this file as `tekton_kit` (pytest puts `tests/tekton` on sys.path: like `tests/ir`, the
 test folders are not packages).
 
-The strict Tekton v1 schemas live outside the repository, in `../shared/schemas/tekton.dev` (converted from the
+The strict Tekton v1 schemas are a copy of `../shared/schemas/tekton.dev` in `tests/schemas` (converted from the
 tektoncd/pipeline CRDs, with `additionalProperties: false` wherever the CRD lists properties). Tekton leaves
 embedded `taskSpec`/`pipelineSpec` open, so `tekton_errors` validates those against the Task/Pipeline schemas
 itself: otherwise a misspelt field inside an embedded spec would pass unnoticed.
@@ -24,7 +24,7 @@ import yaml
 
 ROOT = Path(__file__).resolve().parents[2]
 TEKTON = ROOT / "tekton"
-SCHEMAS = ROOT.parent / "shared" / "schemas"
+SCHEMAS = ROOT / "tests" / "schemas"  # a copy of ../shared/schemas (tests/schemas/README.md)
 TEKTON_SCHEMAS = SCHEMAS / "tekton.dev"
 CHART_COPIES = ROOT / "charts" / "modelops" / "charts" / "scheduler" / "files" / "tekton"
 
@@ -85,7 +85,7 @@ def tekton_schema(kind: str) -> dict[str, Any]:
     path = TEKTON_SCHEMAS / f"{kind.lower()}_v1.json"
     if not path.is_file():
         raise AssertionError(
-            f"no strict schema for tekton.dev/v1 {kind}: {path} is missing (see ../shared/schemas/README.md)"
+            f"no strict schema for tekton.dev/v1 {kind}: {path} is missing (see tests/schemas/README.md)"
         )
     schema: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
     jsonschema.Draft7Validator.check_schema(schema)

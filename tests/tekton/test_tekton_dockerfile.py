@@ -67,7 +67,7 @@ def _arg_defaults() -> dict[str, str]:
 
 
 def test_the_parser_joins_continued_lines_and_splits_stages() -> None:
-    stages = parse('ARG A=1\nFROM x AS a\nRUN one \\\n    two\n# c\nFROM y\nUSER 7\n')
+    stages = parse("ARG A=1\nFROM x AS a\nRUN one \\\n    two\n# c\nFROM y\nUSER 7\n")
     assert stages == [
         [Instruction("ARG", "A=1")],
         [Instruction("FROM", "x AS a"), Instruction("RUN", "one two")],
