@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import threading
 import uuid
@@ -182,6 +183,11 @@ class Engine:
                     self._cancelled.clear()
                     self._completed.clear()
                     await backend.recover()
+                    if settings.gc_freeze:
+                        # As the API workers do (scheduler.app): what lives now lives as long as the engine, so
+                        # keep it out of later full collections, which otherwise walk it all again each time.
+                        gc.collect()
+                        gc.freeze()
                     log.info("engine: %s backend ready", backend.name)
                     self._ready.set()
                     loop = asyncio.get_running_loop()

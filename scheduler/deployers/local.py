@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
 import shutil
@@ -145,7 +146,9 @@ def _running(stat: _Stat | None) -> bool:
     return stat is not None and stat.state not in ("Z", "X")
 
 
+@functools.cache
 def _boot_id() -> str:
+    """This boot's id (it cannot change while this process lives: read once)."""
     try:
         return Path("/proc/sys/kernel/random/boot_id").read_text().strip()
     except OSError:
