@@ -647,6 +647,9 @@ def job_show(
     if job.completion is not None:
         verdict = "succeeded" if job.completion.succeeded else "failed"
         grid.add_row("completion", Text(verdict + (f": {job.completion.message}" if job.completion.message else "")))
+    for flow, report in job.flow_completions.items():
+        verdict = "succeeded" if report.succeeded else "failed"
+        grid.add_row(f"  flow {flow}", Text(verdict + (f": {report.message}" if report.message else "")))
     grid.add_row("parameters", Text(json.dumps(job.parameters, sort_keys=True) if job.parameters else "-"))
     grid.add_row("backend", job.backend)
     _print_table(grid)

@@ -185,6 +185,7 @@ class Job(_Model):
     finished_at: datetime | None
     progress: Progress
     completion: Completion | None
+    flow_completions: dict[str, Completion] = Field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:

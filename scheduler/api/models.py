@@ -302,6 +302,7 @@ _JOB_EXAMPLE: Final[dict[str, Any]] = {
     "finished_at": None,
     "progress": {"read": 5000, "written": 4990, "failed": 10},
     "completion": None,
+    "flow_completions": {},
 }
 
 
@@ -326,6 +327,10 @@ class JobOut(BaseModel):
     finished_at: datetime | None
     progress: ProgressOut
     completion: CompletionOut | None = Field(description="What the scoring flows reported at the end, if they did.")
+    flow_completions: dict[str, CompletionOut] = Field(
+        description="The reports of the flows that reported one by one, by flow name (the job's `completion` is "
+        "known once every flow succeeded, or at the first failure)."
+    )
 
     @classmethod
     def fields_of(cls, job: Job) -> dict[str, Any]:
@@ -350,6 +355,10 @@ class JobOut(BaseModel):
                 if job.completion is not None
                 else None
             ),
+            "flow_completions": {
+                name: CompletionOut(succeeded=bool(report.get("succeeded")), message=report.get("message"))
+                for name, report in sorted((job.flow_completions or {}).items())
+            },
         }
 
     @classmethod

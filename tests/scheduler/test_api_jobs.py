@@ -314,6 +314,7 @@ async def test_a_flow_reports_completion_by_name(api: Api) -> None:
     )
     assert done.status_code == 202, done.text
     assert (done.json()["state"], done.json()["completion"]) == ("SUCCEEDED", {"succeeded": True, "message": "9 rows"})
+    assert done.json()["flow_completions"] == {"tiny-batch": {"succeeded": True, "message": "9 rows"}}
 
 
 async def test_a_failed_completion_ends_the_job_failed(api: Api) -> None:
