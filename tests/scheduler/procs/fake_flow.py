@@ -27,6 +27,8 @@ def main() -> int:
     parser.add_argument("--complete", choices=["succeeded", "failed"], default=None, help="report this first")
     parser.add_argument("--message", default="all records scored")
     parser.add_argument("--ignore-sigterm", action="store_true")
+    parser.add_argument("--per-flow", action="store_true", help="report completion with this flow's name")
+    parser.add_argument("--complete-when-file", default=None, help="report completion once this file exists")
     args = parser.parse_args()
 
     if args.ignore_sigterm:
@@ -42,8 +44,13 @@ def main() -> int:
         print(f"{name} line {i + 1}", flush=True)
 
     if args.complete is not None:
+        while args.complete_when_file is not None and not os.path.exists(args.complete_when_file):
+            time.sleep(0.02)
         url, token, job_id = _scheduler(text)
-        body = json.dumps({"succeeded": args.complete == "succeeded", "message": args.message}).encode()
+        report = {"succeeded": args.complete == "succeeded", "message": args.message}
+        if args.per_flow:
+            report["flow"] = name
+        body = json.dumps(report).encode()
         request = urllib.request.Request(
             f"{url}/api/v1/jobs/{job_id}/complete",
             data=body,
