@@ -283,3 +283,20 @@ def test_a_two_worker_server_runs_cancels_and_logs_jobs(
     cancelled = wait_job(client, slow.id, {JobState.CANCELLED, JobState.FAILED, JobState.SUCCEEDED}, within=60)
     assert (cancelled.state, cancelled.reason) == (JobState.CANCELLED, "Cancelled")
     assert cancelled.task == Task.UNINSTALL
+
+
+def test_an_engine_that_cannot_reach_its_database_keeps_trying_and_still_stops(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    backend = RecordingBackend()
+    unreachable = "postgresql+psycopg://postgres@127.0.0.1:1/nowhere"
+    engine = Engine(settings_for(tmp_path, database_url=unreachable), lambda store, settings, secret: backend)
+    with caplog.at_level("ERROR", logger="scheduler.dispatch"):
+        engine.start(start_timeout=1.5)  # not ready: it logs and keeps trying in the background
+        deadline = time.monotonic() + 30
+        while sum("starting again in" in r.getMessage() for r in caplog.records) < 2:
+            assert time.monotonic() < deadline, "the engine did not retry"
+            time.sleep(0.05)
+        engine.stop()
+    assert engine._thread is not None and not engine._thread.is_alive()
+    assert backend.calls == []  # never got as far as recovering
