@@ -291,9 +291,15 @@ def _settings(**overrides: Any) -> SchedulerSettings:
         return SchedulerSettings(**given)
     except ValidationError as exc:
         for error in exc.errors(include_url=False):
-            field = ".".join(str(part) for part in error["loc"]) or "settings"
+            if error["type"] == "default_factory_not_called":
+                continue  # a default computed from another setting that is itself wrong: that one is reported
+            message = str(error["msg"]).removeprefix("Value error, ")
+            field = ".".join(str(part) for part in error["loc"])
+            if not field:  # a rule across settings (e.g. workers and the database)
+                err.print(f"error: invalid settings: {message}")
+                continue
             source = f"--{field}" if field in given else f"MODELOPS_SCHEDULER_{field.upper()}"
-            err.print(f"error: invalid setting {source}: {error['msg']}")
+            err.print(f"error: invalid setting {source}: {message}")
         raise typer.Exit(1) from None
 
 

@@ -93,8 +93,18 @@ def test_a_bad_setting_names_its_variable(tmp_path: Path) -> None:
     result = CliRunner(env=env_for(tmp_path, MODELOPS_SCHEDULER_PORT="http")).invoke(app, ["serve"])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: invalid setting MODELOPS_SCHEDULER_PORT: ")
+    assert result.stderr.count("\n") == 1  # only the setting at fault, not the defaults computed from it
     option = CliRunner(env=env_for(tmp_path)).invoke(app, ["serve", "--port", "70000"])
     assert option.exit_code == 1 and option.stderr.startswith("error: invalid setting --port: ")
+
+
+def test_several_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> None:
+    result = CliRunner(env=env_for(tmp_path)).invoke(app, ["serve", "--workers", "2"])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        "error: invalid settings: workers=2 needs PostgreSQL (API workers wake the lifecycle engine with "
+        "LISTEN/NOTIFY): use workers=1 with SQLite\n"
+    )
 
 
 def test_serve_runs_the_api_until_sigterm_and_holds_its_home_meanwhile(tmp_path: Path) -> None:
