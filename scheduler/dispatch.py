@@ -122,6 +122,8 @@ class Engine:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stopping = asyncio.Event()
         self._ready = threading.Event()
+        self._attempt = 0
+        """Failed starts in a row: the index into `_RECONNECT_SECONDS` (back to 0 once the engine is ready)."""
         self._started: set[uuid.UUID] = set()
         self._cancelled: set[uuid.UUID] = set()
         self._completed: set[uuid.UUID] = set()
@@ -149,14 +151,13 @@ class Engine:
 
     async def _main(self) -> None:
         self._loop = asyncio.get_running_loop()
-        attempt = 0
         try:
             while not self._stopping.is_set():
                 try:
                     await self._serve()
                 except Exception as exc:
-                    delay = _RECONNECT_SECONDS[min(attempt, len(_RECONNECT_SECONDS) - 1)]
-                    attempt += 1
+                    delay = _RECONNECT_SECONDS[min(self._attempt, len(_RECONNECT_SECONDS) - 1)]
+                    self._attempt += 1
                     log.error("engine: %s: %s; starting again in %.1f s", type(exc).__name__, exc, delay)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._stopping.wait(), delay)
@@ -189,6 +190,7 @@ class Engine:
                         gc.collect()
                         gc.freeze()
                     log.info("engine: %s backend ready", backend.name)
+                    self._attempt = 0
                     self._ready.set()
                     loop = asyncio.get_running_loop()
                     next_sweep = loop.time()
