@@ -4,13 +4,11 @@ pointing at https://127.0.0.1:1, or a stand-in API server that holds no release)
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +17,7 @@ import pytest
 import yaml
 from api_kit import FakeBackend
 from click.testing import Result
+from helm_kit import cluster_without_releases, kubeconfig
 from typer.testing import CliRunner
 
 from scheduler import taskcmd
@@ -62,17 +61,6 @@ def job(server: EmbeddedServer) -> tuple[str, str]:
 
     assert server.settings is not None
     return str(created.id), job_token(load_secret(server.settings.home), created.id)
-
-
-def kubeconfig(folder: Path, server: str) -> Path:
-    path = folder / "kubeconfig"
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- cluster: {{server: '{server}'}}\n  name: c\n"
-        "contexts:\n- context: {cluster: c, user: u}\n  name: c\n"
-        "current-context: c\nusers:\n- name: u\n  user: {token: not-a-real-token}\n"
-    )
-    return path
 
 
 @pytest.fixture
@@ -264,40 +252,12 @@ def test_wait_retries_a_scheduler_that_does_not_answer_and_says_so(
 # ------------------------------------------------------------------------------------------------ uninstall
 
 
-class _NoReleases(BaseHTTPRequestHandler):
-    """A Kubernetes API that answers /version and lists no Secrets: helm finds no release there."""
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/version"):
-            body: dict[str, object] = {"major": "1", "minor": "30", "gitVersion": "v1.30.0"}
-        elif "/secrets" in self.path:
-            body = {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []}
-        else:
-            self.send_error(404)
-            return
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 @pytest.fixture
 def empty_cluster(tmp_path: Path) -> Iterator[Path]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoReleases)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     folder = tmp_path / "empty"
     folder.mkdir()
-    try:
-        yield kubeconfig(folder, f"http://127.0.0.1:{server.server_address[1]}")
-    finally:
-        server.shutdown()
-        server.server_close()
+    with cluster_without_releases() as url:
+        yield kubeconfig(folder, url)
 
 
 def test_uninstalling_a_release_that_is_not_there_succeeds_and_says_so(

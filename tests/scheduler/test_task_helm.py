@@ -10,13 +10,12 @@
 from __future__ import annotations
 
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
+from helm_kit import cluster_without_releases, kubeconfig
 from pyhelm3 import errors as helm_errors
 
 import ir
@@ -37,17 +36,6 @@ TIMED_OUT = (
 )
 
 
-def kubeconfig(folder: Path, server: str) -> Path:
-    path = folder / "kubeconfig"
-    path.write_text(
-        "apiVersion: v1\nkind: Config\n"
-        f"clusters:\n- cluster: {{server: '{server}'}}\n  name: c\n"
-        "contexts:\n- context: {cluster: c, user: u}\n  name: c\n"
-        "current-context: c\nusers:\n- name: u\n  user: {token: not-a-real-token}\n"
-    )
-    return path
-
-
 @pytest.fixture
 def helm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The real helm on PATH, its homes under tmp_path, and a kubeconfig of a cluster that is not there."""
@@ -58,40 +46,11 @@ def helm_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
-class _NoReleases(BaseHTTPRequestHandler):
-    """A Kubernetes API that answers /version and lists no Secrets (where Helm keeps its releases)."""
-
-    def do_GET(self) -> None:
-        if self.path.startswith("/version"):
-            body: dict[str, object] = {"major": "1", "minor": "30", "gitVersion": "v1.30.0"}
-        elif "/secrets" in self.path:
-            body = {"kind": "SecretList", "apiVersion": "v1", "metadata": {}, "items": []}
-        else:
-            self.send_error(404)
-            return
-        data = json.dumps(body).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def log_message(self, *_: object) -> None:
-        pass
-
-
 @pytest.fixture
 def empty_cluster(helm_env: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _NoReleases)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    url = f"http://127.0.0.1:{server.server_address[1]}"
-    monkeypatch.setenv("KUBECONFIG", str(kubeconfig(helm_env, url)))
-    try:
+    with cluster_without_releases() as url:
+        monkeypatch.setenv("KUBECONFIG", str(kubeconfig(helm_env, url)))
         yield url
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture(scope="module")
