@@ -16,23 +16,10 @@ from lifecycle_kit import PIPELINE_YAML
 
 from scheduler.states import JobState
 
-TWO_FLOWS = (
-    PIPELINE_YAML.replace("WAIT", "1h").replace("flows: [f1]", "flows: [f1, f2]")
-    + """---
-apiVersion: modelops/v1
-kind: ScoringFlow
-metadata: {name: f2}
-spec:
-  source: rows-in
-  sinks: [rows-out]
-  steps:
-    - name: score_it
-      score:
-        model: m1
-        inputs: [{input: features, fields: [x]}]
-        outputs: [{output: score, field: score}]
-"""
-)
+_ONE_FLOW = PIPELINE_YAML.replace("WAIT", "1h")
+_F1 = next(doc for doc in _ONE_FLOW.split("---\n") if "kind: ScoringFlow" in doc)
+TWO_FLOWS = _ONE_FLOW.replace("flows: [f1]", "flows: [f1, f2]") + "---\n" + _F1.replace("{name: f1}", "{name: f2}")
+"""The lifecycle tests' pipeline with a second flow `f2`, a copy of `f1`."""
 
 
 @pytest.fixture(scope="module")
