@@ -19,7 +19,7 @@ import sqlalchemy
 from api_kit import api_database_url, migrated_sqlite_template  # noqa: F401 (fixtures of the API tests)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
-from store_kit import DIGITS_IR, FrozenClock, digest_of
+from store_kit import DIGITS_IR, FrozenClock, digest_of, wipe_postgres
 
 from scheduler.db import create_engine, upgrade
 from scheduler.settings import hash_token
@@ -60,13 +60,7 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'modelops.db'}"
     url: str = request.getfixturevalue("postgres_database")
-    engine = sqlalchemy.create_engine(url)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-            conn.exec_driver_sql("CREATE SCHEMA public")
-    finally:
-        engine.dispose()
+    wipe_postgres(url)
     return url
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import sqlalchemy
+
 from scheduler.settings import hash_token
 
 DIGITS_IR: dict[str, Any] = {
@@ -17,6 +19,17 @@ DIGITS_IR: dict[str, Any] = {
     "metadata": {"name": "digits"},
     "spec": {"flows": ["digits-batch"], "models": ["digits-rf"]},
 }
+
+
+def wipe_postgres(url: str) -> None:
+    """Drop everything in the PostgreSQL database at `url` (its `public` schema, recreated empty)."""
+    engine = sqlalchemy.create_engine(url)
+    try:
+        with engine.begin() as conn:
+            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
+            conn.exec_driver_sql("CREATE SCHEMA public")
+    finally:
+        engine.dispose()
 
 
 def digest_of(text: str) -> str:

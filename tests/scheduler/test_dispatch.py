@@ -22,10 +22,10 @@ from typing import Any
 
 import psycopg
 import pytest
-import sqlalchemy
 from cli_kit import wait_job
 from lifecycle_kit import PIPELINE_YAML, add_pipeline, create_job, settings_for, wait_for, wait_until
 from pydantic import ValidationError
+from store_kit import wipe_postgres
 
 from scheduler.client import SchedulerClient
 from scheduler.db import create_engine, upgrade
@@ -75,13 +75,7 @@ class RecordingBackend:
 @pytest.fixture
 def pg_url(postgres_database: str) -> str:
     """The session's PostgreSQL database, wiped and migrated."""
-    engine = sqlalchemy.create_engine(postgres_database)
-    try:
-        with engine.begin() as conn:
-            conn.exec_driver_sql("DROP SCHEMA public CASCADE")
-            conn.exec_driver_sql("CREATE SCHEMA public")
-    finally:
-        engine.dispose()
+    wipe_postgres(postgres_database)
     upgrade(postgres_database)
     return postgres_database
 
