@@ -317,27 +317,32 @@ class SchedulerService:
     ) -> Job:
         """Record a completion report, of one flow (`flow`) or of all, then let the backend end `wait` if the
         job's completion is now known (every flow succeeded, or one failed: `JobStore.record_completion`)."""
-        await self._authorize_report(job_id, credential)
-        job = await _in_thread(self._record_completion, job_id, succeeded, message, flow)
+        checked = await self._authorize_report(job_id, credential)
+        job = await _in_thread(self._record_completion, job_id, succeeded, message, flow, checked)
         if job.completion is None:
             return job  # other flows have yet to report
         await self.backend.completed(job_id)
         return await self.get_job(job.id, events=False)
 
-    def _record_completion(self, job_id: uuid.UUID, succeeded: bool, message: str | None, flow: str | None) -> Job:
+    def _record_completion(
+        self, job_id: uuid.UUID, succeeded: bool, message: str | None, flow: str | None, known: Job | None
+    ) -> Job:
+        """`known`: the job as the token check read it, if it did (its pipeline names the flows)."""
         flows: list[str] = []
         if flow is not None:
-            job = self.store.get_job(job_id)
+            job = known or self.store.get_job(job_id)
             stored = self.store.get_version(job.pipeline, job.pipeline_version)
             flows = list(bundle_of(stored.ir).pipeline.spec.flows)
-        return _without_events(self.store.record_completion(job_id, succeeded, message, flow=flow, flows=flows))
+        return self.store.record_completion(job_id, succeeded, message, flow=flow, flows=flows)
 
-    async def _authorize_report(self, job_id: uuid.UUID, credential: ReporterCredential) -> None:
+    async def _authorize_report(self, job_id: uuid.UUID, credential: ReporterCredential) -> Job | None:
+        """Check a job token against the job; returns the job read for it (None for an API token)."""
         if credential.job_token is None:
-            return  # an API token with the write scope, or open mode: checked by the authenticator
+            return None  # an API token with the write scope, or open mode: checked by the authenticator
         job = await self.get_job(job_id, events=False)
         if not verify_job_token(job.token_hash, credential.job_token):
             raise Unauthorized(f"the job token is not the token of job {job_id}", code="invalid_job_token")
+        return job
 
     async def logs(self, job_id: uuid.UUID, task: Task | None, follow: bool) -> AsyncIterator[str]:
         """The job's log lines from the backend (each ending in a newline); NotFound for an unknown job."""
