@@ -489,6 +489,22 @@ def test_keda_scales_on_queue_length_and_prometheus_only_when_enabled(
     assert [t["type"] for t in scaled["spec"]["triggers"]] == ["prometheus"]
 
 
+def test_every_trigger_authentication_matches_the_strict_keda_schema_which_refuses_a_misspelt_field(
+    renders: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]],
+) -> None:
+    auths = [obj for _, (_, objects) in renders.items() for obj in of_kind(objects, "TriggerAuthentication")]
+    assert {ref["parameter"] for auth in auths for ref in auth["spec"]["secretTargetRef"]} == {
+        "host", "address", "password"
+    }  # fmt: skip
+    for auth in auths:
+        validate(auth)
+    broken = json.loads(json.dumps(auths[0]))
+    ref = broken["spec"]["secretTargetRef"][0]
+    ref["paramter"] = ref.pop("parameter")
+    with pytest.raises(pytest.fail.Exception, match=r"triggerauthentication_v1alpha1\.json: spec\.secretTargetRef\.0"):
+        validate(broken)
+
+
 def test_a_service_monitor_only_when_enabled(renders: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]]) -> None:
     for name, (values, objects) in renders.items():
         monitors = of_kind(objects, "ServiceMonitor")
