@@ -175,6 +175,9 @@ class JobRow(Base):
     flow_completions: Mapped[dict[str, Any] | None]
     """Reports of the pipeline's flows one by one (`{flow: {"succeeded": bool, "message": str | None}}`); the
     job's `completion` is set once every flow succeeded, or at the first failure."""
+    flow_progress: Mapped[dict[str, Any] | None]
+    """The latest progress report of each flow that reports by name (`{flow: {state, read, written, failed,
+    filtered, total, unit, done, rate, outputs, services, at}}`, see `JobStore.update_progress`)."""
 
     version: Mapped[PipelineVersionRow] = relationship()
     events: Mapped[list[JobEventRow]] = relationship(
