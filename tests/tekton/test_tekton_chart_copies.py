@@ -77,5 +77,7 @@ def test_the_sub_charts_runner_role_grants_exactly_what_tekton_rbac_yaml_grants(
     assert result.returncode == 0, result.stderr
     rendered = [d for d in yaml.safe_load_all(result.stdout) if isinstance(d, dict)]
     (chart_role,) = [d for d in rendered if d["kind"] == "Role" and d["metadata"]["name"] == RUNNER_SERVICE_ACCOUNT]
-    (our_role,) = [d for d in load_documents(TEKTON / "rbac.yaml") if d["kind"] == "Role"]
-    assert chart_role["rules"] == our_role["rules"]
+    our_roles = [d for d in load_documents(TEKTON / "rbac.yaml") if d["kind"] == "Role"]
+    assert our_roles
+    for our_role in our_roles:
+        assert chart_role["rules"] == our_role["rules"], our_role["metadata"]["namespace"]

@@ -67,14 +67,29 @@ CHART_KINDS = [
 ]
 
 
+EXAMPLE_PIPELINES = sorted((ROOT / "examples").glob("*/pipeline.yaml"))
+
+
 def _one(kind: str) -> Manifest:
     (doc,) = [d for d in RBAC if d["kind"] == kind]
     return doc
 
 
+def _by_namespace(kind: str) -> dict[str, Manifest]:
+    docs = [d for d in RBAC if d["kind"] == kind]
+    found = {d["metadata"]["namespace"]: d for d in docs}
+    assert len(found) == len(docs), f"two {kind}s in one namespace"
+    return found
+
+
+def _role() -> Manifest:
+    """The Role of the PipelineRuns' namespace (every other namespace's Role has the same rules)."""
+    return _by_namespace("Role")[_one("ServiceAccount")["metadata"]["namespace"]]
+
+
 def _allowed(group: str, resource: str) -> set[str]:
     verbs: set[str] = set()
-    for rule in _one("Role")["rules"]:
+    for rule in _role()["rules"]:
         if group in rule.get("apiGroups", []) and resource in rule.get("resources", []):
             verbs |= set(rule["verbs"])
     return verbs
@@ -86,23 +101,38 @@ def test_each_rbac_object_is_valid_kubernetes(doc: Manifest, version: str) -> No
     kubernetes_validate.validate(doc, version, strict=True)
 
 
-def test_rbac_is_a_service_account_a_role_and_a_binding_of_one_to_the_other() -> None:
-    assert sorted(d["kind"] for d in RBAC) == ["Role", "RoleBinding", "ServiceAccount"]
+def test_rbac_is_a_service_account_and_per_namespace_a_role_and_a_binding_of_the_account_to_it() -> None:
     assert {d["metadata"]["name"] for d in RBAC} == {RUNNER_SERVICE_ACCOUNT}
-    sa, role, binding = _one("ServiceAccount"), _one("Role"), _one("RoleBinding")
-    assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "Role",
-        "name": role["metadata"]["name"],
-    }
-    assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
-    ]
-    assert binding["metadata"]["namespace"] == role["metadata"]["namespace"]
+    sa = _one("ServiceAccount")
+    roles, bindings = _by_namespace("Role"), _by_namespace("RoleBinding")
+    assert sorted(d["kind"] for d in RBAC) == sorted(["ServiceAccount"] + ["Role", "RoleBinding"] * len(roles))
+    assert set(bindings) == set(roles)
+    assert sa["metadata"]["namespace"] in roles  # the PipelineRuns' own namespace is one of them
+    for namespace, binding in bindings.items():
+        assert binding["roleRef"] == {
+            "apiGroup": "rbac.authorization.k8s.io",
+            "kind": "Role",
+            "name": roles[namespace]["metadata"]["name"],
+        }
+        assert binding["subjects"] == [
+            {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": sa["metadata"]["namespace"]}
+        ]
+
+
+def test_every_namespace_gets_the_same_rules() -> None:
+    for namespace, role in _by_namespace("Role").items():
+        assert role["rules"] == _role()["rules"], namespace
+
+
+@pytest.mark.parametrize("pipeline", EXAMPLE_PIPELINES, ids=lambda p: p.parent.name)
+def test_the_runner_may_install_into_the_namespace_each_example_declares(pipeline: Path) -> None:
+    namespace = yaml.safe_load(pipeline.read_text())["spec"]["environment"]["namespace"]
+    assert namespace in _by_namespace("Role"), f"tekton/rbac.yaml grants nothing in {namespace}"
+    assert namespace in _by_namespace("RoleBinding"), f"tekton/rbac.yaml binds nothing in {namespace}"
 
 
 def test_the_role_grants_nothing_wide_and_nothing_that_escalates() -> None:
-    for rule in _one("Role")["rules"]:
+    for rule in _role()["rules"]:
         assert "*" not in rule["apiGroups"] and "*" not in rule["resources"] and "*" not in rule["verbs"], rule
         assert not {"bind", "escalate", "impersonate", "deletecollection"} & set(rule["verbs"]), rule
         assert not any("/" in resource for resource in rule["resources"]), f"no subresources (pods/exec…): {rule}"

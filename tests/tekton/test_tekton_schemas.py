@@ -13,6 +13,7 @@ import pytest
 from tekton_kit import (
     PIPELINE_NAME,
     ROOT,
+    RUNNER_NAMESPACES,
     RUNNER_SERVICE_ACCOUNT,
     SCHEMAS,
     TASK_NAMES,
@@ -35,7 +36,8 @@ def test_tekton_folder_holds_the_pipeline_its_three_tasks_and_the_runner_rbac() 
     assert found == sorted(
         [("Pipeline", PIPELINE_NAME)]
         + [("Task", name) for name in TASK_NAMES.values()]
-        + [(kind, RUNNER_SERVICE_ACCOUNT) for kind in ("ServiceAccount", "Role", "RoleBinding")]
+        + [("ServiceAccount", RUNNER_SERVICE_ACCOUNT)]
+        + [(kind, RUNNER_SERVICE_ACCOUNT) for kind in ("Role", "RoleBinding") for _ in RUNNER_NAMESPACES]
     )
 
 
