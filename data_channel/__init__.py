@@ -21,6 +21,7 @@ from data_channel.base import (
     Source,
     SourceBatch,
     secret_env_name,
+    SourceSize,
     secret_value,
 )
 from data_channel.schema import RecordError, arrow_schema, arrow_type, conform
@@ -36,6 +37,7 @@ __all__ = [
     "SourceBatch",
     "arrow_schema",
     "arrow_type",
+    "SourceSize",
     "conform",
     "make_sink",
     "make_source",

@@ -25,7 +25,7 @@ import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -40,6 +40,7 @@ __all__ = [
     "Sink",
     "Source",
     "SourceBatch",
+    "SourceSize",
     "secret_env_name",
     "secret_value",
 ]
@@ -110,6 +111,20 @@ class SourceBatch:
         return self.where(ordinal) if self.where is not None else f"record {ordinal + 1}"
 
 
+@dataclass(frozen=True)
+class SourceSize:
+    """How much a source holds, as far as it can tell cheaply (for progress bars, never for correctness).
+
+    `unit` "records": `total` records in all (a SQL count, Parquet footers, counted lines of small files), or,
+    with `backlog`, records still waiting in a queue (a stream's undelivered entries, a queue's messages).
+    `unit` "bytes": the input files are `total` bytes long, and `done` of them are read so far."""
+
+    total: int
+    unit: Literal["records", "bytes"] = "records"
+    done: int | None = None
+    backlog: bool = False
+
+
 class Source(abc.ABC):
     """Reads records in batches. `open`, then `read` until it returns None, then `close`."""
 
@@ -153,6 +168,12 @@ class Source(abc.ABC):
     def state(self) -> dict[str, Any]:
         """What a resumed `open` needs besides the ordinal (e.g. which files there were); saved in checkpoints."""
         return {}
+
+    async def size(self) -> SourceSize | None:
+        """The source's size once opened, when it is cheap to know (see `SourceSize`); None when it is not.
+
+        Asked at every progress report: a batch source works it out once (in `open`), a queue asks its broker."""
+        return None
 
     def describe(self) -> str:
         return f"{self.type} source '{self.name}'"

@@ -30,7 +30,16 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError, ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-from data_channel.base import ChannelContext, ChannelError, ChannelUnavailable, Sink, Source, SourceBatch, secret_value
+from data_channel.base import (
+    ChannelContext,
+    ChannelError,
+    ChannelUnavailable,
+    Sink,
+    Source,
+    SourceBatch,
+    SourceSize,
+    secret_value,
+)
 from data_channel.schema import RecordError, from_text, to_json_values
 from ir.models import DataChannelSpec, RedisOptions
 
@@ -81,6 +90,23 @@ class RedisSource(Source):
 
     def describe(self) -> str:
         return f"redis source '{self.name}' (stream {self.options.stream}, group {self.group})"
+
+    async def size(self) -> SourceSize | None:
+        """The backlog: the stream's entries not yet delivered to the group (`XINFO GROUPS` lag, Redis 7+)."""
+        client = self._client
+        if client is None:
+            return None
+        try:
+            groups = await client.xinfo_groups(self.options.stream)
+        except RedisError:
+            return None  # a progress figure is not worth failing or even warning about
+        for group in groups:
+            info = {(k.decode() if isinstance(k, bytes) else str(k)): v for k, v in group.items()}
+            name = info.get("name")
+            if (name.decode() if isinstance(name, bytes) else name) == self.group:
+                lag = info.get("lag")
+                return SourceSize(int(lag), backlog=True) if lag is not None else None
+        return None
 
     async def open(self, start: int = 0, state: Mapping[str, Any] | None = None) -> None:
         url = secret_value(self.options.url.secret_ref, self.context.environ)

@@ -49,13 +49,24 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 from psycopg import sql
 
-from data_channel.base import ChannelContext, ChannelError, ChannelUnavailable, Sink, Source, SourceBatch, secret_value
+from data_channel.base import (
+    ChannelContext,
+    ChannelError,
+    ChannelUnavailable,
+    Sink,
+    Source,
+    SourceBatch,
+    SourceSize,
+    secret_value,
+)
 from data_channel.schema import from_values
 from ir.models import DataChannelSpec, FieldType, SqlOptions
 
 __all__ = ["CONNECT_TIMEOUT_SECONDS", "WATERMARK_TABLE", "SqlSink", "SqlSource", "column_type"]
 
 CONNECT_TIMEOUT_SECONDS: Final = 30.0
+COUNT_TIMEOUT_MS: Final = 10_000
+"""How long the source may count its rows (`SELECT count(*)`, for a progress bar) before it goes on without."""
 WATERMARK_TABLE: Final = "modelops_sink_watermarks"
 
 
@@ -119,10 +130,32 @@ class SqlSource(Source):
         self._cursor: psycopg.AsyncServerCursor[Any] | None = None
         self._positions: list[int] = []
         self._next = 0
+        self._size: SourceSize | None = None
 
     def describe(self) -> str:
         what = f"table {self.options.table}" if self.options.table else "query"
         return f"sql source '{self.name}' ({what})"
+
+    async def size(self) -> SourceSize | None:
+        """The query's row count, taken in the source's transaction before its cursor opened."""
+        return self._size
+
+    async def _count(self) -> None:
+        """`SELECT count(*)` of the query, given `COUNT_TIMEOUT_MS` at most (in a savepoint: a cancelled count
+        leaves the transaction usable). An expensive query runs twice: the count is worth it for the progress."""
+        assert self._conn is not None
+        counted = sql.SQL("SELECT count(*) FROM ({}) AS modelops_count").format(self._query())
+        await self._conn.execute("SAVEPOINT modelops_count")
+        try:
+            await self._conn.execute(f"SET LOCAL statement_timeout = {COUNT_TIMEOUT_MS}")
+            row = await (await self._conn.execute(counted)).fetchone()
+        except psycopg.Error:  # too slow (cancelled), or a query that only runs as written: go on without
+            await self._conn.execute("ROLLBACK TO SAVEPOINT modelops_count")
+            return
+        await self._conn.execute("RELEASE SAVEPOINT modelops_count")
+        await self._conn.execute("SET LOCAL statement_timeout TO DEFAULT")
+        if row is not None:
+            self._size = SourceSize(int(row[0]))
 
     def _query(self) -> sql.SQL | sql.Composed:
         if self.options.query is not None:
@@ -145,6 +178,7 @@ class SqlSource(Source):
             await self._conn.execute("SET TRANSACTION READ ONLY")
             if self.options.table is not None:
                 await self._conn.execute("SET synchronize_seqscans = off")
+            await self._count()
             self._cursor = self._conn.cursor("modelops_source")
             self._cursor.itersize = self.options.fetch_size
             await self._cursor.execute(self._query())
