@@ -144,10 +144,52 @@ class Pipeline(_Model):
     versions: list[VersionSummary]
 
 
+class Latency(_Model):
+    """Score request latencies in milliseconds over a flow's last requests."""
+
+    mean: float
+    p50: float
+    p99: float
+
+
+class ServiceProgress(_Model):
+    """What a flow saw of one scoring service: requests, rows scored, errors, retries, latency."""
+
+    requests: int = 0
+    rows: int = 0
+    errors: int = 0
+    retries: int = 0
+    latency_ms: Latency | None = None
+
+
+class FlowProgress(_Model):
+    """One flow's latest progress report (`state` is starting, running, done, failed or stopped)."""
+
+    state: str | None = None
+    read: int = 0
+    written: int = 0
+    failed: int = 0
+    filtered: int = 0
+    total: int | None = None
+    unit: str | None = None
+    done: int | None = None
+    rate: float | None = None
+    outputs: list[str] = Field(default_factory=list)
+    services: dict[str, ServiceProgress] = Field(default_factory=dict)
+    at: datetime | None = None
+
+
 class Progress(_Model):
+    """A job's record counters; with `total` and `unit` when the size of its sources is known."""
+
     read: int
     written: int
     failed: int
+    filtered: int = 0
+    total: int | None = None
+    unit: str | None = None
+    done: int | None = None
+    flows: dict[str, FlowProgress] = Field(default_factory=dict)
 
 
 class Completion(_Model):

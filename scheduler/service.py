@@ -301,11 +301,20 @@ class SchedulerService:
         return await self.get_job(job_id, events=False)
 
     async def report_progress(
-        self, job_id: uuid.UUID, credential: ReporterCredential, read: int, written: int, failed: int
+        self,
+        job_id: uuid.UUID,
+        credential: ReporterCredential,
+        read: int,
+        written: int,
+        failed: int,
+        *,
+        flow: str | None = None,
+        report: Mapping[str, Any] | None = None,
     ) -> Job:
-        """Raise the job's record counters (they never go down)."""
+        """Raise the job's record counters (they never go down); with `flow`, keep that flow's `report` too
+        (`JobStore.update_progress`)."""
         await self._authorize_report(job_id, credential)
-        return await _in_thread(self.store.update_progress, job_id, read, written, failed)
+        return await _in_thread(self.store.update_progress, job_id, read, written, failed, flow=flow, report=report)
 
     async def complete_job(
         self,

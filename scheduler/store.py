@@ -61,6 +61,8 @@ __all__ = [
 
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 500
+MAX_REPORTING_FLOWS: Final = 64
+"""A job keeps the progress of at most this many flows: a bound on what reports can make the row hold."""
 
 # Attempts before a race on a unique constraint is reported as a conflict. Versions of one pipeline are
 # numbered under a row lock, so only the creation of a new pipeline races, and one retry settles it (the retry
@@ -170,6 +172,8 @@ class Job:
     flow_completions: dict[str, Any] | None = None
     """Per-flow reports so far, `{flow: {"succeeded": bool, "message": str | None}}` (None: none, or the flows
     reported as a whole)."""
+    flow_progress: dict[str, Any] | None = None
+    """The latest progress report of each flow that reports by name (see `JobStore.update_progress`)."""
     events: tuple[JobEvent, ...] | None = None
 
     @property
@@ -333,6 +337,7 @@ def _job(row: JobRow, pipeline: str, version_number: int, events: tuple[JobEvent
         completion=row.completion,
         completion_message=row.completion_message,
         flow_completions=row.flow_completions,
+        flow_progress=row.flow_progress,
         events=events,
     )
 
@@ -456,6 +461,7 @@ def _job_of(row: Mapping[str, Any] | RowMapping, events: tuple[JobEvent, ...] | 
         completion=row["completion"],
         completion_message=row["completion_message"],
         flow_completions=row.get("flow_completions"),
+        flow_progress=row.get("flow_progress"),
         events=events,
     )
 
@@ -1061,26 +1067,62 @@ class JobStore:
             self._insert_event(conn, row, self._now(), row["state"], reason, message)
             return _job_of(row)
 
-    def update_progress(self, job_id: uuid.UUID | str, read: int, written: int, failed: int) -> Job:
+    def update_progress(
+        self,
+        job_id: uuid.UUID | str,
+        read: int,
+        written: int,
+        failed: int,
+        *,
+        flow: str | None = None,
+        report: Mapping[str, Any] | None = None,
+    ) -> Job:
         """Raise the job's record counters to the reported values; counters never go down.
 
         Reports may arrive out of order (retries, several flow replicas), so a lower value than the stored
         one is ignored rather than refused. Accepted for finished jobs too: the last report can race the end.
+
+        With `flow`, the report is that flow's: `report` (its state, source size, rate, outputs, services: what
+        `ProgressIn` accepts besides the counters) is kept with the counters as the flow's latest entry, stamped
+        `at`, unless the stored entry counted more (a late retry); the job's counters are then the sums over its
+        flows. A job keeps at most `MAX_REPORTING_FLOWS` flows' entries (more is `InvalidInput`).
         """
         uid = _parse_job_id(job_id)
         counts = {"read": read, "written": written, "failed": failed}
         for name, value in counts.items():
             if isinstance(value, bool) or not isinstance(value, int) or value < 0 or value >= 2**63:
                 raise InvalidInput(f"records {name} must be a non-negative integer", details={name: value})
+        entry = _json_document(report or {}, "progress report") if flow is not None else None
         with self._conn(write=True) as conn:
             row = self._locked_row(conn, uid)
-            raised = {
-                column: value
-                for column, value in (("records_read", read), ("records_written", written), ("records_failed", failed))
-                if value > row[column]
-            }
-            if raised:
-                self._update_row(conn, row, **raised)
+            changes: dict[str, Any] = {}
+            if flow is not None and entry is not None:
+                flows = dict(row["flow_progress"] or {})
+                if flow not in flows and len(flows) >= MAX_REPORTING_FLOWS:
+                    raise InvalidInput(
+                        f"job {uid} already has progress of {len(flows)} flows: a report of flow {flow!r} is one "
+                        "too many",
+                        details={"flow": flow},
+                    )
+                before = flows.get(flow) or {}
+                if all(value >= int(before.get(name, 0)) for name, value in counts.items()):
+                    flows[flow] = {**entry, **counts, "at": self._now().isoformat()}
+                    changes["flow_progress"] = flows
+                totals = {name: sum(int(e.get(name, 0)) for e in flows.values()) for name in counts}
+                read, written, failed = totals["read"], totals["written"], totals["failed"]
+            changes.update(
+                {
+                    column: value
+                    for column, value in (
+                        ("records_read", read),
+                        ("records_written", written),
+                        ("records_failed", failed),
+                    )
+                    if value > row[column]
+                }
+            )
+            if changes:
+                self._update_row(conn, row, **changes)
             return _job_of(row)
 
     def record_completion(

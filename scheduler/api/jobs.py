@@ -131,13 +131,19 @@ async def cancel_job(job_id: JobIdPath, service: Service, principal: WritePrinci
 @router.post(
     "/{job_id}/progress",
     summary="Report progress",
-    description="For the scoring flows: record counters as totals so far. Authenticated with the job's own "
-    "token (`Bearer mjt_...`) or an API token with the write scope.",
+    description="For the scoring flows: record counters as totals so far; a flow that names itself (`flow`) also "
+    "gives its state, its source's size when known, its rate, its outputs and what it saw of its scoring services, "
+    "which `GET /jobs/{id}` shows under `progress.flows`. Authenticated with the job's own token "
+    "(`Bearer mjt_...`) or an API token with the write scope.",
     response_model=JobOut,
     responses=error_responses(401, 403, 404, 422, 503),
 )
 async def report_progress(job_id: JobIdPath, body: ProgressIn, service: Service, credential: Reporter) -> Response:
-    return _json(JobOut.of(await service.report_progress(job_id, credential, body.read, body.written, body.failed)))
+    report = body.flow_report() if body.flow is not None else None
+    job = await service.report_progress(
+        job_id, credential, body.read, body.written, body.failed, flow=body.flow, report=report
+    )
+    return _json(JobOut.of(job))
 
 
 @router.post(

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import uuid
 from datetime import datetime
-from typing import Annotated, Any, Final
+from typing import Annotated, Any, Final, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from scheduler.service import json_object_problem, text_problem
 from scheduler.states import JobState, Task
@@ -248,10 +248,89 @@ class JobCreate(BaseModel):
     )
 
 
+SizeUnit = Literal["records", "bytes"]
+"""What a source's size counts: records (a SQL count, a Parquet footer, a counted file, a queue's backlog) or,
+when records are not known without reading everything, bytes of the input files."""
+FlowState = Literal["starting", "running", "done", "failed", "stopped"]
+"""A flow's state as it reports it: `starting` (building its channels, waiting for its services), `running`,
+then `done` (its source exhausted, completion reported), `failed`, or `stopped` (asked to stop)."""
+Rate = Annotated[float, Field(ge=0, allow_inf_nan=False)]
+FlowName = Annotated[str, Field(pattern=NAME_PATTERN, max_length=NAME_MAX)]
+
+
+class LatencyOut(BaseModel):
+    """Score request latencies in milliseconds, retries included, over the flow's last requests."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mean: Rate
+    p50: Rate
+    p99: Rate
+
+
+class ServiceProgressOut(BaseModel):
+    """What a flow saw of one scoring service it calls: requests, rows scored, errors, latency."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    requests: Counter = Field(default=0, description="Score requests answered.")
+    rows: Counter = Field(default=0, description="Rows in the answered requests.")
+    errors: Counter = Field(default=0, description="Requests refused, or given up after their retries.")
+    retries: Counter = Field(default=0, description="Attempts retried (the service unreachable or busy).")
+    latency_ms: LatencyOut | None = Field(default=None, description="None until a request was answered.")
+
+
+class FlowProgressOut(BaseModel):
+    """One flow's latest progress report, as the flow sent it, with the time the scheduler received it."""
+
+    state: FlowState | None = None
+    read: int = 0
+    written: int = 0
+    failed: int = 0
+    filtered: int = Field(default=0, description="Records a filter step left out.")
+    total: int | None = Field(default=None, description="The size of the flow's source in `unit`, when known.")
+    unit: SizeUnit | None = None
+    done: int | None = Field(default=None, description="How much of `total` is read, in `unit`.")
+    rate: float | None = Field(default=None, description="Records read per second since the flow began reading.")
+    outputs: list[str] = Field(default_factory=list, description="The flow's sinks: where its records go.")
+    services: dict[str, ServiceProgressOut] = Field(default_factory=dict)
+    at: datetime | None = Field(default=None, description="When the scheduler received the report.")
+
+
 class ProgressOut(BaseModel):
-    read: int = Field(description="Records read from the source.")
+    read: int = Field(description="Records read from the source(s).")
     written: int = Field(description="Records written to the sinks.")
     failed: int = Field(description="Records that failed.")
+    filtered: int = Field(default=0, description="Records a filter step left out (the sum over the flows).")
+    total: int | None = Field(
+        default=None,
+        description="The size of the sources in `unit` when every reporting flow knows its own in the same unit "
+        "(the sum); None when unknown.",
+    )
+    unit: SizeUnit | None = None
+    done: int | None = Field(default=None, description="How much of `total` is read, in `unit`.")
+    flows: dict[str, FlowProgressOut] = Field(
+        default_factory=dict, description="The latest report of each flow, by flow name."
+    )
+
+    @classmethod
+    def of(cls, job: Job) -> ProgressOut:
+        flows = {
+            name: FlowProgressOut.model_validate(entry) for name, entry in sorted((job.flow_progress or {}).items())
+        }
+        sized = [f for f in flows.values() if f.total is not None and f.unit is not None]
+        units = {f.unit for f in sized}
+        whole = bool(flows) and len(sized) == len(flows) and len(units) == 1
+        return cls(
+            read=job.records_read,
+            written=job.records_written,
+            failed=job.records_failed,
+            filtered=sum(f.filtered for f in flows.values()),
+            total=sum(f.total or 0 for f in sized) if whole else None,
+            unit=next(iter(units)) if whole else None,
+            done=sum(f.done if f.done is not None else f.read for f in sized) if whole else None,
+            flows=flows,
+        )
 
 
 class CompletionOut(BaseModel):
@@ -300,7 +379,39 @@ _JOB_EXAMPLE: Final[dict[str, Any]] = {
     "created_at": EXAMPLE_TIME,
     "started_at": EXAMPLE_TIME,
     "finished_at": None,
-    "progress": {"read": 5000, "written": 4990, "failed": 10},
+    "progress": {
+        "read": 5000,
+        "written": 4890,
+        "failed": 10,
+        "filtered": 100,
+        "total": 20000,
+        "unit": "records",
+        "done": 5000,
+        "flows": {
+            "digits-batch": {
+                "state": "running",
+                "read": 5000,
+                "written": 4890,
+                "failed": 10,
+                "filtered": 100,
+                "total": 20000,
+                "unit": "records",
+                "done": 5000,
+                "rate": 2480.5,
+                "outputs": ["file sink 'scores' (/data/scores.csv)"],
+                "services": {
+                    "digits": {
+                        "requests": 20,
+                        "rows": 5000,
+                        "errors": 0,
+                        "retries": 1,
+                        "latency_ms": {"mean": 12.5, "p50": 11.0, "p99": 30.2},
+                    }
+                },
+                "at": EXAMPLE_TIME,
+            }
+        },
+    },
     "completion": None,
     "flow_completions": {},
 }
@@ -349,7 +460,7 @@ class JobOut(BaseModel):
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
-            "progress": ProgressOut(read=job.records_read, written=job.records_written, failed=job.records_failed),
+            "progress": ProgressOut.of(job),
             "completion": (
                 CompletionOut(succeeded=job.completion == "succeeded", message=job.completion_message)
                 if job.completion is not None
@@ -402,16 +513,72 @@ class JobPageOut(BaseModel):
     next_cursor: str | None
 
 
+_FLOW_ONLY: Final = ("filtered", "state", "total", "unit", "done", "rate", "outputs", "services")
+
+
 class ProgressIn(BaseModel):
-    """Record counters of a running job, as totals so far (lower values than stored ones are ignored)."""
+    """Record counters of a running job, as totals so far (lower values than stored ones are ignored).
+
+    A flow reports by name (`flow`): then the scheduler keeps its whole report (state, source size, rate,
+    outputs, services) as the flow's entry, and the job's counters are the sums over its flows."""
 
     model_config = ConfigDict(
-        extra="forbid", json_schema_extra={"examples": [{"read": 5000, "written": 4990, "failed": 10}]}
+        extra="forbid",
+        json_schema_extra={
+            "examples": [
+                {"read": 5000, "written": 4990, "failed": 10},
+                {
+                    "flow": "digits-batch",
+                    "state": "running",
+                    "read": 5000,
+                    "written": 4890,
+                    "failed": 10,
+                    "filtered": 100,
+                    "total": 20000,
+                    "unit": "records",
+                    "done": 5000,
+                    "rate": 2480.5,
+                    "outputs": ["file sink 'scores' (/data/scores.csv)"],
+                    "services": {
+                        "digits": {
+                            "requests": 20,
+                            "rows": 5000,
+                            "errors": 0,
+                            "retries": 1,
+                            "latency_ms": {"mean": 12.5, "p50": 11.0, "p99": 30.2},
+                        }
+                    },
+                },
+            ]
+        },
     )
 
     read: Counter = 0
     written: Counter = 0
     failed: Counter = 0
+    filtered: Counter = 0
+    flow: FlowName | None = Field(default=None, description="The reporting flow; the fields below need it.")
+    state: FlowState | None = None
+    total: Counter | None = Field(default=None, description="The size of the flow's source in `unit`, if known.")
+    unit: SizeUnit | None = None
+    done: Counter | None = Field(default=None, description="How much of `total` is read, in `unit`.")
+    rate: Rate | None = Field(default=None, description="Records read per second since the flow began reading.")
+    outputs: list[Annotated[CleanText, Field(max_length=1024)]] = Field(default_factory=list, max_length=16)
+    services: dict[FlowName, ServiceProgressOut] = Field(default_factory=dict, max_length=32)
+
+    @model_validator(mode="after")
+    def _flow_fields_need_a_flow(self) -> ProgressIn:
+        if self.flow is None:
+            given = [name for name in _FLOW_ONLY if name in self.model_fields_set]
+            if given:
+                raise ValueError(f"{', '.join(given)} describe one flow: give `flow` too")
+        if (self.total is None) != (self.unit is None):
+            raise ValueError("`total` and `unit` go together")
+        return self
+
+    def flow_report(self) -> dict[str, Any]:
+        """What the scheduler keeps of a flow's report besides its counters."""
+        return self.model_dump(mode="json", exclude={"read", "written", "failed", "flow"})
 
 
 class CompleteIn(BaseModel):

@@ -62,7 +62,16 @@ async def test_a_job_is_created_started_and_returned_with_201(api: Api) -> None:
     assert job["parameters"] == {"threshold": 0.7}
     assert job["environment"] == {"namespace": "scoring"}
     assert job["backend"] == "fake"
-    assert job["progress"] == {"read": 0, "written": 0, "failed": 0}
+    assert job["progress"] == {
+        "read": 0,
+        "written": 0,
+        "failed": 0,
+        "filtered": 0,
+        "total": None,
+        "unit": None,
+        "done": None,
+        "flows": {},
+    }
     assert job["completion"] is None
 
 
@@ -278,9 +287,110 @@ async def test_progress_is_recorded_with_the_job_token(api: Api) -> None:
         f"{JOBS}/{job['id']}/progress", json={"read": 100, "written": 90, "failed": 10}, headers=token
     )
     assert response.status_code == 200, response.text
-    assert response.json()["progress"] == {"read": 100, "written": 90, "failed": 10}
+    counters = ("read", "written", "failed")
+    assert {k: response.json()["progress"][k] for k in counters} == {"read": 100, "written": 90, "failed": 10}
     lower = await api.client.post(f"{JOBS}/{job['id']}/progress", json={"read": 50}, headers=token)
-    assert lower.json()["progress"] == {"read": 100, "written": 90, "failed": 10}
+    assert {k: lower.json()["progress"][k] for k in counters} == {"read": 100, "written": 90, "failed": 10}
+
+
+def _flow_report(flow: str, read: int, **more: object) -> dict[str, object]:
+    return {
+        "flow": flow,
+        "state": "running",
+        "read": read,
+        "written": read - 3,
+        "failed": 1,
+        "filtered": 2,
+        "total": 1000,
+        "unit": "records",
+        "done": read,
+        "rate": 250.5,
+        "outputs": [f"file sink 'out' (/data/{flow}.csv)"],
+        "services": {
+            "digits": {
+                "requests": 4,
+                "rows": read,
+                "errors": 1,
+                "retries": 2,
+                "latency_ms": {"mean": 12.5, "p50": 11.0, "p99": 30.25},
+            }
+        },
+        **more,
+    }
+
+
+async def test_a_flow_report_with_its_size_and_services_is_kept_and_shown_per_flow(api: Api) -> None:
+    job = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(job["id"])))
+    first = await api.client.post(f"{JOBS}/{job['id']}/progress", json=_flow_report("alpha", 400), headers=token)
+    assert first.status_code == 200, first.text
+    second = await api.client.post(
+        f"{JOBS}/{job['id']}/progress", json=_flow_report("beta", 100, total=500), headers=token
+    )
+    assert second.status_code == 200, second.text
+    shown = (await api.client.get(f"{JOBS}/{job['id']}", headers=READ)).json()
+    progress = shown["progress"]
+    # the job's figures are the sums over its flows
+    assert (progress["read"], progress["written"], progress["failed"], progress["filtered"]) == (500, 494, 2, 4)
+    assert (progress["total"], progress["unit"], progress["done"]) == (1500, "records", 500)
+    alpha = progress["flows"]["alpha"]
+    assert alpha["state"] == "running"
+    assert (alpha["read"], alpha["written"], alpha["failed"], alpha["filtered"]) == (400, 397, 1, 2)
+    assert (alpha["total"], alpha["unit"], alpha["done"], alpha["rate"]) == (1000, "records", 400, 250.5)
+    assert alpha["outputs"] == ["file sink 'out' (/data/alpha.csv)"]
+    assert alpha["services"]["digits"] == {
+        "requests": 4,
+        "rows": 400,
+        "errors": 1,
+        "retries": 2,
+        "latency_ms": {"mean": 12.5, "p50": 11.0, "p99": 30.25},
+    }
+    assert alpha["at"] is not None
+    assert progress["flows"]["beta"]["total"] == 500
+
+
+async def test_a_late_flow_report_with_lower_counters_does_not_replace_the_flows_entry(api: Api) -> None:
+    job = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(job["id"])))
+    url = f"{JOBS}/{job['id']}/progress"
+    await api.client.post(url, json=_flow_report("alpha", 400, state="done"), headers=token)
+    late = await api.client.post(url, json=_flow_report("alpha", 300), headers=token)
+    assert late.status_code == 200, late.text
+    flow = late.json()["progress"]["flows"]["alpha"]
+    assert (flow["state"], flow["read"]) == ("done", 400)
+
+
+async def test_the_jobs_size_is_unknown_while_one_flow_does_not_know_its_own(api: Api) -> None:
+    job = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(job["id"])))
+    url = f"{JOBS}/{job['id']}/progress"
+    await api.client.post(url, json=_flow_report("alpha", 400), headers=token)
+    unsized = {k: v for k, v in _flow_report("beta", 10).items() if k not in ("total", "unit", "done")}
+    response = await api.client.post(url, json=unsized, headers=token)
+    progress = response.json()["progress"]
+    assert (progress["total"], progress["unit"], progress["done"]) == (None, None, None)
+    assert progress["read"] == 410
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        {"read": 1, "state": "running"},
+        {"read": 1, "total": 10, "unit": "records"},
+        {"flow": "alpha", "total": 10},
+        {"flow": "alpha", "unit": "lines", "total": 10},
+        {"flow": "alpha", "state": "dancing"},
+        {"flow": "Not A Name"},
+        {"flow": "alpha", "rate": -1.0},
+        {"flow": "alpha", "services": {"digits": {"requests": -1}}},
+        {"flow": "alpha", "services": {"digits": {"latency_ms": {"mean": 1.0}}}},
+    ],
+)
+async def test_a_malformed_flow_report_is_422(api: Api, body: dict[str, object]) -> None:
+    job = await api.start_job()
+    token = bearer(api.service.job_token(uuid.UUID(job["id"])))
+    response = await api.client.post(f"{JOBS}/{job['id']}/progress", json=body, headers=token)
+    assert response.status_code == 422, response.text
 
 
 async def test_completion_with_the_job_token_ends_the_job(api: Api) -> None:
