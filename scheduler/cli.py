@@ -108,17 +108,37 @@ PathArg = Annotated[
 
 
 @ir_app.command("validate")
-def ir_validate(path: PathArg) -> None:
-    """Check an IR bundle; print every problem with its file, document and path."""
+def ir_validate(
+    path: PathArg,
+    no_artifacts: Annotated[
+        bool, typer.Option("--no-artifacts", help="Check the documents only, not the model artifacts they name.")
+    ] = False,
+) -> None:
+    """Check an IR bundle and its local model artifacts; print every problem with its file, document and path.
+
+    Artifacts (relative paths resolve against the bundle's folder): each exists, matches its sha256, and has the
+    declared inputs and outputs where the runtime tells them without running code (ONNX graphs, torch.export
+    programs, transformers' config.json; pickles are never opened). Remote artifacts are not checked.
+    """
     try:
         bundle = ir.load_bundle(path)
     except ir.IRValidationError as exc:
         _fail_ir(exc)
+    lines: list[str] = []
+    if not no_artifacts:
+        from scheduler.artifact_check import check_artifacts
+
+        report = check_artifacts(bundle, path)
+        if report.issues:
+            _fail_ir(ir.IRValidationError(report.issues))
+        lines = report.lines
     out.print(
         f"{path}: pipeline '{bundle.name}' is valid: {len(bundle.pipeline.spec.flows)} flow(s), "
         f"{len(bundle.used_models())} model(s), {len(bundle.used_channels())} data channel(s); "
         f"digest {bundle.digest()[:12]}"
     )
+    for line in lines:
+        out.print(f"  {line}")
 
 
 @ir_app.command("render")

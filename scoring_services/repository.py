@@ -29,6 +29,7 @@ from scoring_services.metrics import ModelMetrics, ScoringMetrics
 from scoring_services.runtimes import runtime_class
 from scoring_services.runtimes.base import ModelRuntime
 from scoring_services.settings import ScoringSettings
+from scoring_services.signatures import bind
 from scoring_services.types import ModelConfig, TensorSpec
 
 __all__ = ["ALLOWED", "UNLOADED", "ModelEntry", "ModelRepository", "ModelState", "transition"]
@@ -93,16 +94,13 @@ class ModelEntry:
 
 
 def _bind(model: str, kind: str, declared: tuple[TensorSpec, ...], found: tuple[TensorSpec, ...]) -> dict[str, str]:
-    if not declared:
-        return {spec.name: spec.name for spec in found}
-    if not found:
-        return {spec.name: spec.name for spec in declared}
+    binding = bind(declared, found)
+    if binding is not None:
+        for name, bound in binding.items():
+            if name != bound:
+                log.info("model '%s': %s '%s' is bound to the artifact's '%s'", model, kind, name, bound)
+        return binding
     names = {spec.name for spec in found}
-    if all(spec.name in names for spec in declared):
-        return {spec.name: spec.name for spec in declared}
-    if len(declared) == 1 and len(found) == 1:
-        log.info("model '%s': %s '%s' is bound to the artifact's '%s'", model, kind, declared[0].name, found[0].name)
-        return {declared[0].name: found[0].name}
     missing = ", ".join(spec.name for spec in declared if spec.name not in names)
     raise ModelLoadError(
         f"model '{model}': declared {kind}(s) {missing} not found in the artifact, which has {', '.join(sorted(names))}"

@@ -36,11 +36,12 @@ from transformers import (
 from scoring_services.artifacts import verify
 from scoring_services.errors import InvalidRequest, ModelLoadError
 from scoring_services.runtimes.base import ModelRuntime, option
+from scoring_services.signatures import TRANSFORMERS_TASKS, transformers_task
 from scoring_services.types import Array, Batch, TensorSpec
 
 __all__ = ["TransformersRuntime"]
 
-TASKS: Final = ("text-classification", "feature-extraction", "text-generation")
+TASKS: Final = TRANSFORMERS_TASKS
 DEFAULT_MAX_TOKENS: Final = 256
 DEFAULT_NEW_TOKENS: Final = 32
 
@@ -99,12 +100,7 @@ class TransformersRuntime(ModelRuntime):
 
     @staticmethod
     def _default_task(config: Any) -> str:
-        architectures = [str(a) for a in (getattr(config, "architectures", None) or [])]
-        if any(a.endswith("ForSequenceClassification") for a in architectures):
-            return "text-classification"
-        if any(a.endswith(("ForCausalLM", "LMHeadModel")) for a in architectures):
-            return "text-generation"
-        return "feature-extraction"
+        return transformers_task([str(a) for a in (getattr(config, "architectures", None) or [])])
 
     def _new_tokens(self, parameters: Mapping[str, Any]) -> int:
         value = parameters.get("max_new_tokens", self.new_tokens)

@@ -534,3 +534,58 @@ async def test_an_exported_program_serves_declared_names_bound_to_its_own(
         answer = (await http.post("/v2/models/net/infer", json=infer_body("features", rows, "FP32"))).json()
     assert [o["name"] for o in answer["outputs"]] == ["probabilities"]
     assert outputs_of(answer)["probabilities"].shape == (2, 3)
+
+
+# ---------------------------------------------------------------------------------------------- signatures
+# `modelops ir validate` reads signatures without running the artifact's code (scoring_services.signatures):
+# what it reads must be what the loaded runtime serves.
+
+
+async def _loaded_signature(runtime: str, path: Path, options: dict[str, Any] | None = None) -> tuple[Any, Any]:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from scoring_services.runtimes import runtime_class
+
+    config = model_config("m", runtime, path, sha256=sha256_of(path) if path.is_file() else None, options=options)
+    with ThreadPoolExecutor(1) as executor:
+        loaded = runtime_class(runtime)(config, path, executor)
+        await loaded.load()
+        try:
+            return loaded.inputs, loaded.outputs
+        finally:
+            await loaded.unload()
+
+
+async def test_the_onnx_signature_read_for_validate_is_the_one_the_runtime_serves(digits: Digits) -> None:
+    from scoring_services.signatures import read_signature
+
+    read = read_signature("onnx", digits.onnx_path, {})
+    assert read is not None
+    assert (read.inputs, read.outputs) == await _loaded_signature("onnx", digits.onnx_path)
+
+
+async def test_the_exported_program_signature_read_from_its_json_is_the_one_the_runtime_serves(
+    torch_models: tuple[Any, Path, Path],
+) -> None:
+    from scoring_services.signatures import read_signature
+
+    _, _, exported = torch_models
+    read = read_signature("torch", exported, {})
+    assert read is not None
+    assert read.inputs == (spec("x", "FP32", -1, 4),)
+    assert (read.inputs, read.outputs) == await _loaded_signature("torch", exported)
+
+
+@pytest.mark.parametrize(
+    ("folder", "options"),
+    [("bert_folder", {}), ("bert_folder", {"task": "feature-extraction"}), ("gpt_folder", {})],
+)
+async def test_the_transformers_signature_read_from_config_json_is_the_one_the_runtime_serves(
+    folder: str, options: dict[str, Any], request: pytest.FixtureRequest
+) -> None:
+    from scoring_services.signatures import read_signature
+
+    path: Path = request.getfixturevalue(folder)
+    read = read_signature("transformers", path, options)
+    assert read is not None
+    assert (read.inputs, read.outputs) == await _loaded_signature("transformers", path, options)
