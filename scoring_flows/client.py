@@ -30,6 +30,8 @@ import httpx
 import numpy as np
 import orjson
 
+from scoring_flows.metrics import ServiceFigures
+
 __all__ = [
     "DATATYPES",
     "MAX_REQUEST_BYTES",
@@ -138,6 +140,8 @@ class V2Client:
         """Set when the flow stops: a failing request is not retried any more (the flow is going away)."""
         self._on_retry = on_retry
         self._on_request = on_request
+        self.figures: dict[str, ServiceFigures] = {name: ServiceFigures() for name in self.urls}
+        """What this flow saw of each service (requests, rows, errors, retries, latency) for its progress reports."""
         # trust_env=False: a proxy from HTTP_PROXY must not stand between the flow and its services.
         self._http = httpx.AsyncClient(
             timeout=httpx.Timeout(request_timeout, connect=5.0),
@@ -228,6 +232,7 @@ class V2Client:
         started = time.monotonic()
         deadline = started + self.retry_seconds
         delay = 0.1
+        figures = self.figures.setdefault(service, ServiceFigures())
         while True:
             problem: str
             try:
@@ -236,22 +241,33 @@ class V2Client:
                 problem = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
             else:
                 if response.status_code == 200:
+                    took = time.monotonic() - started
                     if self._on_request is not None:
-                        self._on_request(service, time.monotonic() - started)
-                    return _decode(response, outputs, len(inputs[0].array))
+                        self._on_request(service, took)
+                    try:
+                        decoded = _decode(response, outputs, len(inputs[0].array))
+                    except ScoreRejected:
+                        figures.errors += 1
+                        raise
+                    figures.answered(took, len(inputs[0].array))
+                    return decoded
                 if response.status_code not in _RETRY_STATUSES:
+                    figures.errors += 1
                     raise ScoreRejected(
                         response.status_code, f"{service}: HTTP {response.status_code}: {_problem(response)}"
                     )
                 problem = f"HTTP {response.status_code}: {_problem(response)}"
             now = time.monotonic()
             if self.stopping:
+                figures.errors += 1
                 raise ScoringUnavailable(f"scoring service {service} at {base} failed while the flow stops: {problem}")
             if now >= deadline:
+                figures.errors += 1
                 raise ScoringUnavailable(
                     f"scoring service {service} at {base} did not answer within {self.retry_seconds:g}s of retries; "
                     f"last problem: {problem}"
                 )
+            figures.retries += 1
             if self._on_retry is not None:
                 self._on_retry(service, problem)
             await asyncio.sleep(min(delay * (0.5 + random.random() / 2), deadline - now))

@@ -139,10 +139,13 @@ class Reporter:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.link.token}"}
 
-    async def progress(self, counters: Counters) -> None:
+    async def progress(self, counters: Counters, report: Mapping[str, Any] | None = None) -> None:
+        """Send the counters; a named flow sends its `report` too (state, size, rate, outputs, services)."""
         if not self.link.enabled:
             return
-        body = {"read": counters.read, "written": counters.written, "failed": counters.failed}
+        body: dict[str, Any] = {"read": counters.read, "written": counters.written, "failed": counters.failed}
+        if self.flow is not None:
+            body.update({"flow": self.flow, "filtered": counters.filtered, **(report or {})})
         try:
             response = await self._http.post(self._url("progress"), json=body, headers=self._headers())
             if response.status_code >= 400 and not self._warned:
@@ -223,6 +226,8 @@ class Flow:
         self.reporter = Reporter(self.link, self.log, self.settings.complete_timeout_seconds, self.name)
         self.metrics = FlowMetrics(name)
         self.counters = Counters()
+        self._state = "starting"
+        """What the progress reports say the flow does: starting, running, done, failed or stopped."""
         self._stopping = False
         self._source: Source | None = None
         self._sinks: list[Sink] = []
@@ -291,6 +296,7 @@ class Flow:
 
     async def _failed(self, message: str) -> int:
         self.log(f"FAILED: {message}")
+        await self._send_progress("failed")
         await self.reporter.complete(False, f"flow {self.name}: {message}")
         return 1
 
@@ -363,6 +369,7 @@ class Flow:
         self.log(
             f"starting: {what}; {len(self._steps)} step(s), batches of {spec.batch_size}, errors: {spec.error_policy}"
         )
+        await self._send_progress("starting")  # the scheduler shows the flow and its outputs from now on
         if self._client is not None:
             await self._client.wait_ready(spec.services, self.settings.ready_timeout_seconds, self.log)
 
@@ -403,6 +410,7 @@ class Flow:
         self._resumed_from = start
         self._started = time.monotonic()  # rates count from the first read, not from the services' start-up
         await source.open(start, checkpoint.source if checkpoint is not None else None)
+        await self._send_progress("running")  # the source's size, as soon as it is known
         exhausted = await self._loop(source)
         if exhausted and source.finite:
             await self._finish()
@@ -492,7 +500,7 @@ class Flow:
             with contextlib.suppress(asyncio.CancelledError):
                 await progress
             self.metrics.in_flight.set(0)
-        await self.reporter.progress(self.counters)
+        await self._send_progress("stopped" if self._stopping else "running")
         self._log_progress()
         return outcome["exhausted"]
 
@@ -623,6 +631,7 @@ class Flow:
             self._checkpoint.counters = c.as_dict()
             await asyncio.to_thread(self._store.save, self._checkpoint)
         self.log(f"done: {message}")
+        await self._send_progress("done")
         if not await self.reporter.complete(True, message):
             raise FlowFailed("the scoring is done, but the scheduler did not record its completion")
 
@@ -632,10 +641,45 @@ class Flow:
         last_log = time.monotonic()
         while True:
             await asyncio.sleep(self.settings.progress_interval_seconds)
-            await self.reporter.progress(self.counters)
+            await self._send_progress()
             if time.monotonic() - last_log >= _LOG_EVERY_SECONDS:
                 last_log = time.monotonic()
                 self._log_progress()
+
+    async def _send_progress(self, state: str | None = None) -> None:
+        """One progress report to the scheduler (`state` changes the flow's state first)."""
+        if state is not None:
+            self._state = state
+        await self.reporter.progress(self.counters, await self._progress_report())
+
+    async def _progress_report(self) -> dict[str, Any]:
+        """The flow's state, its source's size in records (or bytes), its rate, outputs and services' figures."""
+        c = self.counters
+        report: dict[str, Any] = {
+            "state": self._state,
+            "outputs": [sink.describe() for sink in self._sinks],
+            "services": {name: f.report() for name, f in self._client.figures.items()} if self._client else {},
+        }
+        if self._state != "starting":
+            elapsed = time.monotonic() - self._started
+            report["rate"] = round((c.read - self._resumed_from) / elapsed, 3) if elapsed > 0 else 0.0
+        if self._state == "done":
+            report.update(total=c.read, unit="records", done=c.read)  # exact now, whatever was estimated
+            return report
+        try:
+            size = await self._source.size() if self._source is not None else None
+        except Exception as exc:  # a progress figure must never fail the scoring
+            self.log(f"cannot tell the size of the source: {type(exc).__name__}: {exc}")
+            size = None
+        if size is None:
+            return report
+        if size.unit == "bytes":
+            report.update(total=size.total, unit="bytes", done=size.done if size.done is not None else 0)
+        elif size.backlog:
+            report.update(total=c.read + size.total, unit="records", done=c.read)
+        else:
+            report.update(total=max(size.total, c.read), unit="records", done=c.read)
+        return report
 
     def _log_progress(self) -> None:
         c = self.counters

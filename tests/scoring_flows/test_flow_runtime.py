@@ -131,8 +131,44 @@ async def test_a_csv_flow_scores_every_record_in_order_like_in_process_and_repor
     assert done["succeeded"] is True
     assert done["flow"] == "digits-flow"  # the scheduler waits for each flow of the pipeline to report
     assert "3,000 records written to file sink 'out'" in done["message"] and "records/s" in done["message"]
-    assert scheduler.progress[-1] == {"read": 3000, "written": 3000, "failed": 0}
+    assert counters(scheduler.progress[-1]) == {"read": 3000, "written": 3000, "failed": 0}
     assert any("binary tensors" in line for line in lines)
+
+
+def counters(report: dict[str, Any]) -> dict[str, Any]:
+    return {name: report[name] for name in ("read", "written", "failed")}
+
+
+async def test_a_flow_reports_its_state_its_sources_size_its_outputs_and_each_services_figures(
+    tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
+) -> None:
+    rows = digits_rows(digits, 3000)
+    write_digits_csv(workdir / "data" / "in.csv", rows)
+    with StubScheduler() as scheduler:
+        values = csv_flow(tmp_path, digits, scheduler=scheduler)
+        code, lines, _ = await run(values, digits_services.urls, workdir)
+    assert code == 0, lines
+    reports = scheduler.progress
+    assert {r["flow"] for r in reports} == {"digits-flow"}
+    states = [r["state"] for r in reports]
+    assert states[0] == "starting" and states[-1] == "done"
+    assert "running" in states
+    assert states.index("done") > max(i for i, state in enumerate(states) if state == "running")
+    first_running = next(r for r in reports if r["state"] == "running")
+    # counted lines of the CSV file, header left out, known before the first record is scored
+    assert (first_running["total"], first_running["unit"]) == (3000, "records")
+    last = reports[-1]
+    assert (last["total"], last["unit"], last["done"], last["filtered"]) == (3000, "records", 3000, 0)
+    assert last["rate"] > 0
+    assert last["outputs"] == [f"file sink 'out' ({workdir / 'out' / 'scored.csv'})"]  # where the records went
+    assert set(last["services"]) == {"digits-rf", "digits-rf-onnx"}
+    for figures in last["services"].values():
+        assert figures["rows"] == 3000
+        assert figures["requests"] >= 6  # batches of 500
+        assert figures["errors"] == 0
+        latency = figures["latency_ms"]
+        assert 0 < latency["p50"] <= latency["p99"]
+        assert latency["mean"] > 0
 
 
 async def test_a_service_that_never_gets_ready_fails_the_flow_with_a_clear_message_in_bounded_time(
@@ -208,7 +244,7 @@ async def test_under_skip_bad_records_are_counted_and_left_out(
     assert code == 0
     keep = ~np.isin(rows[:, 0], [10, 1800, 1900])
     assert_scored(read_csv(workdir / "out" / "scored.csv"), expected(digits, rows[keep]))
-    assert scheduler.progress[-1] == {"read": 2000, "written": 1997, "failed": 3}
+    assert counters(scheduler.progress[-1]) == {"read": 2000, "written": 1997, "failed": 3}
     assert sum("skipped record" in line or "skipped a line" in line for line in lines) == 3
 
 
@@ -340,10 +376,21 @@ async def test_a_postgresql_query_is_scored_into_a_table_created_from_the_schema
             "out": channel("sink", "sql", {"connection": secret, "table": "scored", "createTable": True}, OUT_FIELDS),
         }
         bundle = write_bundle(tmp_path / "bundle", digits, channels=channels, batch_size=1000)
-        values = render_values(bundle, tmp_path / "run" / "values.yaml")
         env = {"MODELOPS_SECRET_PG_URL": url}
-        code, lines, _ = await run(values, digits_services.urls, workdir, environ=env)
+        with StubScheduler() as scheduler:
+            values = render_values(
+                bundle,
+                tmp_path / "run" / "values.yaml",
+                job_id=scheduler.job_id,
+                scheduler_url=scheduler.url,
+                token=scheduler.token,
+            )
+            code, lines, _ = await run(values, digits_services.urls, workdir, environ=env)
         assert code == 0, lines
+        # the query's count(*), known as soon as the source is open
+        first_running = next(r for r in scheduler.progress if r["state"] == "running")
+        assert (first_running["total"], first_running["unit"]) == (2500, "records")
+        assert first_running["outputs"] == ["sql sink 'out' (table scored)"]
         with psycopg.connect(url) as conn:
             got = conn.execute("SELECT id, label, probability, onnx_label FROM scored ORDER BY id").fetchall()
         table = pa.table(
