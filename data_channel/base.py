@@ -37,6 +37,7 @@ __all__ = [
     "ChannelContext",
     "ChannelError",
     "ChannelUnavailable",
+    "InputMissing",
     "Sink",
     "Source",
     "SourceBatch",
@@ -48,6 +49,11 @@ __all__ = [
 
 class ChannelError(Exception):
     """A data channel cannot do its work: bad options, a missing file, a refused query. Permanent."""
+
+
+class InputMissing(ChannelError):
+    """An input the source must read is not there (a file never created, or deleted since the job started):
+    the job's input is invalid, which the flow reports as such (reason `InvalidInput`)."""
 
 
 class ChannelUnavailable(ChannelError):

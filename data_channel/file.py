@@ -1,8 +1,9 @@
 """File channels: CSV, JSON Lines and Parquet, one file or a glob, plain or gzip, read and written in order.
 
-**Paths.** A relative path resolves against the flow's working directory (`ChannelContext.workdir`: the
-directory the flow process runs in; the local backend starts flows in the scheduler's working directory, so
-pass absolute paths with `--param` when in doubt). `~` is expanded. A source path may be a glob (`*`, `?`,
+**Paths.** The scheduler resolves a job's relative paths against its data root before a flow sees them
+(docs/scheduler.md, "Paths"); a path that is still relative resolves against the flow's working directory
+(`ChannelContext.workdir`). `~` is expanded. An input file that is not there (or no longer) is `InputMissing`:
+the job fails as `InvalidInput`. A source path may be a glob (`*`, `?`,
 `[...]`, `**` for any depth): the matching files are read one after the other in sorted order of their paths,
 and a batch never spans two files. A sink path is one file; its parent folders are created.
 
@@ -49,7 +50,7 @@ import pyarrow as pa
 import pyarrow.csv as pacsv
 import pyarrow.parquet as pq
 
-from data_channel.base import ChannelContext, ChannelError, Sink, Source, SourceBatch, SourceSize
+from data_channel.base import ChannelContext, ChannelError, InputMissing, Sink, Source, SourceBatch, SourceSize
 from data_channel.schema import RecordError, SchemaError, conform, from_text, from_values, to_json_values
 from ir.models import CsvDialect, DataChannelSpec, FileOptions, RecordSchema
 
@@ -121,10 +122,10 @@ class FileSource(Source):
         if any(c in _GLOB_CHARS for c in text):
             paths = sorted(p for p in globlib.glob(text, recursive=True) if os.path.isfile(p))
             if not paths:
-                raise ChannelError(f"{self.describe()}: no file matches {text}")
+                raise InputMissing(f"{self.describe()}: no file matches {text}")
         else:
             if not pattern.is_file():
-                raise ChannelError(f"{self.describe()}: {text} does not exist or is not a file")
+                raise InputMissing(f"{self.describe()}: {text} does not exist or is not a file")
             paths = [text]
         infos = []
         for path in paths:
@@ -245,6 +246,13 @@ class FileSource(Source):
 
         return locate
 
+    def _cannot_read(self, info: _FileInfo, exc: Exception) -> ChannelError:
+        """The error for an input file that cannot be opened: `InputMissing` when it is gone (deleted since
+        the flow found it), so the job fails as `InvalidInput` rather than as a scoring failure."""
+        if isinstance(exc, FileNotFoundError):
+            return InputMissing(f"{self.describe()}: {info.path} does not exist (any more)")
+        return ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}")
+
     @staticmethod
     def _where(info: _FileInfo, base: int) -> Callable[[int], str]:
         name = info.path
@@ -299,7 +307,7 @@ class FileSource(Source):
                 convert_options=convert_options,
             )
         except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
-            raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+            raise self._cannot_read(info, exc) from exc
         where = self._where(info, base)
         next_index = 0  # record index in the file of the next record the reader gives
         cursor = skip  # record index where the next batch starts
@@ -400,7 +408,7 @@ class FileSource(Source):
                 gzip.open(info.path, "rb") if _gzipped(self.options, Path(info.path)) else open(info.path, "rb")  # noqa: SIM115
             )
         except OSError as exc:
-            raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+            raise self._cannot_read(info, exc) from exc
         self._raw = getattr(handle, "fileobj", None) or handle  # gzip: the compressed file's position
         with handle:
             lines: list[bytes] = []
@@ -481,7 +489,7 @@ class FileSource(Source):
             else:
                 parquet = pq.ParquetFile(info.path)
         except (pa.ArrowInvalid, OSError) as exc:
-            raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+            raise self._cannot_read(info, exc) from exc
         missing = [n for n in names if n not in parquet.schema_arrow.names]
         if missing:
             raise ChannelError(

@@ -19,7 +19,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from pathlib import PurePosixPath
-from typing import Any, Literal, TypeVar
+from typing import Any, Final, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, Field, ValidationError, field_validator
@@ -102,6 +102,43 @@ class Globals(StrictModel):
                 "model_store",
                 "modelStore must be an absolute path or a file://, http:// or https:// URI (got '{value}')",
                 {"value": value},
+            )
+        return value
+
+    artifact_store: str | None = Field(
+        default=None,
+        description="Base URI of the scheduler's artifact store: a model uri `modelops-artifact:sha256:<hex>` "
+        "(what `modelops pipeline deploy` and `modelops run` write for a bundle's relative artifacts) resolves "
+        "to `<artifactStore>/<hex>` (a file:// folder, or the scheduler's http(s) artifact route).",
+    )
+    data_root: str | None = Field(
+        default=None,
+        description="Absolute path that relative file channel paths are resolved against; unset leaves them "
+        "relative (to the flow's working directory).",
+    )
+
+    @field_validator("artifact_store")
+    @classmethod
+    def _artifact_store_uri(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        if value.startswith("/"):
+            return PurePosixPath(value).as_uri()
+        scheme = value.split("://", 1)[0] if "://" in value else ""
+        if scheme not in ("file", "http", "https"):
+            raise PydanticCustomError(
+                "artifact_store",
+                "artifactStore must be an absolute path or a file://, http:// or https:// URI (got '{value}')",
+                {"value": value},
+            )
+        return value
+
+    @field_validator("data_root")
+    @classmethod
+    def _absolute_data_root(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("/"):
+            raise PydanticCustomError(
+                "data_root", "dataRoot must be an absolute path (got '{value}')", {"value": value}
             )
         return value
 
@@ -323,10 +360,58 @@ def make_globals(data: Mapping[str, Any]) -> Globals:
 # ---------------------------------------------------------------------------------------------- render
 
 
-def _resolve_uri(uri: str, store: str | None) -> str:
-    if store is None or "://" in uri:
+ARTIFACT_SCHEME: Final = "modelops-artifact:sha256:"
+"""How a model uri names an artifact of the scheduler's content-addressed store: this prefix, then its sha256."""
+_ARTIFACT_URI = re.compile(r"^modelops-artifact:sha256:([0-9a-f]{64})$")
+
+
+def artifact_uri(sha256: str) -> str:
+    """The model uri of the stored artifact with this sha256."""
+    return ARTIFACT_SCHEME + sha256
+
+
+def artifact_digest(uri: str) -> str | None:
+    """The sha256 a `modelops-artifact:sha256:<hex>` uri names; None for any other uri."""
+    match = _ARTIFACT_URI.match(uri)
+    return match.group(1) if match else None
+
+
+def is_relative_uri(uri: str) -> bool:
+    """True for a model uri that is a path relative to the bundle (no scheme, not a stored artifact)."""
+    return "://" not in uri and not uri.startswith("/") and artifact_digest(uri) is None
+
+
+# The path rules of a job live here, in one place (docs/scheduler.md, "Paths"): a stored artifact resolves
+# against the artifact store, another relative model uri against the model store, a relative file channel
+# path against the data root.
+
+
+def resolve_model_uri(uri: str, globals_: Globals) -> str:
+    """Where the scoring service finds a model: see the comment above."""
+    digest = artifact_digest(uri)
+    if digest is not None:
+        if globals_.artifact_store is None:
+            return uri
+        return globals_.artifact_store.rstrip("/") + "/" + digest
+    if globals_.model_store is None or "://" in uri:
         return uri
-    return store.rstrip("/") + "/" + uri.removeprefix("./")
+    return globals_.model_store.rstrip("/") + "/" + uri.removeprefix("./")
+
+
+def resolve_data_path(path: str, data_root: str | None) -> str:
+    """A file channel's path with the data root applied (`~` and absolute paths are kept as they are)."""
+    if data_root is None or path.startswith(("/", "~")):
+        return path
+    return str(PurePosixPath(data_root) / path.removeprefix("./"))
+
+
+def _resolve_channel(spec: DataChannelSpec, data_root: str | None) -> DataChannelSpec:
+    if spec.file is None or data_root is None:
+        return spec
+    resolved = resolve_data_path(spec.file.path, data_root)
+    if resolved == spec.file.path:
+        return spec
+    return spec.model_copy(update={"file": spec.file.model_copy(update={"path": resolved})})
 
 
 def _revalidate(
@@ -365,11 +450,15 @@ def render(bundle: Bundle, params: Mapping[str, Any] | None = None, globals_: Gl
         substituted = _substitute(raw, resolved, typed=False)
         channel_spec = _revalidate(bundle, "DataChannel", name, ("spec",), DataChannelSpec, substituted, issues)
         if channel_spec is not None:
-            channels[name] = ChannelValues(name=name, spec=channel_spec)
+            channels[name] = ChannelValues(name=name, spec=_resolve_channel(channel_spec, settings.data_root))
 
     services: dict[str, ScoringServiceValues] = {}
     for model in bundle.used_models():
-        model_spec = model.spec.model_copy(update={"uri": _resolve_uri(model.spec.uri, settings.model_store)})
+        update: dict[str, Any] = {"uri": resolve_model_uri(model.spec.uri, settings)}
+        digest = artifact_digest(model.spec.uri)
+        if digest is not None and model.spec.sha256 is None:
+            update["sha256"] = digest  # what the store holds under that name is checked on load
+        model_spec = model.spec.model_copy(update=update)
         services[model.metadata.name] = ScoringServiceValues(
             name=model.metadata.name,
             model=model_spec,

@@ -25,7 +25,8 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from scheduler.api import health, jobs, pipelines, tasks
+from scheduler.api import artifacts, health, jobs, pipelines, tasks
+from scheduler.api.docs import install_docs
 from scheduler.api.errors import install_error_handlers
 from scheduler.auth import OPEN_MODE_WARNING, Authenticator, OpenModeRefused
 from scheduler.backends.base import Backend
@@ -129,6 +130,8 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
         "through `install -> wait -> uninstall`. Every error has the body "
         '`{"error": {"code", "message", "details"}}`. Authenticate with `Authorization: Bearer <token>`.',
         lifespan=lifespan,
+        docs_url=None,  # served by scheduler.api.docs, with the assets on this server (offline)
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.auth = auth
@@ -139,7 +142,9 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
     app.include_router(pipelines.router)
     app.include_router(jobs.router)
     app.include_router(tasks.router)
+    app.include_router(artifacts.router)
     app.include_router(health.router)
+    install_docs(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 

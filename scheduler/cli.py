@@ -12,18 +12,20 @@ line, 130 after Ctrl-C.
 
 from __future__ import annotations
 
+import errno
 import json
 import signal
+import socket
 import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn
-from urllib.parse import urlsplit
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
 import typer
 from rich import box
@@ -36,12 +38,15 @@ from rich.text import Text
 
 import ir
 from ir.schema import dumps, ir_schema, values_schema
+from scheduler.artifact_upload import LocalArtifact, MissingArtifact, bundle_folder
 from scheduler.client import (
     DEFAULT_SERVER,
     ApiError,
     ClientError,
     Job,
     JobDetail,
+    JobPage,
+    Pipeline,
     SchedulerClient,
     SchedulerUnreachable,
 )
@@ -59,7 +64,32 @@ app = typer.Typer(
     no_args_is_help=True,
     pretty_exceptions_enable=False,
     add_completion=False,
+    context_settings={"help_option_names": ["-h", "--help"]},  # inherited by every sub-command
 )
+
+
+def _print_version(given: bool) -> None:
+    if given:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            number = version("modelops")
+        except PackageNotFoundError:  # running from a source tree that was never installed
+            number = "unknown (not installed)"
+        print(f"modelops {number}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    _version: Annotated[
+        bool,
+        typer.Option("--version", is_eager=True, callback=_print_version, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """Scoring pipelines for machine-learning models: validate IR, run the scheduler, deploy pipelines, run jobs."""
+
+
 ir_app = typer.Typer(help="Validate and render pipeline IR bundles.", no_args_is_help=True)
 app.add_typer(ir_app, name="ir")
 
@@ -236,6 +266,45 @@ TokenOption = Annotated[
 ]
 ParamOption = Annotated[list[str], typer.Option("--param", "-p", help="A pipeline parameter, NAME=VALUE (repeatable).")]
 JsonOption = Annotated[bool, typer.Option("--json", help="Print the API's JSON instead of a table.")]
+WATCH_SECONDS = 1.0
+"""How often `job list --watch` asks for the list again."""
+
+
+class OutputFormat(StrEnum):
+    """`-o` of the list commands, as kubectl's: the API's data, names only, or a table with more columns."""
+
+    JSON = "json"
+    YAML = "yaml"
+    NAME = "name"
+    WIDE = "wide"
+
+
+OutputOption = Annotated[
+    OutputFormat | None,
+    typer.Option(
+        "--output",
+        "-o",
+        case_sensitive=False,
+        show_default=False,
+        help="json or yaml (the API's data), name (ids or names only, one a line), wide (more columns).",
+    ),
+]
+NoHeadersOption = Annotated[bool, typer.Option("--no-headers", help="Print the table without its header line.")]
+
+
+def _output_of(output: OutputFormat | None, as_json: bool) -> OutputFormat | None:
+    """The chosen format: `--json` is `-o json`; None is the default table."""
+    return OutputFormat.JSON if as_json and output is None else output
+
+
+def _print_data(data: Any, output: OutputFormat) -> None:
+    """JSON-ready `data` as JSON (indented, like the API's) or YAML, to stdout."""
+    if output is OutputFormat.YAML:
+        import yaml
+
+        sys.stdout.write(yaml.safe_dump(data, sort_keys=False, allow_unicode=True))
+    else:
+        out.print_json(json.dumps(data))
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -264,25 +333,106 @@ def _api(server: str | None, token: str | None, what: str) -> Iterator[Scheduler
     url = server or DEFAULT_SERVER
     client = SchedulerClient(url, token)
     try:
-        yield client
+        with _reported(what, url if server is None else None):
+            yield client
+    finally:
+        client.close()
+
+
+@contextmanager
+def _reported(what: str, default_url: str | None) -> Iterator[None]:
+    """Any client failure in the block as one error line on stderr and exit code 1; `default_url`: no server
+    was configured, and this is the default address that did not answer."""
+    try:
+        yield
     except SchedulerUnreachable as exc:
-        if server is None:
-            _fail(f"no scheduler at {url}: start one with `modelops serve` or set {SERVER_ENV}")
+        if default_url is not None:
+            _fail(f"no scheduler at {default_url}: start one with `modelops serve` or set {SERVER_ENV}")
         _fail(exc.message)
     except ApiError as exc:
         _print_api_error(exc, what)
         raise typer.Exit(1) from None
     except ClientError as exc:
         _fail(f"{what}: {exc.message}")
+
+
+class _Reader(Protocol):
+    """What the read commands need: a `SchedulerClient`, or a `scheduler.offline.HomeReader` of the home."""
+
+    def list_jobs(
+        self,
+        *,
+        state: JobState | None = None,
+        pipeline: str | None = None,
+        limit: int | None = None,
+        cursor: str | None = None,
+        id_prefix: str | None = None,
+    ) -> JobPage: ...
+
+    def get_job(self, job_id: uuid.UUID | str) -> JobDetail: ...
+
+    def resolve_job_id(self, job_id: uuid.UUID | str) -> uuid.UUID: ...
+
+    def list_pipelines(self) -> list[Pipeline]: ...
+
+    def logs(self, job_id: uuid.UUID | str, *, task: Task | None = None, follow: bool = False) -> Iterator[str]: ...
+
+
+def _answers(client: SchedulerClient) -> bool:
+    """Whether a scheduler answers at the client's address (ready or not: if not, the command says why)."""
+    try:
+        client.check()
+    except SchedulerUnreachable:
+        return False
+    except ApiError:
+        return True
+    return True
+
+
+@contextmanager
+def _reader(server: str | None, token: str | None, what: str) -> Iterator[_Reader]:
+    """For the read commands: the configured scheduler, as `_api`; with none configured and none answering at
+    the default address, the scheduler that holds this machine's home (a `modelops run` in progress), else the
+    home's SQLite database read directly (after `modelops run`, nothing serves it). Says which on stderr."""
+    if server is not None:
+        with _api(server, token, what) as client:
+            yield client
+        return
+    with _api(None, token, what) as client:
+        if _answers(client):
+            yield client
+            return
+    from scheduler.embedded import HomeLock
+    from scheduler.offline import HomeReader, home_database
+
+    settings = _settings()
+    holder = HomeLock.holder(settings.home) or ""
+    url = holder.split()[-1] if holder.startswith("pid ") else ""
+    if url.startswith("http"):
+        err.print(f"no scheduler at {DEFAULT_SERVER}: using the one that holds {settings.home} ({holder})")
+        with _api(url, token, what) as client:
+            yield client
+        return
+    database = home_database(settings)
+    if database is None:
+        _fail(f"no scheduler at {DEFAULT_SERVER}: start one with `modelops serve` or set {SERVER_ENV}")
+    with _reported(what, None):
+        home = HomeReader(settings, database)
+    err.print(f"no scheduler at {DEFAULT_SERVER}: reading {database} directly (read-only)")
+    try:
+        with _reported(what, None):
+            yield home
     finally:
-        client.close()
+        home.close()
 
 
 def _print_table(table: Table) -> None:
-    """On a terminal, fit the table to its width; elsewhere (a pipe, a file) never cut a column."""
+    """On a terminal, fit the table to its width; elsewhere (a pipe, a file) never cut a column, and print it
+    plain: no lines drawn, no colours, columns apart by spaces (as kubectl does, for `awk` and `grep`)."""
     if out.is_terminal:
         out.print(table)
     else:  # `print(width=)` cannot widen a console beyond its width, so a wide one of our own
+        table.box = None
         Console(file=sys.stdout, width=1000, highlight=False, markup=False, color_system=None).print(table)
 
 
@@ -339,16 +489,31 @@ def serve(
             help="API worker processes (env MODELOPS_SCHEDULER_WORKERS, default 1); more than 1 needs PostgreSQL."
         ),
     ] = None,
+    migrate: Annotated[
+        bool,
+        typer.Option(
+            "--migrate",
+            help="Upgrade a PostgreSQL database to this version's schema first (an SQLite one always is).",
+        ),
+    ] = False,
 ) -> None:
     """Run the scheduling server (REST API and the lifecycle engine) until Ctrl-C or SIGTERM."""
-    run_server(_settings(host=host, port=port, workers=workers), access_log=access_log)
+    run_server(_settings(host=host, port=port, workers=workers), access_log=access_log, migrate=migrate)
 
 
 def run_server(
-    settings: SchedulerSettings, *, backend_factory: BackendFactory | None = None, access_log: bool = False
+    settings: SchedulerSettings,
+    *,
+    backend_factory: BackendFactory | None = None,
+    access_log: bool = False,
+    migrate: bool = False,
 ) -> None:
-    """What `modelops serve` does: check the schema, hold the home, serve with uvicorn until stopped.
+    """What `modelops serve` does: take the port, hold the home, prepare the schema, serve with uvicorn until
+    stopped.
 
+    The port is bound first, so a busy one is refused before anything else happens (no migration, no
+    recovery of jobs). An SQLite database is this server's own: created and migrated here, as `modelops run`
+    does; a PostgreSQL one is shared, so only checked unless `migrate` (`modelops db upgrade` otherwise).
     `backend_factory` is for the benchmark (the local backend deploying test programs); errors exit like
     every command (one line, exit code 1).
     """
@@ -358,39 +523,65 @@ def run_server(
     from scheduler.embedded import EmbeddedServerError, HomeLock, prepare_database
     from scheduler.tokens import load_secret
 
-    try:
-        prepare_database(settings, migrate=False)
-        load_secret(settings.home)  # the lifespan loads it too; checked here to fail with one line, not a trace
-        application = create_app(settings, backend_factory=backend_factory)
-    except (OSError, ValueError) as exc:
-        _fail(f"cannot start: the job-token secret is unusable: {exc}")
-    except EmbeddedServerError as exc:
-        _fail(f"cannot start: {exc}")
-    except StartupRefused as exc:
-        _fail(str(exc) if str(exc).startswith("cannot start") else f"cannot start: {exc}")
+    listener = _listen(settings.host, settings.port)
     lock = HomeLock(settings.home) if settings.backend == "local" else None
-    if lock is not None:
+    try:
+        if lock is not None:
+            try:
+                lock.acquire(settings.public_url)
+            except EmbeddedServerError as exc:
+                _fail(f"cannot start: {exc}")
         try:
-            lock.acquire(settings.public_url)
+            application = create_app(settings, backend_factory=backend_factory)  # refuses open mode beyond loopback
+            load_secret(settings.home)  # the lifespan loads it too; checked here to fail with one line, not a trace
+            own = settings.database_url.startswith("sqlite")
+            migrated_from = prepare_database(settings, migrate=migrate or own)
+        except (OSError, ValueError) as exc:
+            _fail(f"cannot start: the job-token secret is unusable: {exc}")
         except EmbeddedServerError as exc:
             _fail(f"cannot start: {exc}")
-    try:
+        except StartupRefused as exc:
+            _fail(str(exc) if str(exc).startswith("cannot start") else f"cannot start: {exc}")
+        if migrated_from is not None:
+            err.print(f"migrated the database from {migrated_from} to this version's schema")
         if settings.workers > 1:
             del application  # built above only to refuse a bad configuration with one line
+            listener.close()  # uvicorn's supervisor binds the port for its workers itself
             _serve_with_workers(settings, backend_factory, access_log)
         else:
-            uvicorn.run(
+            config = uvicorn.Config(
                 application,
-                host=settings.host,
-                port=settings.port,
                 log_config=_serve_logging(settings.log_level.upper()),
                 access_log=access_log,
                 lifespan="on",
                 timeout_graceful_shutdown=10,
             )
+            server = uvicorn.Server(config)
+            server.run(sockets=[listener])
+            if not server.started:  # the lifespan refused to start: it logged why
+                raise typer.Exit(1)
     finally:
+        listener.close()
         if lock is not None:
             lock.release()
+
+
+def _listen(host: str, port: int) -> socket.socket:
+    """A socket bound to `host:port`, as uvicorn binds one; a port in use is one error line, exit code 1."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    listener = socket.socket(family, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind((host.strip("[]"), port))
+    except OSError as exc:
+        listener.close()
+        if exc.errno == errno.EADDRINUSE:
+            _fail(
+                f"cannot start: port {port} on {host} is in use (another `modelops serve`?): stop it, or choose "
+                "another port with --port or MODELOPS_SCHEDULER_PORT"
+            )
+        _fail(f"cannot start: cannot listen on {host}:{port}: {exc.strerror or exc}")
+    return listener
 
 
 def _serve_with_workers(settings: SchedulerSettings, backend_factory: BackendFactory | None, access_log: bool) -> None:
@@ -542,7 +733,7 @@ def pipeline_deploy(
 ) -> None:
     """Send an IR bundle to the scheduler; it is stored as the next version (or the same one, if unchanged)."""
     with _api(server, token, f"deploying {path}") as client:
-        deployment = client.deploy(path)
+        deployment = client.deploy(path, on_artifact=_artifact_line)
     if as_json:
         out.print_json(deployment.model_dump_json())
         return
@@ -550,19 +741,42 @@ def pipeline_deploy(
     out.print(f"pipeline {deployment.name} version {deployment.version}: {status}; digest {deployment.digest}")
 
 
+def _artifact_line(artifact: LocalArtifact | MissingArtifact, uploaded: bool) -> None:
+    if isinstance(artifact, MissingArtifact):
+        err.print(
+            f"model {artifact.model}: no artifact at {artifact.path}: uri {artifact.uri!r} left for the "
+            "server's model store"
+        )
+        return
+    done = f"uploaded ({artifact.kind})" if uploaded else "already on the server"
+    err.print(f"model {artifact.model}: {artifact.uri} sha256 {artifact.sha256[:12]} {done}")
+
+
 @pipeline_app.command("list")
-def pipeline_list(server: ServerOption = None, token: TokenOption = None, as_json: JsonOption = False) -> None:
+def pipeline_list(
+    server: ServerOption = None,
+    token: TokenOption = None,
+    output: OutputOption = None,
+    no_headers: NoHeadersOption = False,
+    as_json: JsonOption = False,
+) -> None:
     """The deployed pipelines and their versions."""
-    with _api(server, token, "listing pipelines") as client:
+    with _reader(server, token, "listing pipelines") as client:
         pipelines = client.list_pipelines()
-    if as_json:
-        out.print_json(json.dumps([p.model_dump(mode="json") for p in pipelines]))
+    output = _output_of(output, as_json)
+    if output in (OutputFormat.JSON, OutputFormat.YAML):
+        _print_data([p.model_dump(mode="json") for p in pipelines], output)
+        return
+    if output is OutputFormat.NAME:
+        for pipeline in pipelines:
+            out.print(pipeline.name)
         return
     if not pipelines:
         err.print("no pipelines deployed yet: `modelops pipeline deploy PATH`")
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("PIPELINE", "LATEST", "VERSIONS", "DIGEST", "DEPLOYED", "BY"):
+    wide = output is OutputFormat.WIDE
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=not no_headers)
+    for column in ("PIPELINE", "LATEST", "VERSIONS", "DIGEST", "DEPLOYED", "BY", *(("CREATED",) if wide else ())):
         table.add_column(column, no_wrap=True)
     for pipeline in pipelines:
         latest = pipeline.versions[-1]
@@ -570,9 +784,10 @@ def pipeline_list(server: ServerOption = None, token: TokenOption = None, as_jso
             pipeline.name,
             str(pipeline.latest_version),
             str(len(pipeline.versions)),
-            latest.digest[:12],
+            latest.digest if wide else latest.digest[:12],
             _when(latest.created_at),
             latest.created_by or "-",
+            *((_when(pipeline.created_at),) if wide else ()),
         )
     _print_table(table)
 
@@ -601,43 +816,125 @@ def job_start(
 @job_app.command("list")
 def job_list(
     state: Annotated[
-        JobState | None, typer.Option(case_sensitive=False, help="Only jobs in this state.", show_default=False)
+        JobState | None,
+        typer.Option(case_sensitive=False, help="Only jobs in this state (any case).", show_default=False),
     ] = None,
     pipeline: Annotated[str | None, typer.Option(help="Only jobs of this pipeline.")] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many jobs (newest first).")] = 20,
     cursor: Annotated[str | None, typer.Option(help="Continue after a previous page (its printed cursor).")] = None,
+    watch: Annotated[
+        bool, typer.Option("--watch", "-w", help="Keep watching: print the list again when it changes, until Ctrl-C.")
+    ] = False,
     server: ServerOption = None,
     token: TokenOption = None,
+    output: OutputOption = None,
+    no_headers: NoHeadersOption = False,
     as_json: JsonOption = False,
 ) -> None:
     """Jobs, newest first, as a table."""
-    with _api(server, token, "listing jobs") as client:
+    output = _output_of(output, as_json)
+    with _reader(server, token, "listing jobs") as client:
+        if watch:
+            _watch_jobs(lambda: client.list_jobs(state=state, pipeline=pipeline, limit=limit), output, no_headers)
+            return
         page = client.list_jobs(state=state, pipeline=pipeline, limit=limit, cursor=cursor)
-    if as_json:
-        out.print_json(page.model_dump_json())
+    if output in (OutputFormat.JSON, OutputFormat.YAML):
+        _print_data(page.model_dump(mode="json"), output)
         return
-    if not page.items:
+    if output is OutputFormat.NAME:
+        for job in page.items:
+            out.print(str(job.id))
+    elif not page.items:
         err.print("no jobs" + (" match" if state or pipeline or cursor else " yet"))
         return
-    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    else:
+        _print_table(_jobs_table(page.items, wide=output is OutputFormat.WIDE, no_headers=no_headers))
+    if page.next_cursor:
+        err.print(f"more: --cursor {page.next_cursor}")
+
+
+def _jobs_table(jobs: list[Job], *, wide: bool, no_headers: bool) -> Table:
+    """The table of `job list`; `wide` adds when it ran, its records, its backend and its message."""
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=not no_headers)
     table.add_column("ID", no_wrap=True, min_width=36)
     table.add_column("PIPELINE", overflow="fold")
     table.add_column("STATE", no_wrap=True)
     table.add_column("TASK")
     table.add_column("CREATED")
+    if wide:
+        for column in ("STARTED", "DURATION", "READ", "WRITTEN", "FAILED", "BACKEND"):
+            numeric = column in ("READ", "WRITTEN", "FAILED")
+            table.add_column(column, no_wrap=True, justify="right" if numeric else "left")
     table.add_column("REASON", overflow="fold")
-    for job in page.items:
-        table.add_row(
+    if wide:
+        table.add_column("MESSAGE", overflow="fold")
+    for job in jobs:
+        row: list[str | Text] = [
             str(job.id),
             f"{job.pipeline} v{job.version}",
             _state(job.state.value),
             job.task.value if job.task else "-",
             job.created_at.astimezone().strftime("%m-%d %H:%M:%S"),
-            job.reason or "-",
-        )
-    _print_table(table)
-    if page.next_cursor:
-        err.print(f"more: --cursor {page.next_cursor}")
+        ]
+        if wide:
+            took = "-"
+            if job.started_at is not None:
+                took = _duration(((job.finished_at or datetime.now(UTC)) - job.started_at).total_seconds())
+            started = job.started_at.astimezone().strftime("%m-%d %H:%M:%S") if job.started_at else "-"
+            progress = job.progress
+            row += [started, took, f"{progress.read:,}", f"{progress.written:,}", f"{progress.failed:,}", job.backend]
+        row.append(job.reason or "-")
+        if wide:
+            row.append(Text(_first_line(job.message) if job.message else "-"))
+        table.add_row(*row)
+    return table
+
+
+def _watch_jobs(fetch: Callable[[], JobPage], output: OutputFormat | None, no_headers: bool) -> None:
+    """`job list --watch`: ask every `WATCH_SECONDS` and show what changed, until Ctrl-C (exit code 0).
+
+    A table is drawn again in place on a terminal (rich Live) and printed again, whole, elsewhere whenever a job
+    in it changed; with `-o json|yaml|name` each new or changed job is printed as it is seen (JSON one object a
+    line)."""
+    live: Live | None = None
+    last: dict[uuid.UUID, str] | None = None  # None: nothing shown yet
+    try:
+        while True:
+            page = fetch()
+            seen = {job.id: job.model_dump_json() for job in page.items}
+            if output in (OutputFormat.JSON, OutputFormat.YAML, OutputFormat.NAME):
+                for job in reversed(page.items):  # oldest first: the order in which they changed, roughly
+                    if last is None or last.get(job.id) != seen[job.id]:
+                        _print_watched(job, output)
+            elif out.is_terminal:
+                table = _jobs_table(page.items, wide=output is OutputFormat.WIDE, no_headers=no_headers)
+                if live is None:
+                    live = Live(table, console=out, auto_refresh=False)
+                    live.start()
+                live.update(table, refresh=True)
+            elif last is None or list(seen.items()) != list(last.items()):
+                if last is not None:
+                    out.print()
+                _print_table(_jobs_table(page.items, wide=output is OutputFormat.WIDE, no_headers=no_headers))
+            sys.stdout.flush()
+            last = seen
+            time.sleep(WATCH_SECONDS)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        if live is not None:
+            live.stop()
+
+
+def _print_watched(job: Job, output: OutputFormat) -> None:
+    if output is OutputFormat.NAME:
+        out.print(str(job.id))
+    elif output is OutputFormat.JSON:
+        sys.stdout.write(job.model_dump_json() + "\n")
+    else:
+        import yaml
+
+        sys.stdout.write("---\n" + yaml.safe_dump(job.model_dump(mode="json"), sort_keys=False, allow_unicode=True))
 
 
 @job_app.command("show")
@@ -648,7 +945,7 @@ def job_show(
     as_json: JsonOption = False,
 ) -> None:
     """A job's state, task, reason and message, timestamps, progress, and its events."""
-    with _api(server, token, f"reading job {job_id}") as client:
+    with _reader(server, token, f"reading job {job_id}") as client:
         job = client.get_job(job_id)
     if as_json:
         out.print_json(job.model_dump_json(by_alias=True))
@@ -717,17 +1014,37 @@ def job_cancel(
 @job_app.command("logs")
 def job_logs(
     job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id.")],
+    component: Annotated[
+        list[str],
+        typer.Option(
+            "--component",
+            "-c",
+            metavar="NAME",
+            help="Only this component (repeatable): install, wait, uninstall, service/NAME, flow/NAME, or a bare "
+            "service or flow name. Default: all, interleaved by time.",
+        ),
+    ] = [],  # noqa: B006
     task: Annotated[
-        Task | None, typer.Option(case_sensitive=False, help="Only this task's log (default: all, in order).")
+        Task | None, typer.Option(case_sensitive=False, help="Only this phase's log (the same as --component).")
     ] = None,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Keep printing until the task or job ends.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep printing the lines as they are written until the job ends.")
+    ] = False,
+    list_components: Annotated[
+        bool, typer.Option("--list", help="Print the job's log components, one per line, and nothing else.")
+    ] = False,
     server: ServerOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Print a job's logs (install, wait, uninstall) as plain text."""
+    """Print a job's logs, like `tkn pipelinerun logs`: every phase (install, wait, uninstall) and the output of
+    every scoring service and flow, interleaved by time, each line prefixed with its [component]."""
     with _api(server, token, f"reading the logs of job {job_id}") as client:
+        if list_components:
+            for name in client.log_components(job_id):
+                out.print(name)
+            return
         try:
-            for chunk in client.logs(job_id, task=task, follow=follow):
+            for chunk in client.logs(job_id, task=task, components=component, follow=follow):
                 sys.stdout.write(chunk)
                 sys.stdout.flush()
         except KeyboardInterrupt:
@@ -818,13 +1135,12 @@ def _run(
 ) -> int:
     """Deploy, start and follow; the exit code (or `_ABANDONED` after a second Ctrl-C)."""
     with _api(server, token, f"running {path}") as client:
-        deployment = client.deploy(path)
+        deployment = client.deploy(path, on_artifact=_artifact_line)
         state = "new version" if deployment.created else "unchanged"
         err.print(f"pipeline {deployment.name} version {deployment.version} ({state}, {deployment.digest[:12]})")
-        # On this machine, relative artifact paths in the IR resolve against the bundle's folder.
-        base = path.resolve() if path.is_dir() else path.resolve().parent
-        local = embedded is not None or urlsplit(server).hostname in ("127.0.0.1", "localhost", "::1")
-        environment = {"modelStore": base.as_uri()} if local else None
+        # The model artifacts went with the bundle; relative data paths resolve against the bundle's folder
+        # with the embedded server, against the server's data root otherwise (docs/scheduler.md, "Paths").
+        environment = {"dataRoot": str(bundle_folder(path))} if embedded is not None else None
         job = client.create_job(
             deployment.name, version=deployment.version, parameters=parameters, environment=environment
         )

@@ -15,11 +15,12 @@ Every failure is a `ClientError` whose `message` is one line fit for stderr:
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import tarfile
 import uuid
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from datetime import datetime
 from pathlib import Path, PurePosixPath
 from types import TracebackType
@@ -29,6 +30,16 @@ from urllib.parse import urlsplit
 import httpx
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+import ir
+from scheduler.artifact_upload import (
+    ArtifactError,
+    LocalArtifact,
+    MissingArtifact,
+    bundle_folder,
+    folder_tar,
+    local_artifacts,
+    rewritten_payload,
+)
 from scheduler.states import TERMINAL, JobState, Task
 
 __all__ = [
@@ -44,6 +55,7 @@ __all__ = [
     "SchedulerClient",
     "SchedulerUnreachable",
     "bundle_payload",
+    "resolve_job_id",
 ]
 
 DEFAULT_SERVER: Final = "http://127.0.0.1:8787"
@@ -57,6 +69,10 @@ TARBALL_SUFFIXES: Final = (".tar.gz", ".tgz")
 _TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
 _DEPLOY_TIMEOUT: Final = httpx.Timeout(120.0, connect=5.0)
 _LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
+ID_PREFIX_MIN: Final = 4
+"""The fewest hex digits of a job id the commands accept for it (as the API's `id_prefix` filter)."""
+AMBIGUOUS_SHOWN: Final = 5
+"""How many of the jobs an ambiguous id prefix matches are named in the error."""
 
 
 # ---------------------------------------------------------------------------------------------- errors
@@ -373,10 +389,60 @@ class SchedulerClient:
 
     # -- pipelines --------------------------------------------------------------------------------
 
-    def deploy(self, path: Path) -> Deployment:
-        """Deploy the IR bundle at `path` (folder, file or .tar.gz); see `bundle_payload`."""
+    def deploy(
+        self, path: Path, on_artifact: Callable[[LocalArtifact | MissingArtifact, bool], None] | None = None
+    ) -> Deployment:
+        """Deploy the IR bundle at `path` (folder, file or .tar.gz); see `bundle_payload`.
+
+        Its relative model artifacts are uploaded first (those the server has not got) and the IR deployed
+        names them by sha256 (`scheduler.artifact_upload`); `on_artifact(artifact, uploaded)` hears of each,
+        and of each relative uri with no file next to the bundle (left for the server's model store).
+        """
         body, content_type = bundle_payload(path)
-        return self.deploy_bytes(body, content_type)
+        try:
+            bundle = ir.load_bundle(path)
+        except ir.IRValidationError:
+            return self.deploy_bytes(body, content_type)  # as it is: the server lists every problem
+        try:
+            artifacts, missing = local_artifacts(bundle, bundle_folder(path))
+        except ArtifactError as exc:
+            raise ClientError(f"{path}: {exc}") from None
+        for absent in missing:
+            if on_artifact is not None:
+                on_artifact(absent, False)
+        if not artifacts:
+            return self.deploy_bytes(body, content_type)
+        for artifact in artifacts:
+            uploaded = not self.has_artifact(artifact.sha256)
+            if uploaded:
+                self.upload_artifact(artifact)
+            if on_artifact is not None:
+                on_artifact(artifact, uploaded)
+        return self.deploy_bytes(*rewritten_payload(bundle, artifacts))
+
+    def has_artifact(self, sha256: str) -> bool:
+        """Whether the server's artifact store holds this sha256 (`HEAD /artifacts/{sha256}`)."""
+        try:
+            self._request("HEAD", f"{API}/artifacts/{sha256}")
+        except ApiError as exc:
+            if exc.status in (401, 403, 404):
+                return False  # not there, or not for us to see: the upload's answer says which, with a body
+            raise
+        return True
+
+    def upload_artifact(self, artifact: LocalArtifact) -> dict[str, Any]:
+        """`POST /artifacts` of a file, or of a folder as a tar; the server checks the sha256."""
+        params = {"kind": artifact.kind, "sha256": artifact.sha256}
+        headers = {"Content-Type": "application/gzip" if artifact.kind == "folder" else "application/octet-stream"}
+        try:
+            content = folder_tar(artifact.path) if artifact.kind == "folder" else artifact.path.read_bytes()
+        except OSError as exc:
+            raise ClientError(f"{artifact.path}: cannot read it: {exc.strerror or exc}") from None
+        response = self._request(
+            "POST", f"{API}/artifacts", params=params, content=content, headers=headers, timeout=_DEPLOY_TIMEOUT
+        )
+        body: dict[str, Any] = response.json()
+        return body
 
     def deploy_bytes(self, body: bytes, content_type: str) -> Deployment:
         response = self._request(
@@ -415,8 +481,11 @@ class SchedulerClient:
         pipeline: str | None = None,
         limit: int | None = None,
         cursor: str | None = None,
+        id_prefix: str | None = None,
     ) -> JobPage:
         params: dict[str, str | int] = {}
+        if id_prefix is not None:
+            params["id_prefix"] = id_prefix
         if state is not None:
             params["state"] = state.value
         if pipeline is not None:
@@ -427,22 +496,40 @@ class SchedulerClient:
             params["cursor"] = cursor
         return self._parse(JobPage, self._request("GET", f"{API}/jobs", params=params))
 
+    def resolve_job_id(self, job_id: uuid.UUID | str) -> uuid.UUID:
+        """The job id that `job_id` names, a full id or a prefix (see `resolve_job_id`); the server finds the
+        jobs a prefix matches (`GET /jobs?id_prefix=`)."""
+        return resolve_job_id(job_id, lambda prefix: self.list_jobs(id_prefix=prefix, limit=AMBIGUOUS_SHOWN))
+
     def get_job(self, job_id: uuid.UUID | str) -> JobDetail:
-        return self._parse(JobDetail, self._request("GET", f"{API}/jobs/{_job_path(job_id)}"))
+        return self._parse(JobDetail, self._request("GET", f"{API}/jobs/{self.resolve_job_id(job_id)}"))
 
     def cancel_job(self, job_id: uuid.UUID | str) -> Job:
-        return self._parse(Job, self._request("POST", f"{API}/jobs/{_job_path(job_id)}/cancel"))
+        return self._parse(Job, self._request("POST", f"{API}/jobs/{self.resolve_job_id(job_id)}/cancel"))
 
-    def logs(self, job_id: uuid.UUID | str, *, task: Task | None = None, follow: bool = False) -> Iterator[str]:
-        """The job's log text, chunk by chunk as the server sends it (until the task or job ends with `follow`)."""
-        params: dict[str, str] = {}
+    def log_components(self, job_id: uuid.UUID | str) -> list[str]:
+        """The job's log components (`install`, `wait`, `uninstall`, `service/<name>`, `flow/<name>`)."""
+        response = self._request("GET", f"{API}/jobs/{self.resolve_job_id(job_id)}/logs/components")
+        return list(self._parse(_LogComponents, response).components)
+
+    def logs(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        task: Task | None = None,
+        components: Sequence[str] = (),
+        follow: bool = False,
+    ) -> Iterator[str]:
+        """The job's log text, chunk by chunk as the server sends it: the lines of `components` (all when none is
+        given, nor `task`), interleaved by time and prefixed `[component]`; with `follow`, until the job ends."""
+        params = httpx.QueryParams([("component", name) for name in components])
         if task is not None:
-            params["task"] = task.value
+            params = params.add("task", task.value)
         if follow:
-            params["follow"] = "true"
+            params = params.add("follow", "true")
         timeout = httpx.Timeout(30.0, connect=5.0, read=None) if follow else _TIMEOUT
         request = self._http.build_request(
-            "GET", f"{API}/jobs/{_job_path(job_id)}/logs", params=params, timeout=timeout
+            "GET", f"{API}/jobs/{self.resolve_job_id(job_id)}/logs", params=params, timeout=timeout
         )
         try:
             response = self._http.send(request, stream=True)
@@ -464,12 +551,38 @@ class _PipelineList(_Model):
     items: list[Pipeline]
 
 
-def _job_path(job_id: uuid.UUID | str) -> str:
-    """The id as a path segment; anything that is not a UUID is refused here, with the server's wording."""
-    try:
-        return str(uuid.UUID(str(job_id)))
-    except ValueError:
-        raise ApiError(422, "invalid_request", f"not a job id: {job_id!r} (job ids are UUIDs)") from None
+class _LogComponents(_Model):
+    components: list[str]
+
+
+def resolve_job_id(job_id: uuid.UUID | str, matching: Callable[[str], JobPage]) -> uuid.UUID:
+    """The job id that `job_id` names: a full id as it is, or the one job whose id starts with a prefix of at
+    least `ID_PREFIX_MIN` hex digits (`274541d4`, as `git` and `docker` accept short ids).
+
+    `matching(prefix)` lists (some of) the jobs whose id starts with the prefix. A prefix that matches no job
+    is a 404 `ApiError`; one that matches several is a 409 naming them, never a guess."""
+    if isinstance(job_id, uuid.UUID):
+        return job_id
+    text = job_id.strip()
+    with contextlib.suppress(ValueError):
+        return uuid.UUID(text)
+    digits = text.replace("-", "")
+    if not ID_PREFIX_MIN <= len(digits) <= 32 or any(c not in "0123456789abcdefABCDEF" for c in digits):
+        raise ApiError(
+            422,
+            "invalid_request",
+            f"not a job id: {job_id!r} (give a job id, or at least its first {ID_PREFIX_MIN} hex digits)",
+        )
+    page = matching(text)
+    if not page.items:
+        raise ApiError(404, "job_not_found", f"no job has an id starting with {text!r}")
+    if len(page.items) > 1:
+        named = ", ".join(str(job.id) for job in page.items)
+        more = " and more" if page.next_cursor else ""
+        raise ApiError(
+            409, "ambiguous_job_id", f"{text!r} is the start of several job ids ({named}{more}): give more of the id"
+        )
+    return page.items[0].id
 
 
 def _api_error(response: httpx.Response) -> ApiError:

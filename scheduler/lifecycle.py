@@ -15,6 +15,7 @@ How a run ends (`Outcome.reason`, which becomes the job's reason):
 | --- | --- | --- |
 | `Completed` | SUCCEEDED | a flow reported success through `/complete` |
 | `ScoringFailed` | FAILED | a flow reported failure through `/complete` (its message is kept) |
+| `InvalidInput` | FAILED | a flow reported that an input file is not there (deleted since the job started) |
 | `InvalidParameters` | FAILED | the job's parameters do not fit the pipeline |
 | `RenderFailed` | FAILED | the IR, the environment or the settings do not render into values |
 | `InstallFailed` | FAILED | deploying failed, or a component exited during install |
@@ -67,6 +68,7 @@ __all__ = [
     "INSTALL_FAILED",
     "INSTALL_TIMEOUT",
     "INTERNAL_ERROR",
+    "INVALID_INPUT",
     "INVALID_PARAMETERS",
     "NO_COMPLETION",
     "RENDER_FAILED",
@@ -78,12 +80,14 @@ __all__ = [
     "Lifecycle",
     "Outcome",
     "Run",
+    "completion_failure_reason",
 ]
 
 logger = logging.getLogger(__name__)
 
 COMPLETED: Final = "Completed"
 SCORING_FAILED: Final = "ScoringFailed"
+INVALID_INPUT: Final = "InvalidInput"
 INVALID_PARAMETERS: Final = "InvalidParameters"
 RENDER_FAILED: Final = "RenderFailed"
 INSTALL_FAILED: Final = "InstallFailed"
@@ -98,6 +102,7 @@ INTERNAL_ERROR: Final = "InternalError"
 FAILED_REASONS: Final = frozenset(
     {
         SCORING_FAILED,
+        INVALID_INPUT,
         INVALID_PARAMETERS,
         RENDER_FAILED,
         INSTALL_FAILED,
@@ -118,8 +123,8 @@ DEFAULT_TIMEOUTS: Final[Mapping[str, int]] = {"install": 600, "wait": 86400, "un
 """The IR's default timeouts (10m, 24h, 10m), used when a run's values cannot be read back."""
 
 _MIN_UNINSTALL_MARGIN_SECONDS: Final = 10.0
-"""Uninstall always gets at least the stop grace plus this, whatever the pipeline's uninstall timeout says: the
-SIGKILL step must be reachable."""
+"""Uninstall always gets at least two stop graces (the flows', then the services': each process has its own) plus
+this, whatever the pipeline's uninstall timeout says: the SIGKILL steps must be reachable."""
 
 _STORE_RETRY_DELAYS: Final = (0.2, 0.5, 1.0, 2.0, 4.0)
 """Back-off between attempts when the database is unavailable (about 8 s in all): a restarting database or a
@@ -297,13 +302,16 @@ class Lifecycle:
                     return Outcome.cancelled()
                 raise JobNotRunnable(f"job {run.job_id} is {job.state}: install cannot begin") from None
             log(f"install: job {job.id} of pipeline {job.pipeline} version {job.pipeline_version}")
+            started = time.monotonic()
             outcome = await self._render(job, run, log)
+            if outcome is None:
+                assert run.values is not None
+                outcome = await self._deploy(job, run, log)
             if outcome is not None:
+                took = time.monotonic() - started
+                log(f"install: failed after {took:.2f}s with {outcome.reason}: {_headline(outcome)}")
                 return outcome
             assert run.values is not None
-            outcome = await self._deploy(job, run, log)
-            if outcome is not None:
-                return outcome
             try:
                 job = await self.db(
                     self.store.transition,
@@ -370,7 +378,7 @@ class Lifecycle:
             log(f"wait for readiness: timed out after {time.monotonic() - started:.2f}s")
             return Outcome.failed(INSTALL_TIMEOUT, message)
         except DeployError as exc:
-            log(f"wait for readiness: failed after {time.monotonic() - started:.2f}s")
+            log(f"wait for readiness: failed after {time.monotonic() - started:.2f}s: {exc}")
             return Outcome.failed(INSTALL_FAILED, str(exc))
         log(f"wait for readiness: done in {time.monotonic() - started:.2f}s")
         return None
@@ -444,7 +452,7 @@ class Lifecycle:
                 # Finished by someone else meanwhile: still make sure nothing of ours keeps running.
                 job = await self.db(self.store.get_job, run.job_id)
             verb = "resuming uninstall" if resumed else "uninstall"
-            log(f"{verb}: the run ended with {outcome.reason} (job state {job.state})")
+            log(f"{verb}: the run ended with {outcome.reason} (job state {job.state}): {_headline(outcome)}")
             deployment = run.deployment
             if deployment is None and job.backend_ref:
                 deployment = Deployment(str(run.job_id), job.backend_ref)
@@ -464,8 +472,8 @@ class Lifecycle:
             log("nothing was deployed")
             return None
         grace = self.settings.uninstall_grace_seconds
-        bound = max(timeout, grace + _MIN_UNINSTALL_MARGIN_SECONDS)
-        log(f"teardown (grace {grace:g}s, at most {bound:g}s) ...")
+        bound = max(timeout, 2 * grace + _MIN_UNINSTALL_MARGIN_SECONDS)
+        log(f"teardown (SIGTERM, then SIGKILL after a grace of {grace:g}s each; at most {bound:g}s in all) ...")
         started = time.monotonic()
         try:
             await asyncio.wait_for(self.deployer.teardown(deployment, grace, log), bound)
@@ -509,6 +517,11 @@ class Lifecycle:
                 continue  # a cancel got in between: look again
 
 
+def _headline(outcome: Outcome) -> str:
+    """The first line of the outcome's message (the rest is log tails): what `job show` shows first."""
+    return (outcome.message or "-").splitlines()[0]
+
+
 def _write_private(path: Path, text: str) -> None:
     """Write `text` readable by the owner only: the values hold the job token."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -529,8 +542,19 @@ def _completion(job: Job) -> Outcome | None:
     if job.completion == "succeeded":
         return Outcome(JobState.SUCCEEDED, COMPLETED, job.completion_message or "a flow reported completion")
     if job.completion == "failed":
-        return Outcome.failed(SCORING_FAILED, job.completion_message or "a flow reported that the scoring failed")
+        return Outcome.failed(
+            completion_failure_reason(job), job.completion_message or "a flow reported that the scoring failed"
+        )
     return None
+
+
+def completion_failure_reason(job: Job) -> str:
+    """The reason of a job whose flows reported failure: `InvalidInput` when a failed flow said its input is
+    not there, else `ScoringFailed`."""
+    for report in (job.flow_completions or {}).values():
+        if isinstance(report, Mapping) and not report.get("succeeded") and report.get("reason") == INVALID_INPUT:
+            return INVALID_INPUT
+    return SCORING_FAILED
 
 
 def _interrupted(job: Job) -> Outcome | None:

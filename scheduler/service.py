@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from typing import Any, Final, ParamSpec, TypeVar
@@ -26,8 +26,10 @@ import ir
 from scheduler.auth import Principal, ReporterCredential, Unauthorized
 from scheduler.backends.base import Backend
 from scheduler.errors import Conflict, IllegalTransition, InvalidInput
+from scheduler.joblogs import PHASES, merge_logs
+from scheduler.paths import check_job_paths
 from scheduler.settings import SchedulerSettings
-from scheduler.states import TERMINAL, JobState, Task
+from scheduler.states import TERMINAL, JobState
 from scheduler.store import DEFAULT_PAGE_SIZE, Job, JobPage, JobStore, Pipeline, PipelineVersion
 from scheduler.tokens import job_token, job_token_hash, verify_job_token
 from scheduler.values import bundle_of, render_values, stored_ir
@@ -206,7 +208,8 @@ class SchedulerService:
         """Create a PENDING job and start it on the backend; `(job, created)`.
 
         The parameters are checked by rendering the values before anything is written, so a bad request
-        creates nothing (`ir.IRValidationError`). A replayed idempotency key returns the first job with
+        creates nothing (`ir.IRValidationError`); on the local backend the rendered paths are checked too
+        (`scheduler.paths.UnresolvablePath`, 422). A replayed idempotency key returns the first job with
         `created=False` and does not start it again.
         """
         params = dict(parameters or {})
@@ -246,7 +249,9 @@ class SchedulerService:
         """`create_job`'s blocking part, in one worker thread: find the version, render, insert."""
         stored = self.store.get_version(pipeline, version)
         job_id = uuid.uuid4()
-        render_values(stored.ir, params, self.settings, job_id, None, env)
+        values = render_values(stored.ir, params, self.settings, job_id, None, env)
+        if self.backend.name == "local":  # its components run on this machine: their paths must resolve here
+            check_job_paths(bundle_of(stored.ir), values)
         return self.store.create_job(
             stored,
             parameters=params,
@@ -264,9 +269,12 @@ class SchedulerService:
         pipeline: str | None = None,
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
+        id_prefix: str | None = None,
     ) -> JobPage:
         return await _in_thread(
-            lambda: self.store.list_jobs(state=state, pipeline=pipeline, cursor=cursor, limit=limit)
+            lambda: self.store.list_jobs(
+                state=state, pipeline=pipeline, cursor=cursor, limit=limit, id_prefix=id_prefix
+            )
         )
 
     async def get_job(self, job_id: uuid.UUID, *, events: bool = True) -> Job:
@@ -323,18 +331,26 @@ class SchedulerService:
         succeeded: bool,
         message: str | None = None,
         flow: str | None = None,
+        reason: str | None = None,
     ) -> Job:
         """Record a completion report, of one flow (`flow`) or of all, then let the backend end `wait` if the
-        job's completion is now known (every flow succeeded, or one failed: `JobStore.record_completion`)."""
+        job's completion is now known (every flow succeeded, or one failed: `JobStore.record_completion`).
+        `reason` (`InvalidInput`) classifies a flow's failure."""
         checked = await self._authorize_report(job_id, credential)
-        job = await _in_thread(self._record_completion, job_id, succeeded, message, flow, checked)
+        job = await _in_thread(self._record_completion, job_id, succeeded, message, flow, checked, reason)
         if job.completion is None:
             return job  # other flows have yet to report
         await self.backend.completed(job_id)
         return await self.get_job(job.id, events=False)
 
     def _record_completion(
-        self, job_id: uuid.UUID, succeeded: bool, message: str | None, flow: str | None, known: Job | None
+        self,
+        job_id: uuid.UUID,
+        succeeded: bool,
+        message: str | None,
+        flow: str | None,
+        known: Job | None,
+        reason: str | None = None,
     ) -> Job:
         """`known`: the job as the token check read it, if it did (its pipeline names the flows)."""
         flows: list[str] = []
@@ -342,7 +358,7 @@ class SchedulerService:
             job = known or self.store.get_job(job_id)
             stored = self.store.get_version(job.pipeline, job.pipeline_version)
             flows = list(bundle_of(stored.ir).pipeline.spec.flows)
-        return self.store.record_completion(job_id, succeeded, message, flow=flow, flows=flows)
+        return self.store.record_completion(job_id, succeeded, message, flow=flow, flows=flows, reason=reason)
 
     async def _authorize_report(self, job_id: uuid.UUID, credential: ReporterCredential) -> Job | None:
         """Check a job token against the job; returns the job read for it (None for an API token)."""
@@ -353,14 +369,48 @@ class SchedulerService:
             raise Unauthorized(f"the job token is not the token of job {job_id}", code="invalid_job_token")
         return job
 
-    async def logs(self, job_id: uuid.UUID, task: Task | None, follow: bool) -> AsyncIterator[str]:
-        """The job's log lines from the backend (each ending in a newline); NotFound for an unknown job."""
-        await self.get_job(job_id, events=False)
-        return _lines(self.backend.logs(job_id, task, follow))
+    async def log_components(self, job_id: uuid.UUID) -> list[str]:
+        """The job's log components: its phases, then `service/<name>` per scoring service and `flow/<name>` per
+        scoring flow of its pipeline version (sorted by name); NotFound for an unknown job."""
+        job = await self.get_job(job_id, events=False)
+        version = await _in_thread(self.store.get_version, job.pipeline, job.pipeline_version)
+        try:
+            bundle = await _in_thread(bundle_of, version.ir)
+        except ir.IRError:  # a stored IR this version no longer reads: its phases still have logs
+            return list(PHASES)
+        services = sorted(model.metadata.name for model in bundle.used_models())
+        flows = sorted(flow.metadata.name for flow in bundle.used_flows())
+        return [*PHASES, *(f"service/{name}" for name in services), *(f"flow/{name}" for name in flows)]
+
+    async def logs(self, job_id: uuid.UUID, components: Sequence[str] | None, follow: bool) -> AsyncIterator[str]:
+        """The lines of the job's log components (all when None), interleaved by time, each as
+        `[component] line` ending in a newline (`scheduler.joblogs.merge_logs`). A component is named as
+        `log_components` lists it, or by its bare name when one service or flow has it; any other name is an
+        `InvalidInput` that lists the job's components. NotFound for an unknown job."""
+        known = await self.log_components(job_id)
+        chosen = known if not components else _choose_components(job_id, known, components)
+        sources = {name: self.backend.component_logs(job_id, name, follow) for name in chosen}
+        return _lines(merge_logs(sources))
 
     def job_token(self, job_id: uuid.UUID) -> str:
         """The plaintext token of a job (what install puts into its values)."""
         return job_token(self._secret, job_id)
+
+
+def _choose_components(job_id: uuid.UUID, known: Sequence[str], wanted: Sequence[str]) -> list[str]:
+    """The components of `known` that `wanted` names, in the order of `known`."""
+    chosen: set[str] = set()
+    for name in wanted:
+        matches = [name] if name in known else [each for each in known if each.partition("/")[2] == name]
+        if len(matches) != 1:
+            problem = "names more than one" if matches else "names no"
+            raise InvalidInput(
+                f"component {name!r} {problem} log component of job {job_id}; its components: {', '.join(known)}",
+                code="unknown_component",
+                details={"component": name, "components": list(known)},
+            )
+        chosen.add(matches[0])
+    return [each for each in known if each in chosen]
 
 
 async def _lines(source: AsyncIterator[str]) -> AsyncIterator[str]:

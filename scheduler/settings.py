@@ -97,7 +97,7 @@ class TokenSpec(BaseModel):
         if not _SHA256_HEX.match(value):
             raise ValueError(
                 "expected the SHA-256 hex digest of the token (64 hex characters), not the token itself; "
-                "compute it with scheduler.settings.hash_token"
+                "compute it with `modelops token hash`, or make a new token with `modelops token new NAME`"
             )
         if value in _PLACEHOLDER_TOKEN_HASHES:
             raise ValueError("this is the hash of a placeholder token such as 'secret' or 'changeme'")
@@ -175,6 +175,15 @@ class SchedulerSettings(BaseSettings):
     """Base URI that relative model artifact paths are resolved against (`global.modelStore`), e.g.
     `file:///srv/models` or `https://models.example.org/`; unset leaves relative paths as they are."""
 
+    data_root: Path | None = None
+    """The folder relative file channel paths resolve against (`global.dataRoot`; see docs/scheduler.md,
+    "Paths"). Unset: the working directory `modelops serve` was started in (local backend); on the tekton
+    backend unset leaves them relative, to the flow pod's working directory."""
+
+    artifact_max_bytes: int = Field(default=2 * 2**30, ge=1)
+    """The largest model artifact `POST /api/v1/artifacts` accepts (a file, or the tar of a folder, and the
+    folder unpacked from it). Artifacts are stored under `<home>/artifacts/sha256/`."""
+
     image_registry: str = Field(default="ghcr.io/modelops", min_length=1)
     """Registry and path prefix of the modelops images the Helm deployer installs (`global.image.registry`)."""
 
@@ -245,6 +254,11 @@ class SchedulerSettings(BaseSettings):
         if reason:
             raise ValueError(f"home {reason}")
         return value.expanduser()
+
+    @field_validator("data_root", mode="after")
+    @classmethod
+    def _absolute_data_root(cls, value: Path | None) -> Path | None:
+        return None if value is None else value.expanduser().resolve()
 
     @field_validator("database_url", mode="after")
     @classmethod

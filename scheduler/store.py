@@ -237,6 +237,15 @@ def _parse_job_id(job_id: uuid.UUID | str) -> uuid.UUID:
         raise NotFound(f"no job {job_id!r}", code="job_not_found", details={"job_id": str(job_id)}) from None
 
 
+def _id_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
+    """The lowest and highest ids that start with `prefix`: a range both databases compare in id order
+    (PostgreSQL's uuid bytes, SQLite's 32 hex digits), so the primary key's index serves it."""
+    digits = prefix.replace("-", "").lower()
+    if not 1 <= len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
+        raise InvalidInput(f"not a job id prefix: {prefix!r} (hex digits of a job id)", details={"id_prefix": prefix})
+    return uuid.UUID(hex=digits.ljust(32, "0")), uuid.UUID(hex=digits.ljust(32, "f"))
+
+
 def _state(value: JobState | str) -> JobState:
     try:
         return JobState(value)
@@ -899,12 +908,14 @@ class JobStore:
         pipeline: str | None = None,
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
+        id_prefix: str | None = None,
     ) -> JobPage:
         """Jobs newest first (by creation time, then id), optionally filtered, `limit` per page.
 
-        The cursor is opaque: pass back `next_cursor` unchanged. Pages are stable under inserts (new jobs
-        appear before the first page, never inside a later one) and jobs created at the same instant are
-        neither skipped nor repeated.
+        `id_prefix` keeps the jobs whose id starts with these hex digits (hyphens ignored, any case), as
+        `modelops job show 274541d4` needs. The cursor is opaque: pass back `next_cursor` unchanged. Pages are
+        stable under inserts (new jobs appear before the first page, never inside a later one) and jobs created
+        at the same instant are neither skipped nor repeated.
         """
         if isinstance(limit, bool) or not isinstance(limit, int) or not 1 <= limit <= MAX_PAGE_SIZE:
             raise InvalidInput(f"limit must be between 1 and {MAX_PAGE_SIZE}", details={"limit": limit})
@@ -913,6 +924,9 @@ class JobStore:
             query = query.where(_JOBS.c.state == _state(state).value)
         if pipeline is not None:
             query = query.where(_PIPELINES.c.name == pipeline)
+        if id_prefix is not None:
+            low, high = _id_range(id_prefix)
+            query = query.where(_JOBS.c.id.between(low, high))
         if cursor is not None:
             at, last_id = _decode_cursor(cursor)
             query = query.where(or_(_JOBS.c.created_at < at, and_(_JOBS.c.created_at == at, _JOBS.c.id < last_id)))
@@ -1133,8 +1147,11 @@ class JobStore:
         *,
         flow: str | None = None,
         flows: Collection[str] = (),
+        reason: str | None = None,
     ) -> Job:
         """Record a completion report (`/complete`); once the job's completion is known, later reports change nothing.
+
+        A flow's failure `reason` (`InvalidInput`) is kept in its report (`flow_completions[flow]["reason"]`).
 
         Without `flow`, the report speaks for all the job's flows: it is the job's completion at once. With
         `flow` (one of `flows`, the pipeline's flow names), it is that flow's report: the job's completion is
@@ -1169,6 +1186,8 @@ class JobStore:
                     reports = dict(row["flow_completions"] or {})
                     if flow not in reports:
                         reports[flow] = {"succeeded": succeeded, "message": message}
+                        if reason is not None:
+                            reports[flow]["reason"] = reason
                         changes: dict[str, Any] = {"flow_completions": reports}
                         if not succeeded:
                             changes["completion"] = "failed"

@@ -468,7 +468,7 @@ def wait(
             if completion == "failed":
                 text = message or "a flow reported that the scoring failed"
                 log(f"the scoring flows reported failure: {text}")
-                _report(api, log, "wait", "failed", SCORING_FAILED, text)
+                _report(api, log, "wait", "failed", str(found.get("completionReason") or SCORING_FAILED), text)
                 _finish(log, started, 1)
             time.sleep(interval)
     finally:

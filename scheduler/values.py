@@ -6,7 +6,8 @@ these functions, so the preview is what install deploys:
 - a pipeline version's IR is stored as `{"documents": bundle.canonical()}` (the store keeps JSON objects;
   the canonical IR is a list of documents, in canonical order, defaults made explicit);
 - the global settings of a job come from the server's settings (`globals_for`): the job id, images, log
-  level, size profile, model store, the URL flows report to, and the job's token (never in a preview).
+  level, size profile, model store, artifact store, data root, the URL flows report to, and the job's token
+  (never in a preview). These are the path rules of docs/scheduler.md ("Paths"); `ir.render` applies them.
 """
 
 from __future__ import annotations
@@ -16,12 +17,22 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Final
 
 import ir
+from scheduler.artifacts import artifact_folder
 from scheduler.settings import SchedulerSettings
 
-__all__ = ["PREVIEW_JOB_ID", "bundle_of", "globals_for", "render_values", "stored_ir"]
+__all__ = [
+    "PREVIEW_JOB_ID",
+    "artifact_store_uri",
+    "bundle_of",
+    "data_root",
+    "globals_for",
+    "render_values",
+    "stored_ir",
+]
 
 DOCUMENTS_KEY: Final = "documents"
 
@@ -110,8 +121,8 @@ def globals_for(
     environment: Mapping[str, Any] | None = None,
 ) -> ir.Globals:
     """The global settings (step 4 of rendering) of job `job_id`: from the server's settings, the job's
-    `environment` (its `namespace`, and `modelStore`, which overrides the server's model store: `modelops run
-    PATH` sets it to the bundle's folder so relative artifact paths resolve there), and `token`, the job token
+    `environment` (its `namespace`; `modelStore`, which overrides the server's model store; `dataRoot`, which
+    overrides the data root: `modelops run PATH` sets it to the bundle's folder), and `token`, the job token
     (None in previews).
 
     Install renders through `render_values` too (`scheduler.lifecycle.Lifecycle.render`), with the job token.
@@ -129,7 +140,28 @@ def globals_for(
     store = (environment or {}).get("modelStore", settings.model_store)
     if store is not None:
         data["modelStore"] = store
+    data["artifactStore"] = artifact_store_uri(settings, job_id)
+    root = (environment or {}).get("dataRoot", data_root(settings))
+    if root is not None:
+        data["dataRoot"] = str(root)
     return ir.make_globals(data)
+
+
+def artifact_store_uri(settings: SchedulerSettings, job_id: uuid.UUID) -> str:
+    """Where the components of job `job_id` fetch stored artifacts: on this machine (the local backend) the
+    store's folder; on Kubernetes the scheduler's job-scoped artifact route, read with the job's token."""
+    if settings.backend == "tekton":
+        return f"{settings.public_url}/api/v1/jobs/{job_id}/artifacts"
+    return artifact_folder(settings.home).as_uri()
+
+
+def data_root(settings: SchedulerSettings) -> Path | None:
+    """The folder relative file channel paths resolve against, unless a job's environment names another
+    (`dataRoot`, which `modelops run PATH` sets to the bundle's folder): the `data_root` setting, else on the
+    local backend the server's working directory; on Kubernetes unset (the flow pod's working directory)."""
+    if settings.data_root is not None:
+        return settings.data_root
+    return Path.cwd() if settings.backend == "local" else None
 
 
 def render_values(

@@ -57,6 +57,7 @@ import pyarrow as pa
 from data_channel import (
     ChannelContext,
     ChannelError,
+    InputMissing,
     RecordError,
     Sink,
     Source,
@@ -78,6 +79,8 @@ __all__ = ["DEAD_LETTER_FIELDS", "Flow", "FlowFailed", "SchedulerLink"]
 
 DEAD_LETTER_FIELDS: Final = ("error", "errorField", "errorStep", "position", "ordinal", "record")
 _LOG_EVERY_SECONDS: Final = 10.0
+INVALID_INPUT: Final = "InvalidInput"
+"""The completion reason of a flow whose input is not there (`data_channel.InputMissing`)."""
 
 Log = Callable[[str], None]
 
@@ -156,8 +159,10 @@ class Reporter:
                 self._warned = True
                 self.log(f"cannot report progress to {self.link.url}: {exc!r} (will keep trying)")
 
-    async def complete(self, succeeded: bool, message: str) -> bool:
-        """Report completion, retrying while the scheduler does not answer; whether it was recorded."""
+    async def complete(self, succeeded: bool, message: str, reason: str | None = None) -> bool:
+        """Report completion, retrying while the scheduler does not answer; whether it was recorded.
+
+        `reason` classifies a failure the scheduler reports as more than `ScoringFailed` (`InvalidInput`)."""
         if not self.link.enabled:
             self.log("no scheduler to report completion to (no job id or token in the values)")
             return True
@@ -166,6 +171,8 @@ class Reporter:
         body: dict[str, Any] = {"succeeded": succeeded, "message": message[:4000]}
         if self.flow is not None:
             body["flow"] = self.flow
+        if reason is not None:
+            body["reason"] = reason
         while True:
             problem: str
             try:
@@ -229,6 +236,12 @@ class Flow:
         self._state = "starting"
         """What the progress reports say the flow does: starting, running, done, failed or stopped."""
         self._stopping = False
+        self._stop_reason = ""
+        self._doing: str | None = "starting"
+        """What the flow does while it starts (before the first read); None once it reads: a stop request gives
+        up the start at once, but lets the batches in flight finish."""
+        self._main: asyncio.Task[None] | None = None
+        self._given_up = False
         self._source: Source | None = None
         self._sinks: list[Sink] = []
         self._dead: Sink | None = None
@@ -251,15 +264,43 @@ class Flow:
 
     # -- entry point ---------------------------------------------------------------------------------------------
 
-    def stop(self) -> None:
-        """Stop reading; the batches in flight are finished and committed (SIGTERM, SIGINT)."""
-        if not self._stopping:
-            self.log("stopping: finishing the batches in flight")
+    def stop(self, reason: str = "a stop request") -> None:
+        """Stop, as SIGTERM and SIGINT ask (`reason` names the signal).
+
+        While starting (waiting for the scoring services, opening the channels): give up at once, nothing was
+        read. Once reading: stop reading, finish and commit the batches in flight, within
+        `stop_timeout_seconds`; past that, or on a second request, give them up uncommitted (a batch source
+        resumes before them, a queue delivers them again).
+        """
+        if self._stopping:
+            self._give_up(f"a second stop request ({reason})")
+            return
         self._stopping = True
+        self._stop_reason = reason
         if self._source is not None:
             self._source.stop()
         if self._client is not None:
-            self._client.stopping = True
+            self._client.stop()
+        if self._main is None:
+            return  # not running yet: `run` sees `_stopping` and does not start
+        if self._doing is not None:
+            self._given_up = True
+            self._main.cancel()
+            return
+        timeout = self.settings.stop_timeout_seconds
+        self.log(f"stopping ({reason}): finishing the batches in flight (at most {timeout:g}s)")
+        asyncio.get_running_loop().call_later(timeout, self._give_up, f"not done within {timeout:g}s")
+
+    def _give_up(self, why: str) -> None:
+        """Cancel the run: the batches in flight are not committed (what was committed stays)."""
+        if self._main is not None and not self._main.done() and not self._given_up:
+            self.log(f"giving up the batches in flight ({why}): they are not committed")
+            self._given_up = True
+            self._main.cancel()
+
+    def _late_stop(self, reason: str) -> None:
+        """A stop request once the run is over (e.g. uninstall after a success): the flow is exiting anyway."""
+        self.log(f"{reason} while exiting: already stopping")
 
     async def run(self) -> int:
         """The exit code: 0 when done or stopped, 1 on failure (reported to the scheduler)."""
@@ -270,9 +311,23 @@ class Flow:
         loop.set_default_executor(concurrent.futures.ThreadPoolExecutor(workers, thread_name_prefix="flow"))
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.stop)
+                loop.add_signal_handler(sig, self.stop, sig.name)
+        self._main = asyncio.create_task(self._run(), name=f"flow {self.name}")
+        if self._stopping:
+            self._given_up = True
+            self._main.cancel()
         try:
-            await self._run()
+            await self._main
+            if self._stopping:
+                self.log(f"stopped ({self._stop_reason}): {self._stopped_summary()}")
+            return 0
+        except asyncio.CancelledError:
+            if not self._given_up:
+                raise  # cancelled from outside, not by a stop request
+            if self._doing is not None:
+                self.log(f"stopped ({self._stop_reason}) while {self._doing}: nothing was read")
+            else:
+                self.log(f"stopped ({self._stop_reason}) with batches in flight uncommitted: {self._stopped_summary()}")
             return 0
         except ScoringUnavailable as exc:
             if not self._stopping:
@@ -282,7 +337,7 @@ class Flow:
             self.log(f"stopped with batches in flight unfinished: {exc}")
             return 0
         except (FlowFailed, ChannelError, StepError, CheckpointError) as exc:
-            return await self._failed(str(exc))
+            return await self._failed(str(exc), INVALID_INPUT if isinstance(exc, InputMissing) else None)
         except Exception as exc:
             self.log(f"FAILED with an unexpected error: {type(exc).__name__}: {exc}")
             traceback.print_exc()
@@ -291,13 +346,20 @@ class Flow:
         finally:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError, RuntimeError):
-                    loop.remove_signal_handler(sig)
+                    loop.add_signal_handler(sig, self._late_stop, sig.name)
             await self._close()
 
-    async def _failed(self, message: str) -> int:
+    def _stopped_summary(self) -> str:
+        c = self.counters
+        counts = f"read {c.read:,}, written {c.written:,}, failed {c.failed:,}"
+        if self._source is not None and self._source.finite:
+            return f"{counts}; committed up to record {self._position:,} (a restart resumes there)"
+        return f"{counts}; what was committed is acknowledged"
+
+    async def _failed(self, message: str, reason: str | None = None) -> int:
         self.log(f"FAILED: {message}")
         await self._send_progress("failed")
-        await self.reporter.complete(False, f"flow {self.name}: {message}")
+        await self.reporter.complete(False, f"flow {self.name}: {message}", reason)
         return 1
 
     async def _close(self) -> None:
@@ -371,7 +433,9 @@ class Flow:
         )
         await self._send_progress("starting")  # the scheduler shows the flow and its outputs from now on
         if self._client is not None:
+            self._doing = f"waiting for scoring service(s) {', '.join(spec.services)} to be ready"
             await self._client.wait_ready(spec.services, self.settings.ready_timeout_seconds, self.log)
+        self._doing = "opening its source and sinks"
 
         source = self._source
         resumable = source.resumable
@@ -411,6 +475,7 @@ class Flow:
         self._started = time.monotonic()  # rates count from the first read, not from the services' start-up
         await source.open(start, checkpoint.source if checkpoint is not None else None)
         await self._send_progress("running")  # the source's size, as soon as it is known
+        self._doing = None
         exhausted = await self._loop(source)
         if exhausted and source.finite:
             await self._finish()

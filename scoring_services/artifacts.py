@@ -18,6 +18,7 @@ import shutil
 import tarfile
 import tempfile
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
@@ -29,6 +30,8 @@ __all__ = ["ARCHIVE_SUFFIXES", "directory_sha256", "file_sha256", "read_verified
 
 log = logging.getLogger(__name__)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
+FOLDER_KIND_HEADER = "X-Artifact-Kind"
+"""The scheduler's artifact routes say with this header whether they send a file or a folder (as a gzip tar)."""
 _CHUNK = 1 << 20
 
 
@@ -109,12 +112,18 @@ def _unpack(archive: Path, target: Path) -> Path:
     return target
 
 
-def _download(url: str, sha256: str | None, cache_dir: Path, timeout_s: float) -> Path:
+def _download(
+    url: str, sha256: str | None, cache_dir: Path, timeout_s: float, headers: Mapping[str, str] | None = None
+) -> Path:
     name = urlsplit(url).path.rsplit("/", 1)[-1] or "artifact"
     suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), "")
     key = sha256 or hashlib.sha256(url.encode()).hexdigest()
     cache_dir.mkdir(parents=True, exist_ok=True)
     target = cache_dir / f"{key}{suffix}"
+    folder = cache_dir / key
+    if sha256 is not None and not suffix and folder.is_dir() and directory_sha256(folder) == sha256:
+        log.info("using cached download of %s (%s)", url, folder)
+        return folder
     if target.is_file() and sha256 is not None and file_sha256(target) == sha256:
         log.info("using cached download of %s (%s)", url, target)
     else:
@@ -122,12 +131,23 @@ def _download(url: str, sha256: str | None, cache_dir: Path, timeout_s: float) -
         tmp = Path(tmp_name)
         digest = hashlib.sha256()
         try:
-            with os.fdopen(fd, "wb") as handle, httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True) as r:
+            with (
+                os.fdopen(fd, "wb") as handle,
+                httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True, headers=headers) as r,
+            ):
                 if r.status_code != 200:
                     raise ModelLoadError(f"downloading {url} failed: HTTP {r.status_code}")
                 for chunk in r.iter_bytes(_CHUNK):
                     digest.update(chunk)
                     handle.write(chunk)
+                stored_folder = r.headers.get(FOLDER_KIND_HEADER) == "folder"
+            if stored_folder and not suffix:
+                # The scheduler's artifact store sends a folder as a gzip tar; its sha256 is the manifest's.
+                os.replace(tmp, cache_dir / f"{key}.tar.gz")
+                unpacked = _unpack(cache_dir / f"{key}.tar.gz", folder)
+                verify(unpacked, sha256)
+                log.info("downloaded %s to %s", url, unpacked)
+                return unpacked
             if sha256 is not None and digest.hexdigest() != sha256:
                 raise ModelLoadError(
                     f"sha256 mismatch for {url}: expected {sha256}, downloaded {digest.hexdigest()}; "
@@ -145,15 +165,23 @@ def _download(url: str, sha256: str | None, cache_dir: Path, timeout_s: float) -
 
 
 def resolve_uri(
-    uri: str, *, sha256: str | None, model_store: str | None, cache_dir: Path, timeout_s: float = 120.0
+    uri: str,
+    *,
+    sha256: str | None,
+    model_store: str | None,
+    cache_dir: Path,
+    timeout_s: float = 120.0,
+    headers: Mapping[str, str] | None = None,
 ) -> tuple[Path, bool]:
     """A local path for `uri`, and whether its sha256 was already verified (downloads are checked on arrival).
 
-    Archives downloaded over http(s) are verified as archives and returned unpacked.
+    Archives downloaded over http(s) are verified as archives and returned unpacked; a folder from the
+    scheduler's artifact store (answered with `X-Artifact-Kind: folder`) is unpacked and verified by its
+    manifest. `headers` go with a download (the `fetch-model` init container sends the job's token).
     """
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in ("http", "https"):
-        return _download(uri, sha256, cache_dir, timeout_s), True
+        return _download(uri, sha256, cache_dir, timeout_s, headers), True
     if scheme == "file":
         path = Path(unquote(urlsplit(uri).path))
     elif scheme:

@@ -12,11 +12,12 @@ from typing import Annotated, Final
 
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel
+from pydantic import BaseModel, StringConstraints
 
 from scheduler.api.deps import API_PREFIX, Service
 from scheduler.api.errors import error_responses
 from scheduler.api.models import (
+    LOG_COMPONENT_PATTERN,
     NAME_MAX,
     NAME_PATTERN,
     CompleteIn,
@@ -24,6 +25,7 @@ from scheduler.api.models import (
     JobDetail,
     JobOut,
     JobPageOut,
+    LogComponentsOut,
     ProgressIn,
 )
 from scheduler.auth import ReadPrincipal, Reporter, WritePrincipal
@@ -37,6 +39,9 @@ router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
 
 IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x21-\x7e]{1,255}$"
 CURSOR_PATTERN: Final = r"^[A-Za-z0-9_-]+$"
+ID_PREFIX_MIN: Final = 4
+"""The shortest job id prefix accepted: fewer digits would match too many jobs to be worth a request."""
+ID_PREFIX_PATTERN: Final = r"^[0-9A-Fa-f][0-9A-Fa-f-]*$"
 
 JobIdPath = Annotated[uuid.UUID, Path(description="The job's id (a UUID).")]
 
@@ -82,7 +87,8 @@ async def create_job(
 @router.get(
     "",
     summary="List jobs",
-    description="Newest first, filtered by state and pipeline, one page at a time.",
+    description="Newest first, filtered by state, pipeline and id prefix, one page at a time. `id_prefix` is how "
+    "a short id such as `274541d4` is resolved: no item means no such job, more than one means it is ambiguous.",
     response_model=JobPageOut,
     responses=error_responses(401, 403, 422, 503),
 )
@@ -98,8 +104,19 @@ async def list_jobs(
         Query(max_length=512, pattern=CURSOR_PATTERN, description="The `next_cursor` of the previous page."),
     ] = None,
     limit: Annotated[int, Query(ge=1, le=MAX_PAGE_SIZE, description="Jobs per page.")] = DEFAULT_PAGE_SIZE,
+    id_prefix: Annotated[
+        str | None,
+        Query(
+            min_length=ID_PREFIX_MIN,
+            max_length=36,
+            pattern=ID_PREFIX_PATTERN,
+            description=f"Only jobs whose id starts with these hex digits (at least {ID_PREFIX_MIN}; hyphens as in "
+            "the id are allowed).",
+            examples=["274541d4"],
+        ),
+    ] = None,
 ) -> Response:
-    page = await service.list_jobs(state=state, pipeline=pipeline, cursor=cursor, limit=limit)
+    page = await service.list_jobs(state=state, pipeline=pipeline, cursor=cursor, limit=limit, id_prefix=id_prefix)
     return _json(JobPageOut(items=[JobOut.of(job) for job in page.items], next_cursor=page.next_cursor))
 
 
@@ -159,7 +176,9 @@ async def report_progress(job_id: JobIdPath, body: ProgressIn, service: Service,
 )
 async def complete_job(job_id: JobIdPath, body: CompleteIn, service: Service, credential: Reporter) -> Response:
     return _json(
-        JobOut.of(await service.complete_job(job_id, credential, body.succeeded, body.message, body.flow)),
+        JobOut.of(await service.complete_job(
+            job_id, credential, body.succeeded, body.message, body.flow, body.reason
+        )),
         status.HTTP_202_ACCEPTED,
     )
 
@@ -167,11 +186,22 @@ async def complete_job(job_id: JobIdPath, body: CompleteIn, service: Service, cr
 @router.get(
     "/{job_id}/logs",
     summary="Read a job's logs",
-    description="Plain text, one line per log line, of one task or of all tasks in order. With `follow`, the "
-    "response streams until the task (or the job) has ended.",
+    description="Plain text, like `tkn pipelinerun logs`: the lines of every log component of the job (its "
+    "phases install, wait and uninstall, each scoring service and each scoring flow), interleaved by the "
+    "timestamp each line starts with, each prefixed with `[component]`. `component` (repeatable) selects some: "
+    "`install`, `service/<name>`, `flow/<name>`, or a bare service or flow name; `GET .../logs/components` lists "
+    "them. With `follow`, the response streams new lines as they are written until the job has ended.",
     response_class=StreamingResponse,
     responses={
-        200: {"content": {"text/plain": {"schema": {"type": "string"}, "example": "install: rendering values\n"}}},
+        200: {
+            "content": {
+                "text/plain": {
+                    "schema": {"type": "string"},
+                    "example": "[install] 2026-12-03T13:55:01.123Z job 2b1e...: rendering values\n"
+                    "[service/digits] 2026-12-03T13:55:02.480Z INFO scoring_services: model digits loaded\n",
+                }
+            }
+        },
         **error_responses(401, 403, 404, 422, 503),
     },
 )
@@ -179,13 +209,32 @@ async def job_logs(
     job_id: JobIdPath,
     service: Service,
     _: ReadPrincipal,
-    task: Annotated[Task | None, Query(description="Only this task's log; all tasks in order when omitted.")] = None,
-    follow: Annotated[bool, Query(description="Keep streaming new lines until the task has ended.")] = False,
+    component: Annotated[
+        list[Annotated[str, StringConstraints(max_length=NAME_MAX + 8, pattern=LOG_COMPONENT_PATTERN)]] | None,
+        Query(description="Only these components (repeatable); all when omitted and no `task` is given."),
+    ] = None,
+    task: Annotated[
+        Task | None, Query(description="Only this phase's log (the same as `component=<task>`; kept for old clients).")
+    ] = None,
+    follow: Annotated[bool, Query(description="Keep streaming new lines until the job has ended.")] = False,
 ) -> StreamingResponse:
-    lines = await service.logs(job_id, task, follow)
+    wanted = [*(component or []), *([task.value] if task is not None else [])]
+    lines = await service.logs(job_id, wanted or None, follow)
     return StreamingResponse(
         _guarded(job_id, lines), media_type="text/plain; charset=utf-8", headers={"Cache-Control": "no-cache"}
     )
+
+
+@router.get(
+    "/{job_id}/logs/components",
+    summary="List a job's log components",
+    description="The names `GET /jobs/{id}/logs?component=` takes: the phases, then `service/<name>` and "
+    "`flow/<name>` for the scoring services and flows of the job's pipeline version.",
+    response_model=LogComponentsOut,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def job_log_components(job_id: JobIdPath, service: Service, _: ReadPrincipal) -> Response:
+    return _json(LogComponentsOut(components=await service.log_components(job_id)))
 
 
 async def _guarded(job_id: uuid.UUID, lines: AsyncIterator[str]) -> AsyncIterator[bytes]:

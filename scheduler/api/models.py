@@ -13,6 +13,7 @@ from typing import Annotated, Any, Final, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
+from scheduler.api.examples import BUNDLE_FILES
 from scheduler.service import json_object_problem, text_problem
 from scheduler.states import JobState, Task
 from scheduler.store import Job, JobEvent, Pipeline, PipelineVersion, VersionInfo
@@ -66,14 +67,7 @@ def _examples(*examples: dict[str, Any]) -> ConfigDict:
 class FilesBundle(BaseModel):
     """An IR bundle as named files: file name (e.g. `flows/score.yaml`) -> its YAML or JSON text."""
 
-    model_config = _examples(
-        {
-            "files": {
-                "pipeline.yaml": "apiVersion: modelops/v1\nkind: ScoringPipeline\nmetadata: {name: digits}\n...",
-                "flows/digits-batch.yaml": "apiVersion: modelops/v1\nkind: ScoringFlow\n...",
-            }
-        }
-    )
+    model_config = _examples({"files": BUNDLE_FILES})
 
     files: dict[CleanText, CleanText] = Field(description="File name -> file content (UTF-8 YAML or JSON text).")
 
@@ -229,7 +223,7 @@ class JobCreate(BaseModel):
                 {
                     "pipeline": "digits",
                     "version": 2,
-                    "parameters": {"input": "data/today.csv", "threshold": 0.8},
+                    "parameters": {"input": "data/today.csv", "output": "out/today.csv"},
                     "environment": {"namespace": "scoring"},
                 },
             ]
@@ -602,6 +596,17 @@ class CompleteIn(BaseModel):
         description="The reporting scoring flow. The job is complete once every flow of its pipeline reported "
         "success, or at the first failure; a report without `flow` speaks for all the flows at once.",
     )
+    reason: Literal["InvalidInput"] | None = Field(
+        default=None,
+        description="Why a flow failed, when it is more than a scoring failure: `InvalidInput` (an input file "
+        "is not there) makes the job's reason `InvalidInput` instead of `ScoringFailed`. Only with `flow`.",
+    )
+
+    @model_validator(mode="after")
+    def _reason_needs_a_failed_flow(self) -> CompleteIn:
+        if self.reason is not None and (self.succeeded or self.flow is None):
+            raise ValueError("a reason goes only with a failed report of one flow (succeeded false, flow set)")
+        return self
 
 
 # ------------------------------------------------------------------------------------------------ health
@@ -618,3 +623,19 @@ class ReadyOut(BaseModel):
 
     status: str
     database: str
+
+
+# ------------------------------------------------------------------------------------------------ logs
+
+
+LOG_COMPONENT_PATTERN: Final = r"^((service|flow)/)?[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+"""A log component: `install`, `wait`, `uninstall`, `service/<name>`, `flow/<name>`, or a bare service/flow name."""
+
+
+class LogComponentsOut(BaseModel):
+    model_config = _examples({"components": ["install", "wait", "uninstall", "service/digits", "flow/digits-batch"]})
+
+    components: list[str] = Field(
+        description="The job's log components, in the order the merged log breaks ties: its phases, then "
+        "`service/<name>` per scoring service and `flow/<name>` per scoring flow."
+    )

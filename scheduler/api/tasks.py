@@ -29,7 +29,7 @@ from scheduler.api.deps import API_PREFIX, Service
 from scheduler.api.errors import error_responses
 from scheduler.api.models import EXAMPLE_DIGEST, EXAMPLE_JOB_ID, MESSAGE_MAX, CleanText, JobOut
 from scheduler.auth import Reporter, ReporterCredential, Unauthorized
-from scheduler.lifecycle import FAILED_REASONS
+from scheduler.lifecycle import FAILED_REASONS, completion_failure_reason
 from scheduler.service import SchedulerService
 from scheduler.states import JobState, Task
 from scheduler.store import Job
@@ -150,6 +150,11 @@ class StatusOut(BaseModel):
         description="What the scoring flows reported through `/complete`; null until they do."
     )
     completion_message: str | None = Field(alias="completionMessage")
+    completion_reason: str | None = Field(
+        default=None,
+        alias="completionReason",
+        description="With a failed completion: the job's reason for it, `ScoringFailed` or `InvalidInput`.",
+    )
     reason: str | None
 
 
@@ -242,6 +247,7 @@ async def get_status(job_id: JobIdPath, service: Service, credential: Reporter) 
             task=job.task,
             completion=completion,
             completion_message=job.completion_message,
+            completion_reason=completion_failure_reason(job) if completion == "failed" else None,
             reason=job.reason,
         )
     )

@@ -46,9 +46,11 @@ from dataclasses import dataclass
 from typing import Any, Final, ParamSpec, TypeVar
 
 import ir
+from ir.logformat import timestamp
 from scheduler.backends.base import Backend
 from scheduler.errors import Conflict, IllegalTransition, NotFound, StoreUnavailable
-from scheduler.k8s import TEKTON_GROUP, TEKTON_VERSION, Gone, K8sError, Kube, Stream, connect
+from scheduler.joblogs import PHASES, Idle, LogItem, merge_logs
+from scheduler.k8s import TEKTON_GROUP, TEKTON_VERSION, Gone, K8sError, Kube, PodInfo, Stream, connect
 from scheduler.k8s import NotFound as K8sNotFound
 from scheduler.lifecycle import (
     CANCELLED,
@@ -59,8 +61,8 @@ from scheduler.lifecycle import (
     READY_REASON,
     RENDER_FAILED,
     SCHEDULER_RESTARTED,
-    SCORING_FAILED,
     UNINSTALL_FAILED,
+    completion_failure_reason,
 )
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
@@ -404,7 +406,67 @@ class TektonBackend:
         namespace, run = ref
         for current in [task] if task is not None else list(Task):
             async for line in self._task_lines(job_id, namespace, run, current, follow):
+                if isinstance(line, str):
+                    yield line
+
+    async def component_logs(self, job_id: uuid.UUID, component: str, follow: bool) -> AsyncIterator[LogItem]:
+        """A phase: its TaskRun's step containers (as `logs`). A scoring service or flow: the containers of the
+        pods of the job's Helm release that carry its component label (`app.kubernetes.io/component:
+        scoring-service-<name>` / `scoring-flow-<name>`, and `modelops.io/job-id`), in the namespace the run
+        installs into; with more than one pod (replicas), each line also names its pod. With `follow`, waits for
+        the pods until the job ends and follows them until their containers end. The pods' logs go with the pods
+        (uninstall deletes them): a finished job's components have no log left here."""
+        await self._db(self.store.get_job, job_id)  # NotFound before any line
+        ref = await self._wait_for_ref(job_id, follow)
+        if ref is None:
+            return
+        namespace, run = ref
+        if component in PHASES:
+            async for item in self._task_lines(job_id, namespace, run, Task(component), follow):
+                yield item
+            return
+        kind, _, name = component.partition("/")
+        if kind not in ("service", "flow") or not name:
+            raise ValueError(f"not a log component: {component!r}")
+        target = await self._target_namespace(namespace, run)
+        if target is None:
+            return  # the run is gone, and its release's pods with it
+        label = f"scoring-{kind}-{name}"
+        selector = f"{JOB_LABEL}={job_id},app.kubernetes.io/component={label}"
+        while True:
+            over = (await self._db(self.store.get_job, job_id)).terminal if follow else True
+            pods = await asyncio.to_thread(self.kube.list_pods, target, selector)
+            if pods or over:
+                break
+            yield Idle(timestamp())
+            await asyncio.sleep(self.settings.poll_interval_seconds)
+        sources = {pod.name: self._pod_lines(job_id, target, pod, follow) for pod in pods}
+        if len(sources) == 1:
+            async for item in next(iter(sources.values())):
+                yield item
+        elif sources:
+            async for line in merge_logs(sources):
                 yield line
+
+    async def _target_namespace(self, namespace: str, run: str) -> str | None:
+        """The namespace the run's release is installed into (its `namespace` param); None once it is gone."""
+        try:
+            body = await asyncio.to_thread(self.kube.get_pipelinerun, namespace, run)
+        except K8sNotFound:
+            return None
+        for param in (body.get("spec") or {}).get("params") or []:
+            if isinstance(param, dict) and param.get("name") == "namespace" and param.get("value"):
+                return str(param["value"])
+        return namespace
+
+    async def _pod_lines(self, job_id: uuid.UUID, namespace: str, pod: PodInfo, follow: bool) -> AsyncIterator[LogItem]:
+        """The lines of each of the pod's containers in turn; with `follow`, each followed until it ends."""
+        for container in pod.containers:
+            if follow and not await self._container_started(namespace, pod.name, container):
+                continue
+            opener = functools.partial(self.kube.read_pod_log, namespace, pod.name, container, follow)
+            async for item in self._pump(opener, follow):
+                yield item
 
     async def recover(self) -> None:
         """List the runs, bring every non-terminal job in step with its run, then start the watch.
@@ -803,7 +865,7 @@ class TektonBackend:
         if job.reason in FAILED_REASONS:
             return _Target(JobState.FAILED, str(job.reason), job.message or detail)
         if job.completion == "failed":
-            return _Target(JobState.FAILED, SCORING_FAILED, job.completion_message or detail)
+            return _Target(JobState.FAILED, completion_failure_reason(job), job.completion_message or detail)
         return _Target(JobState.FAILED, PIPELINE_RUN_FAILED, detail)
 
     def _deleted(self, job: Job, name: str | None) -> _Target:
@@ -859,7 +921,7 @@ class TektonBackend:
 
     async def _task_lines(
         self, job_id: uuid.UUID, namespace: str, run: str, task: Task, follow: bool
-    ) -> AsyncIterator[str]:
+    ) -> AsyncIterator[LogItem]:
         selector = f"{PIPELINERUN_LABEL}={run}"
         while True:
             over = await self._task_over(job_id, task) if follow else True
@@ -870,6 +932,7 @@ class TektonBackend:
                 break
             if over or (taskrun is not None and _condition(taskrun).final):
                 return  # never ran, or ended without a pod (e.g. a timeout before scheduling)
+            yield Idle(timestamp())
             await asyncio.sleep(self.settings.poll_interval_seconds)
         assert taskrun is not None
         while True:
@@ -887,7 +950,8 @@ class TektonBackend:
         for container in (name for name in info.containers if name.startswith("step-")):
             if follow and not await self._container_started(namespace, pod, container):
                 continue
-            async for line in self._pump(functools.partial(self.kube.read_pod_log, namespace, pod, container, follow)):
+            opener = functools.partial(self.kube.read_pod_log, namespace, pod, container, follow)
+            async for line in self._pump(opener, follow):
                 yield line
 
     async def _container_started(self, namespace: str, pod: str, container: str) -> bool:
@@ -903,8 +967,12 @@ class TektonBackend:
                 return False
             await asyncio.sleep(self.settings.poll_interval_seconds)
 
-    async def _pump(self, open_stream: Callable[[], Stream]) -> AsyncIterator[str]:
-        """Lines of a blocking stream read on a thread of its own; the stream is closed when we stop early."""
+    async def _pump(self, open_stream: Callable[[], Stream], follow: bool = False) -> AsyncIterator[LogItem]:
+        """Lines of a blocking stream read on a thread of its own; the stream is closed when we stop early.
+
+        With `follow`, also `Idle` whenever no line is waiting, stamped with when we looked. A line the API server
+        has not handed over yet may be older than that: at the start of a followed pod log, its earlier lines can
+        come out after newer lines of other components (the merge is exact without `follow`)."""
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[str | _End | BaseException] = asyncio.Queue()
         holder: list[Stream] = []
@@ -926,6 +994,8 @@ class TektonBackend:
         threading.Thread(target=pump, name="tekton-log", daemon=True).start()
         try:
             while True:
+                if follow and queue.empty():
+                    yield Idle(timestamp())
                 item = await queue.get()
                 if isinstance(item, _End):
                     return

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from api_kit import TOKENS
-from lifecycle_kit import PIPELINE_YAML, FakeCommands, settings_for
+from lifecycle_kit import PIPELINE_YAML, FakeCommands, settings_for, write_input
 
 from scheduler.backends.local import LocalBackend
 from scheduler.client import JobDetail, SchedulerClient
@@ -73,6 +73,10 @@ def write_bundle(folder: Path, *, wait: str = "1h", name: str = "scoring") -> Pa
     folder.mkdir(parents=True, exist_ok=True)
     text = PIPELINE_YAML.replace("WAIT", wait).replace("metadata: {name: scoring}", f"metadata: {{name: {name}}}")
     (folder / "pipeline.yaml").write_text(text)
+    write_input(folder)  # `modelops run` reads relative data paths from the bundle's folder
+    model = folder / "artifacts" / "m1.onnx"  # uploaded with the bundle (the fake services do not read it)
+    model.parent.mkdir(exist_ok=True)
+    model.write_bytes(b"m1 " + name.encode())
     return folder
 
 

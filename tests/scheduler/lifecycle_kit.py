@@ -126,15 +126,31 @@ def create_job(
     return job
 
 
+INPUT_CSV = "id,x\n1,0.5\n2,0.25\n"
+"""What the pipeline's source `data/in.csv` holds in a test (the job-start check wants it to exist)."""
+
+
+def write_input(folder: Path) -> Path:
+    """`folder/data/in.csv`, the input of `PIPELINE_YAML` relative to `folder`."""
+    path = folder / "data" / "in.csv"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(INPUT_CSV)
+    return path
+
+
 def settings_for(home: Path, **overrides: Any) -> SchedulerSettings:
-    """Settings for a test: everything under `home`, short timeouts, fast polling."""
+    """Settings for a test: everything under `home` (also the data root, holding the pipeline's input), short
+    timeouts, fast polling."""
     values: dict[str, Any] = {
         "home": home,
+        "data_root": home,
         "readiness_timeout_seconds": 20.0,
         "uninstall_grace_seconds": 5.0,
         "poll_interval_seconds": 0.05,
     }
     values.update(overrides)
+    if values["data_root"] == home:
+        write_input(home)
     return SchedulerSettings(**values)
 
 

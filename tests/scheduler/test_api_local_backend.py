@@ -18,7 +18,7 @@ import httpx
 import pytest
 import uvicorn
 from api_kit import READ, WRITE, YAML, settings_for
-from lifecycle_kit import PIPELINE_YAML, FakeCommands, any_running, kill_processes, read_values
+from lifecycle_kit import PIPELINE_YAML, FakeCommands, any_running, kill_processes, read_values, write_input
 
 from scheduler.app import create_app
 from scheduler.backends.local import LocalBackend
@@ -70,6 +70,7 @@ async def test_a_real_job_runs_through_the_local_backend_and_reports_over_http(
     settings = settings_for(
         tmp_path / "home",
         api_database_url,
+        data_root=write_input(tmp_path).parent.parent,  # the pipeline reads data/in.csv relative to it
         port=port,
         readiness_timeout_seconds=20.0,
         uninstall_grace_seconds=5.0,

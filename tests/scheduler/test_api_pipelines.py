@@ -212,7 +212,9 @@ async def test_the_values_preview_renders_with_parameters_and_the_server_globals
     assert values["global"]["scheduler"]["url"] == api.settings.public_url
     assert "token" not in values["global"]["scheduler"]
     assert values["pipeline"]["parameters"] == {"input": "data/today.csv", "limit": 10, "threshold": 0.9}
-    assert values["dataChannels"]["tiny-in"]["spec"]["file"]["path"] == "data/today.csv"
+    # a relative data path resolves against the data root: unset, the server's working directory
+    assert values["dataChannels"]["tiny-in"]["spec"]["file"]["path"] == str(Path.cwd() / "data/today.csv")
+    assert values["global"]["dataRoot"] == str(Path.cwd())
     assert set(values["scoringServices"]) == {"tiny-rf"}
 
 

@@ -238,6 +238,7 @@ async def test_the_status_shows_state_task_reason_and_the_flows_completion(api: 
         "task": None,
         "completion": None,
         "completionMessage": None,
+        "completionReason": None,
         "reason": None,
     }
     await _phase(api, job_id, headers, task="install", status="started")
@@ -252,6 +253,7 @@ async def test_the_status_shows_state_task_reason_and_the_flows_completion(api: 
         "task": Task.WAIT.value,
         "completion": "failed",
         "completionMessage": "sink unreachable",
+        "completionReason": "ScoringFailed",
         "reason": "Ready",
     }
 

@@ -80,7 +80,7 @@ def test_a_single_file_and_a_tarball_deploy_the_same_version_as_the_folder(runne
     ok(runner.invoke(app, ["pipeline", "deploy", str(folder)]))
     single = ok(runner.invoke(app, ["pipeline", "deploy", str(folder / "pipeline.yaml"), "--json"]))
     assert json.loads(single.stdout)["version"] == 1 and json.loads(single.stdout)["created"] is False
-    tarball = tmp_path / "bundle.tar.gz"
+    tarball = folder / "bundle.tar.gz"  # next to the artifacts its relative uris name
     with tarfile.open(tarball, "w:gz") as archive:
         archive.add(folder / "pipeline.yaml", arcname="bundle/pipeline.yaml")
     packed = ok(runner.invoke(app, ["pipeline", "deploy", str(tarball)]))

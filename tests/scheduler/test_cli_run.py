@@ -216,7 +216,7 @@ def test_an_embedded_run_cancels_what_an_earlier_killed_run_left_running(
     earlier.start()
     with SchedulerClient(earlier.url) as client:
         client.deploy(write_bundle(tmp_path / "old", name="left-over"))
-        left = client.create_job("left-over")
+        left = client.create_job("left-over", environment={"dataRoot": str(tmp_path / "old")})  # as `run` does
         wait_job(client, left.id, JobState.RUNNING)
     earlier.stop(cancel_active=False)
     assert not no_processes_left(home)
