@@ -222,7 +222,7 @@ class JobCreate(BaseModel):
                 {"pipeline": "digits"},
                 {
                     "pipeline": "digits",
-                    "version": 2,
+                    "version": 1,
                     "parameters": {"input": "data/today.csv", "output": "out/today.csv"},
                     "environment": {"namespace": "scoring"},
                 },

@@ -18,6 +18,7 @@ import ir
 from ir.load import MAX_BUNDLE_BYTES
 from scheduler.api.deps import API_PREFIX, Service
 from scheduler.api.errors import PayloadTooLarge, UnsupportedMediaType, error_responses
+from scheduler.api.examples import BUNDLE_YAML
 from scheduler.api.models import (
     NAME_MAX,
     NAME_PATTERN,
@@ -45,24 +46,12 @@ PipelineNamePath = Annotated[
 ]
 VersionPath = Annotated[int, Path(ge=1, le=VERSION_MAX, description="The version number (1, 2, ...).")]
 
-_YAML_EXAMPLE = """\
-apiVersion: modelops/v1
-kind: ScoringPipeline
-metadata: {name: digits}
-spec: {flows: [digits-batch]}
----
-apiVersion: modelops/v1
-kind: ScoringFlow
-metadata: {name: digits-batch}
-spec: {source: digits-in, sinks: [digits-out], steps: [...]}
-"""
-
 _DEPLOY_BODY: Final[dict[str, Any]] = {
     "required": True,
     "description": "An IR bundle: every document of one pipeline (the pipeline, its flows, models and data "
     "channels), as multi-document YAML, as named files in JSON, or as a .tar.gz of the bundle folder.",
     "content": {
-        "application/yaml": {"schema": {"type": "string"}, "example": _YAML_EXAMPLE},
+        "application/yaml": {"schema": {"type": "string"}, "example": BUNDLE_YAML},
         "application/json": {"schema": FilesBundle.model_json_schema(ref_template="#/components/schemas/{model}")},
         "application/gzip": {"schema": {"type": "string", "format": "binary"}},
     },
