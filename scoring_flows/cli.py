@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -102,6 +103,10 @@ def flow_command(
     except FlowFailed as exc:
         raise _fail(str(exc)) from None
     code = asyncio.run(runner.run())
+    # The run is over: a SIGTERM now (an uninstall right after the flow reported success) must not turn a clean
+    # exit into death by signal. The flow's own handlers cover the time until the event loop closed.
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, signal.SIG_IGN)
     sys.stdout.flush()
     if code:
         raise typer.Exit(code)

@@ -9,7 +9,8 @@
 - **Retries.** A connection refused or dropped, a timeout, and the answers 502, 503 and 504 are retried with
   exponential backoff (0.1 s doubling up to 5 s, with jitter) until `retry_seconds` have passed since the first
   attempt; then `ScoringUnavailable` names the service, its URL and the last problem. Inference is idempotent,
-  so retrying a request the service may have seen is safe.
+  so retrying a request the service may have seen is safe. Once the flow stops (`stop()`), a failed request is
+  not retried and a back-off sleep ends at once.
 - **Other errors.** Any other 4xx or a 500 is `ScoreRejected` at once, with the service's message: the caller
   decides whether a record is to blame (see `scoring_flows.steps`).
 
@@ -19,6 +20,7 @@ Large batches are split into requests of at most `MAX_REQUEST_BYTES` of tensor d
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import struct
 import time
@@ -138,6 +140,8 @@ class V2Client:
         self.binary: dict[str, bool] = {}
         self.stopping = False
         """Set when the flow stops: a failing request is not retried any more (the flow is going away)."""
+        self._stopped = asyncio.Event()
+        """Set with `stopping` (by `stop`): ends a back-off sleep between retries at once."""
         self._on_retry = on_retry
         self._on_request = on_request
         self.figures: dict[str, ServiceFigures] = {name: ServiceFigures() for name in self.urls}
@@ -148,6 +152,11 @@ class V2Client:
             limits=httpx.Limits(max_connections=max_connections, max_keepalive_connections=max_connections),
             trust_env=False,
         )
+
+    def stop(self) -> None:
+        """The flow stops: requests that fail are not retried, and a retry waiting for its turn gives up now."""
+        self.stopping = True
+        self._stopped.set()
 
     async def close(self) -> None:
         await self._http.aclose()
@@ -169,6 +178,7 @@ class V2Client:
         deadline = started + timeout
         last: dict[str, str] = {name: "no answer yet" for name in services}
         pending = list(services)
+        log(f"waiting for scoring service(s) {', '.join(services)} to be ready (at most {timeout:g}s)")
         while pending:
             for name in list(pending):
                 state = await self._ready(name)
@@ -270,7 +280,8 @@ class V2Client:
             figures.retries += 1
             if self._on_retry is not None:
                 self._on_retry(service, problem)
-            await asyncio.sleep(min(delay * (0.5 + random.random() / 2), deadline - now))
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._stopped.wait(), min(delay * (0.5 + random.random() / 2), deadline - now))
             delay = min(delay * 2, 5.0)
 
 

@@ -47,6 +47,12 @@ class FlowSettings(BaseSettings):
     complete_timeout_seconds: float = Field(
         default=60.0, gt=0, description="How long a completion report is retried while the scheduler does not answer."
     )
+    stop_timeout_seconds: float = Field(
+        default=20.0,
+        ge=0,
+        description="After SIGTERM, how long the batches in flight may take to finish and commit before they are "
+        "given up (uncommitted: a restart reads them again); keep it below the scheduler's uninstall grace (30s).",
+    )
     logged_errors: int = Field(
         default=20, ge=0, description="Record errors logged one by one under the skip policy; then only counted."
     )

@@ -239,11 +239,30 @@ def _describe_exit(code: int | None) -> str:
     return f"exited with code {code}"
 
 
+def _describe_end(code: int | None) -> str:
+    """How a process that was found not running had ended, after "had already"."""
+    if code is None:
+        return "exited (exit code unknown: it was started before the scheduler restarted)"
+    if code >= 0:
+        return f"exited (code {code})"
+    return _describe_exit(code).replace("was killed", "been killed", 1)
+
+
+def _after_sigterm(code: int | None) -> str:
+    """How a process that stopped after SIGTERM ended, as a suffix of the teardown's line about it."""
+    if code is None:
+        return ""  # not our child (started before a restart): its exit code is unknowable
+    if code == -signal.SIGTERM:
+        return " (ended by the signal: it had no handler for it)"
+    return f" (exit code {code})" if code >= 0 else f" ({_describe_exit(code)})"
+
+
 def _with_tail(message: str, proc: _Proc) -> str:
     lines = tail(Path(proc.log), LOG_TAIL_LINES)
     if not lines:
         return f"{message} (its log {proc.log} is empty)"
-    return f"{message}; last {len(lines)} log line(s) of {proc.label}:\n" + "\n".join(lines)
+    # The message stays the first line on its own (what a log line or a job list shows); the tail follows.
+    return f"{message}\nlast {len(lines)} log line(s) of {proc.label}:\n" + "\n".join(lines)
 
 
 def _free_port(host: str) -> int:
@@ -281,6 +300,8 @@ class LocalProcessDeployer:
         """(pid, start time) of processes this object started and has not reaped yet."""
         self._exit_codes: dict[tuple[int, int], int] = {}
         """Exit codes (negative: killed by that signal) of the children this object reaped."""
+        self._reported: set[tuple[int, int]] = set()
+        """Processes whose end a teardown logged already: a second (idempotent) teardown does not repeat it."""
 
     # -- paths and the recorded reference -------------------------------------------------------------
 
@@ -501,42 +522,62 @@ class LocalProcessDeployer:
         return RunStatus("running")
 
     async def teardown(self, deployment: Deployment, grace: float, log: LogFn) -> None:
+        """Stop every process of `deployment`: SIGTERM, then SIGKILL for one still running `grace` s later.
+
+        The flows stop first, all at once; then the services, all at once: a stopping flow finishes its batches
+        in flight, and those still need the services to answer. Each process gets its own full grace, counted
+        from its own SIGTERM (so a teardown takes at most two graces, plus the SIGKILL waits). One log line per
+        process says what happened to it.
+        """
         procs = _procs(deployment)
         if deployment.ref.get("bootId") not in (None, "", _boot_id()):
             log("the machine rebooted since this deployment: none of its processes can still run")
             procs = []
-        # Flows first, services once the flows have stopped (or the grace is up): a stopping flow finishes its
-        # in-flight batches, and those still need the services to answer. One grace for both.
-        deadline = time.monotonic() + grace
-        signalled: list[_Proc] = []
-        remaining: list[_Proc] = []
-        for kind in ("flow", "service"):
-            sent = [p for p in procs if p.kind == kind and self._signal_group(p, signal.SIGTERM)]
-            for proc in sent:
-                log(f"sent SIGTERM to {proc.label} (process group {proc.pid})")
-            signalled += sent
-            remaining += sent
-            while remaining and time.monotonic() < deadline:
-                await asyncio.sleep(_STOP_POLL_SECONDS)
-                remaining = [p for p in remaining if self._group_alive(p)]
-        if not signalled:
+        if not any(self._group_alive(p) for p in procs):
             log("no process of this deployment is running")
-        for proc in remaining:
-            if self._signal_group(proc, signal.SIGKILL):
-                log(f"{proc.label} did not stop within {grace:g}s: sent SIGKILL")
-        deadline = time.monotonic() + _KILL_WAIT_SECONDS
-        while remaining and time.monotonic() < deadline:
-            await asyncio.sleep(_STOP_POLL_SECONDS)
-            remaining = [p for p in remaining if self._group_alive(p)]
-        if remaining:
-            names = ", ".join(f"{p.label} (pid {p.pid})" for p in remaining)
-            raise DeployError(f"could not stop {names}: still running {_KILL_WAIT_SECONDS:g}s after SIGKILL")
-        for proc in signalled:
-            running, code = self._exit_code(proc)
-            if not running:
-                log(f"{proc.label} {_describe_exit(code)}")
+            for proc in procs:
+                self._log_gone(proc, log)
+        else:
+            stuck: list[_Proc] = []
+            for kind in ("flow", "service"):
+                group = [p for p in procs if p.kind == kind]
+                stopped = await asyncio.gather(*(self._stop(p, grace, log) for p in group))
+                stuck += [p for p, ok in zip(group, stopped, strict=True) if not ok]
+            if stuck:
+                names = ", ".join(f"{p.label} (pid {p.pid})" for p in stuck)
+                raise DeployError(f"could not stop {names}: still running {_KILL_WAIT_SECONDS:g}s after SIGKILL")
         with contextlib.suppress(FileNotFoundError):
             (self.run_dir(deployment.job_id) / "deployment.json").unlink()
+
+    def _log_gone(self, proc: _Proc, log: LogFn) -> None:
+        """For a process found not running at teardown: how it had ended, when that is known."""
+        running, code = self._exit_code(proc)
+        if not running and proc.key not in self._reported:
+            self._reported.add(proc.key)
+            log(f"{proc.label} had already {_describe_end(code)}")
+
+    async def _stop(self, proc: _Proc, grace: float, log: LogFn) -> bool:
+        """SIGTERM to the process group of `proc`, SIGKILL after `grace` s; False if it outlived SIGKILL."""
+        if not self._signal_group(proc, signal.SIGTERM):
+            self._log_gone(proc, log)
+            return True
+        started = time.monotonic()
+        log(f"sent SIGTERM to {proc.label} (process group {proc.pid}); grace {grace:g}s")
+        while self._group_alive(proc) and time.monotonic() - started < grace:
+            await asyncio.sleep(_STOP_POLL_SECONDS)
+        self._reported.add(proc.key)
+        if not self._signal_group(proc, signal.SIGKILL):  # gone by now
+            _, code = self._exit_code(proc)
+            log(f"{proc.label} stopped by SIGTERM in {time.monotonic() - started:.2f}s{_after_sigterm(code)}")
+            return True
+        log(f"{proc.label} did not stop within {grace:g}s: killed (SIGKILL)")
+        killed = time.monotonic()
+        while self._group_alive(proc):
+            if time.monotonic() - killed >= _KILL_WAIT_SECONDS:
+                log(f"{proc.label} still runs {_KILL_WAIT_SECONDS:g}s after SIGKILL")
+                return False
+            await asyncio.sleep(_STOP_POLL_SECONDS)
+        return True
 
     def alive(self, deployment: Deployment) -> bool:
         """True when every recorded process still runs and is the one we started (pid *and* start time)."""

@@ -155,6 +155,10 @@ async def test_a_job_installs_waits_uninstalls_and_succeeds_when_its_flow_report
         assert (run / name).read_text()
     assert "deploy: done in" in (run / "install.log").read_text()
     assert "the job is SUCCEEDED (Completed)" in (run / "uninstall.log").read_text()
+    # The flow had exited after its report: the teardown says so, with no SIGTERM and no "killed".
+    uninstall = (run / "uninstall.log").read_text()
+    assert "flow f1 had already exited (code 0)" in uninstall or "flow f1 stopped by SIGTERM in" in uninstall
+    assert "killed" not in uninstall
 
 
 async def test_a_flow_that_reports_completion_and_then_exits_ends_the_job_succeeded(lite: Harness) -> None:
@@ -215,6 +219,27 @@ async def test_a_service_that_exits_during_install_fails_the_job_naming_it(lite:
     assert_gone(job)
 
 
+async def test_a_failed_install_logs_its_reason_and_uninstall_logs_how_each_component_ended(lite: Harness) -> None:
+    backend = lite.backend(FakeCommands(service=["--exit-after", "0", "--exit-code", "3", "--say", "bad model"]))
+    job = lite.job()
+    await backend.start(job.id)
+    job = await lite.finished(backend, job.id)
+    assert job.message is not None
+    why = job.message.splitlines()[0]
+    assert why == "service m1 exited with code 3 during install"
+    run = lite.home / "jobs" / str(job.id)
+    install = [line.split(" ", 1)[1] for line in (run / "install.log").read_text().splitlines()]
+    assert next(line for line in install if line.startswith("install: failed after ")).endswith(
+        f"s with InstallFailed: {why}"
+    )
+    uninstall = [line.split(" ", 1)[1] for line in (run / "uninstall.log").read_text().splitlines()]
+    assert f"uninstall: the run ended with InstallFailed (job state INSTALLING): {why}" in uninstall
+    assert "service m1 had already exited (code 3)" in uninstall
+    # The fake flow has no SIGTERM handler: it ends on the signal, and the log says so rather than "killed".
+    assert [line for line in uninstall if line.startswith("flow f1 stopped by SIGTERM in ")]
+    assert not [line for line in uninstall if "killed (SIGKILL)" in line]
+
+
 async def test_a_flow_exiting_with_an_error_during_wait_fails_the_job_with_its_log_tail(
     lite: Harness, tmp_path: Path
 ) -> None:
@@ -227,7 +252,7 @@ async def test_a_flow_exiting_with_an_error_during_wait_fails_the_job_with_its_l
     job = await lite.finished(backend, job.id)
     assert (job.state, job.reason) == (JobState.FAILED, "FlowFailed")
     assert job.message is not None
-    assert job.message.startswith("flow f1 exited with code 2; last 20 log line(s) of flow f1:")
+    assert job.message.startswith("flow f1 exited with code 2\nlast 20 log line(s) of flow f1:\n")
     assert job.message.splitlines()[-2:] == ["f1 line 25", "fake flow f1 exits with code 2"]
     assert task_order(job) == ["install", "wait", "uninstall"]
     assert_gone(job)
@@ -359,7 +384,7 @@ async def test_a_cancel_during_uninstall_does_not_start_a_second_uninstall(lite:
     ]
     uninstall_log = (lite.home / "jobs" / str(job.id) / "uninstall.log").read_text()
     assert uninstall_log.count("uninstall: the run ended with") == 1
-    assert "service m1 did not stop within 1s: sent SIGKILL" in uninstall_log
+    assert "service m1 did not stop within 1s: killed (SIGKILL)" in uninstall_log
     assert_gone(job)
 
 

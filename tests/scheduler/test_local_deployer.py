@@ -14,9 +14,9 @@ from lifecycle_kit import PROCS, FakeCommands, any_running, pipeline_bundle, run
 
 import ir
 from scheduler.deployers.base import DeployError, Deployment, ReadinessTimeout
-from scheduler.deployers.local import LocalProcessDeployer
+from scheduler.deployers.local import CommandFactory, Component, LocalProcessDeployer
 
-Make = Callable[[FakeCommands], LocalProcessDeployer]
+Make = Callable[[CommandFactory], LocalProcessDeployer]
 
 
 def values() -> dict[str, Any]:
@@ -39,7 +39,7 @@ async def make(tmp_path: Path) -> AsyncIterator[Make]:
     """Deployers under tmp_path; whatever they deployed is torn down at the end of the test."""
     made: list[LocalProcessDeployer] = []
 
-    def build(commands: FakeCommands) -> LocalProcessDeployer:
+    def build(commands: CommandFactory) -> LocalProcessDeployer:
         deployer = LocalProcessDeployer(tmp_path / "jobs", commands)
         made.append(deployer)
         return deployer
@@ -148,7 +148,7 @@ async def test_status_reports_a_failed_flow_with_its_exit_code_and_log_tail(make
         await asyncio.sleep(0.02)
     assert status.state == "failed"
     assert status.message is not None
-    assert status.message.startswith("flow f1 exited with code 4; last 20 log line(s) of flow f1:")
+    assert status.message.startswith("flow f1 exited with code 4\nlast 20 log line(s) of flow f1:\n")
     assert status.message.splitlines()[-1] == "fake flow f1 exits with code 4"
     assert "f1 line 30" in status.message
     assert "f1 line 11\n" not in status.message  # only the tail
@@ -162,11 +162,84 @@ async def test_a_process_ignoring_sigterm_is_killed_after_the_grace(make: Make, 
     await deployer.wait_ready(deployment, 10, log)
     await flow_started(tmp_path / "jobs" / job_id)  # its SIGTERM handler is in place
     await deployer.teardown(deployment, 0.3, log)
-    assert "service m1 did not stop within 0.3s: sent SIGKILL" in log.text()
-    assert "flow f1 did not stop within 0.3s: sent SIGKILL" in log.text()
-    assert "service m1 was killed by SIGKILL" in log.text()
+    assert "service m1 did not stop within 0.3s: killed (SIGKILL)" in log.lines
+    assert "flow f1 did not stop within 0.3s: killed (SIGKILL)" in log.lines
     assert any_running(deployment.ref["processes"]) == []
     assert "SIGTERM ignored" in (tmp_path / "jobs" / job_id / "services" / "m1.log").read_text()
+
+
+def line_about(log: Lines, start: str) -> str:
+    """The one teardown line that starts with `start`."""
+    found = [line for line in log.lines if line.startswith(start)]
+    assert len(found) == 1, log.text()
+    return found[0]
+
+
+async def test_each_process_gets_its_own_grace_so_a_flow_that_uses_it_up_does_not_get_a_service_killed(
+    make: Make, tmp_path: Path
+) -> None:
+    deployer = make(FakeCommands(flow=["--ignore-sigterm"]))
+    job_id, log = job(), Lines()
+    deployment = await deployer.deploy(job_id, values(), log)
+    await deployer.wait_ready(deployment, 10, log)
+    await flow_started(tmp_path / "jobs" / job_id)
+    log.lines.clear()
+    await deployer.teardown(deployment, 1, log)
+    assert log.lines[0] == f"sent SIGTERM to flow f1 (process group {deployment.ref['processes'][1]['pid']}); grace 1s"
+    assert log.lines[1] == "flow f1 did not stop within 1s: killed (SIGKILL)"
+    # Only then the service: SIGTERM, and a grace of its own, which it needs no more than a moment of.
+    assert log.lines[2].startswith("sent SIGTERM to service m1 ")
+    assert line_about(log, "service m1 stopped by SIGTERM in ").endswith("s (exit code 0)")
+    assert not [line for line in log.lines if "service m1" in line and "SIGKILL" in line]
+    assert "SIGTERM: stopping" in (tmp_path / "jobs" / job_id / "services" / "m1.log").read_text()
+
+
+async def test_teardown_says_a_flow_that_had_exited_by_itself_exited_rather_than_that_it_was_stopped_or_killed(
+    make: Make,
+) -> None:
+    deployer = make(FakeCommands(flow=["--run-for", "0"]))
+    log = Lines()
+    deployment = await deployer.deploy(job(), values(), log)
+    await deployer.wait_ready(deployment, 10, log)
+    while (await deployer.status(deployment)).state == "running":
+        await asyncio.sleep(0.02)
+    log.lines.clear()
+    await deployer.teardown(deployment, 5, log)
+    assert line_about(log, "flow f1 ") == "flow f1 had already exited (code 0)"
+    assert line_about(log, "service m1 stopped by SIGTERM in ").endswith("s (exit code 0)")
+    assert "killed" not in log.text()
+
+
+async def test_teardown_says_how_a_process_that_failed_by_itself_had_ended(make: Make) -> None:
+    deployer = make(FakeCommands(service=["--exit-after", "0", "--exit-code", "3"], flow=["--run-for", "0"]))
+    log = Lines()
+    deployment = await deployer.deploy(job(), values(), log)
+    with pytest.raises(DeployError):
+        await deployer.wait_ready(deployment, 10, log)
+    await wait_until(lambda: any_running(deployment.ref["processes"]) == [], what="both processes to exit")
+    log.lines.clear()
+    await deployer.teardown(deployment, 5, log)
+    assert log.lines == [
+        "no process of this deployment is running",
+        "service m1 had already exited (code 3)",
+        "flow f1 had already exited (code 0)",
+    ]
+
+
+async def test_a_process_ended_by_sigterm_without_a_handler_is_reported_as_stopped_by_the_signal(
+    make: Make, tmp_path: Path
+) -> None:
+    def sleeper(component: Component) -> list[str]:
+        return ["sleep", "60"] if component.kind == "flow" else FakeCommands()(component)
+
+    deployer = make(sleeper)
+    log = Lines()
+    deployment = await deployer.deploy(job(), values(), log)
+    await deployer.wait_ready(deployment, 10, log)
+    await deployer.teardown(deployment, 5, log)
+    assert line_about(log, "flow f1 stopped by SIGTERM in ").endswith(
+        "s (ended by the signal: it had no handler for it)"
+    )
 
 
 async def test_teardown_is_idempotent_and_tolerates_processes_that_are_already_gone(make: Make) -> None:
@@ -216,6 +289,12 @@ async def test_after_a_restart_a_vanished_flow_s_exit_code_is_reported_as_unknow
     status = await restarted.status(deployment)
     assert status.state == "failed"
     assert status.message is not None and "exit code unknown" in status.message
+    teardown = Lines()
+    await restarted.teardown(deployment, 5, teardown)
+    assert "flow f1 had already exited (exit code unknown: it was started before the scheduler restarted)" in (
+        teardown.lines
+    )
+    assert line_about(teardown, "service m1 stopped by SIGTERM in ").endswith("s")  # its exit code is unknowable
     await deployer.teardown(deployment, 5, log)
 
 
