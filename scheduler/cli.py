@@ -28,10 +28,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Protocol
 
 import typer
-from rich import box
-from rich.console import Console
+from rich import box, filesize
+from rich.console import Console, Group
 from rich.live import Live
 from rich.markup import escape
+from rich.padding import Padding
+from rich.progress import BarColumn, Progress, TaskID, TaskProgressColumn, TextColumn, TimeRemainingColumn
 from rich.spinner import Spinner
 from rich.table import Table
 from rich.text import Text
@@ -43,12 +45,14 @@ from scheduler.client import (
     DEFAULT_SERVER,
     ApiError,
     ClientError,
+    FlowProgress,
     Job,
     JobDetail,
     JobPage,
     Pipeline,
     SchedulerClient,
     SchedulerUnreachable,
+    ServiceProgress,
 )
 from scheduler.joblogs import run_dir
 from scheduler.states import JobState, Task
@@ -943,10 +947,19 @@ def job_show(
     server: ServerOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "--watch", "-w", help="Follow the job live until it ends, as `modelops run` does (Ctrl-C stops watching)."
+        ),
+    ] = False,
 ) -> None:
     """A job's state, task, reason and message, timestamps, progress, and its events."""
     with _reader(server, token, f"reading job {job_id}") as client:
         job = client.get_job(job_id)
+        if watch and not as_json:
+            _watch_job(client, job)
+            return
     if as_json:
         out.print_json(job.model_dump_json(by_alias=True))
         return
@@ -966,7 +979,16 @@ def job_show(
         end = job.finished_at or datetime.now(UTC)
         grid.add_row("duration", _duration((end - job.started_at).total_seconds()))
     progress = job.progress
-    grid.add_row("records", f"read {progress.read:,}  written {progress.written:,}  failed {progress.failed:,}")
+    records = f"read {progress.read:,}  written {progress.written:,}  failed {progress.failed:,}"
+    records += f"  filtered {progress.filtered:,}"
+    if progress.total is not None and progress.done is not None:
+        size = f"{_amount(progress.total, progress.unit)} {progress.unit}"
+        records += f"  ({_percent(progress.done, progress.total)} of {size})"
+    grid.add_row("records", records)
+    for name, reported in progress.flows.items():
+        grid.add_row(f"  flow {name}", Text(f"{reported.state or '-'}:{_RunView._flow_counts(reported)}"))
+    for output in _outputs(job):
+        grid.add_row("output", Text(output))
     if job.completion is not None:
         verdict = "succeeded" if job.completion.succeeded else "failed"
         grid.add_row("completion", Text(verdict + (f": {job.completion.message}" if job.completion.message else "")))
@@ -1177,7 +1199,7 @@ def _run(
         return _report(final, cancelled, logs)
 
 
-def _follow(client: SchedulerClient, job_id: uuid.UUID, view: _RunView) -> JobDetail:
+def _follow(client: _Reader, job_id: uuid.UUID, view: _RunView) -> JobDetail:
     """Poll the job and update the view until it is terminal."""
     view.start()
     while True:
@@ -1188,9 +1210,42 @@ def _follow(client: SchedulerClient, job_id: uuid.UUID, view: _RunView) -> JobDe
         time.sleep(POLL_SECONDS)
 
 
+def _watch_job(client: _Reader, job: JobDetail) -> None:
+    """`job show --watch`: the live view of `modelops run` until the job ends; Ctrl-C only stops watching."""
+    view = _RunView(job)
+    try:
+        final = _follow(client, job.id, view)
+    except KeyboardInterrupt:
+        view.stop()
+        err.print(f"stopped watching job {job.id} (it goes on: `modelops job cancel {job.id}` stops it)")
+        raise typer.Exit(EXIT_INTERRUPTED) from None
+    view.stop()
+    took = ""
+    if final.started_at is not None and final.finished_at is not None:
+        took = f" in {_duration((final.finished_at - final.started_at).total_seconds())}"
+    progress = final.progress
+    out.print(
+        f"job {final.id} {final.state.value}{took}: {final.reason or '-'}; read {progress.read:,}, "
+        f"written {progress.written:,}, failed {progress.failed:,}, filtered {progress.filtered:,}"
+    )
+    for output in _outputs(final):
+        out.print(f"output: {output}")
+
+
+def _outputs(job: Job) -> list[str]:
+    """Where the job's records went: the sinks its flows reported, each once, in flow order."""
+    seen: dict[str, None] = {}
+    for flow in job.progress.flows.values():
+        seen.update(dict.fromkeys(flow.outputs))
+    return list(seen)
+
+
 def _report(job: JobDetail, cancelled_by_us: bool, logs: str) -> int:
     took = ""
-    records = f"read {job.progress.read:,}, written {job.progress.written:,}, failed {job.progress.failed:,}"
+    progress = job.progress
+    records = f"read {progress.read:,}, written {progress.written:,}, failed {progress.failed:,}"
+    if progress.filtered:
+        records += f", filtered {progress.filtered:,}"
     if job.started_at is not None and job.finished_at is not None:
         seconds = (job.finished_at - job.started_at).total_seconds()
         took = f" in {_duration(seconds)}"
@@ -1198,6 +1253,8 @@ def _report(job: JobDetail, cancelled_by_us: bool, logs: str) -> int:
             records += f" ({job.progress.written / seconds:,.0f} rows/s over the whole job)"
     if job.state is JobState.SUCCEEDED:
         out.print(f"job {job.id} SUCCEEDED{took}: {records}")
+        for output in _outputs(job):
+            out.print(f"output: {output}")
         return 0
     if job.state is JobState.CANCELLED:
         err.print(f"job {job.id} CANCELLED{took}: {job.message or job.reason or 'cancelled'}")
@@ -1209,21 +1266,67 @@ def _report(job: JobDetail, cancelled_by_us: bool, logs: str) -> int:
     return 1
 
 
-class _RunView:
-    """What `modelops run` shows: a live panel on a terminal, one line per change otherwise (pipes, CI logs)."""
+HEARTBEAT_SECONDS = 10.0
+"""Off a terminal (CI logs, a pipe), the view prints a line at least this often while the job runs."""
 
-    def __init__(self, job: Job) -> None:
+
+def _amount(count: int, unit: str | None) -> str:
+    return filesize.decimal(count) if unit == "bytes" else f"{count:,}"
+
+
+def _percent(done: int | None, total: int | None) -> str:
+    if done is None or not total:
+        return ""
+    return f"{min(100.0, 100.0 * done / total):.1f}%"
+
+
+def _latency(service: ServiceProgress) -> str:
+    if service.latency_ms is None:
+        return "latency -"
+    lat = service.latency_ms
+    return f"latency p50 {lat.p50:,.1f} ms  p99 {lat.p99:,.1f} ms  mean {lat.mean:,.1f} ms"
+
+
+class _RunView:
+    """What `modelops run` and `modelops job show --watch` show of a job while it runs.
+
+    On a terminal, a live panel (rich): the job and what it does now (the reason and message of its latest
+    event, so no message of an earlier task lingers during uninstall); a progress bar with percentage and ETA
+    when the size of the sources is known (records, or bytes of the input files); rows/s now (over
+    `RATE_WINDOW_SECONDS`) and on average; one line per flow and per scoring service it calls. Elsewhere (a
+    pipe, CI logs): one line per change of state, task or reason and per change of a flow's state, and a
+    heartbeat line at least every `HEARTBEAT_SECONDS` with the counters, the percentage and the rate.
+    """
+
+    def __init__(
+        self, job: Job, *, console: Console | None = None, live: bool | None = None, heartbeat: float | None = None
+    ) -> None:
         self.job: Job = job
+        self.console = console or out
+        self.live_view = self.console.is_terminal if live is None else live
+        self.heartbeat = HEARTBEAT_SECONDS if heartbeat is None else heartbeat
         self.started = time.monotonic()
         self.samples: deque[tuple[float, int]] = deque()
         self.notes: list[str] = []
         self.live: Live | None = None
         self._last_line: tuple[str, str, str] | None = None
+        self._last_printed = self.started
+        self._flow_states: dict[str, str | None] = {}
         self._spinner = Spinner("dots")
+        self._bar = Progress(
+            BarColumn(bar_width=40),
+            TaskProgressColumn(),
+            TextColumn("{task.fields[amount]}"),
+            TextColumn("ETA"),
+            TimeRemainingColumn(),
+            console=self.console,
+            auto_refresh=False,
+        )
+        self._bar_task: TaskID | None = None
 
     def start(self) -> None:
-        if self.live is None and out.is_terminal:
-            self.live = Live(self, console=out, refresh_per_second=8, transient=False)
+        if self.live is None and self.live_view:
+            self.live = Live(self, console=self.console, refresh_per_second=8, transient=False)
             self.live.start()
 
     def stop(self) -> None:
@@ -1243,42 +1346,147 @@ class _RunView:
         self.samples.append((now, job.progress.read))
         while len(self.samples) > 2 and now - self.samples[0][0] > RATE_WINDOW_SECONDS:
             self.samples.popleft()
-        if self.live is None:
-            line = (job.state.value, job.task.value if job.task else "-", job.reason or "")
-            if line != self._last_line:
-                self._last_line = line
-                out.print(f"{_duration(now - self.started)} {line[0]:<10} task {line[1]:<9} {line[2]}".rstrip())
+        self._update_bar()
+        if not self.live_view:
+            self._print_lines(now)
 
     def rate(self) -> float:
+        """Records read per second over the last `RATE_WINDOW_SECONDS`."""
         if len(self.samples) < 2:
             return 0.0
         (t0, r0), (t1, r1) = self.samples[0], self.samples[-1]
         return (r1 - r0) / (t1 - t0) if t1 > t0 else 0.0
 
-    def __rich__(self) -> Table:
+    def average(self) -> float | None:
+        """Records read per second since the flows began reading: the sum of the rates they report."""
+        rates = [flow.rate for flow in self.job.progress.flows.values() if flow.rate is not None]
+        return sum(rates) if rates else None
+
+    # -- off a terminal: lines --------------------------------------------------------------------------------
+
+    def _print_lines(self, now: float) -> None:
         job = self.job
-        grid = Table.grid(padding=(0, 1))
-        grid.add_column(no_wrap=True)
-        grid.add_column(overflow="fold")
-        head = Text.assemble((f"{job.pipeline} v{job.version}", "bold"), f"  job {job.id}  ", _state(job.state.value))
-        grid.add_row(self._spinner if not job.terminal else Text(" "), head)
+        elapsed = _duration(now - self.started)
+        line = (job.state.value, job.task.value if job.task else "-", job.reason or "")
+        if line != self._last_line:
+            self._last_line = line
+            self._print(now, f"{elapsed} {line[0]:<10} task {line[1]:<9} {line[2]}".rstrip())
+        for name, flow in job.progress.flows.items():
+            if self._flow_states.get(name, "") != flow.state:
+                self._flow_states[name] = flow.state
+                self._print(now, f"{elapsed} flow {name}: {flow.state or '-'}{self._flow_counts(flow)}")
+        if not job.terminal and now - self._last_printed >= self.heartbeat:
+            self._print(now, f"{elapsed} {line[0]:<10} task {line[1]:<9} {self._counts()}")
+
+    def _print(self, now: float, text: str) -> None:
+        self._last_printed = now
+        self.console.print(text, markup=False, highlight=False, soft_wrap=True)
+
+    def _counts(self) -> str:
+        progress = self.job.progress
+        read = f"read {progress.read:,}"
+        if progress.total is not None and progress.unit == "records":
+            read += f"/{progress.total:,}"
+        percent = _percent(progress.done, progress.total)
+        if percent:
+            read += f" ({percent}{' of the input bytes' if progress.unit == 'bytes' else ''})"
+        text = f"{read}, written {progress.written:,}, failed {progress.failed:,}, filtered {progress.filtered:,}"
+        text += f"; {self.rate():,.0f} rows/s now"
+        average = self.average()
+        if average is not None:
+            text += f", {average:,.0f} on average"
+        return text
+
+    @staticmethod
+    def _flow_counts(flow: FlowProgress) -> str:
+        if flow.state in (None, "starting"):
+            return ""
+        text = f" read {flow.read:,}, written {flow.written:,}, failed {flow.failed:,}, filtered {flow.filtered:,}"
+        if flow.total is not None and flow.state != "done":
+            text += f" of {_amount(flow.total, flow.unit)} {flow.unit}"
+        return text
+
+    # -- on a terminal: the live panel ------------------------------------------------------------------------
+
+    def _update_bar(self) -> None:
+        progress = self.job.progress
+        if progress.total is None or progress.done is None:
+            return
+        amount = f"{_amount(progress.done, progress.unit)}/{_amount(progress.total, progress.unit)} {progress.unit}"
+        if self._bar_task is None:
+            self._bar_task = self._bar.add_task("", total=progress.total, completed=progress.done, amount=amount)
+        else:
+            self._bar.update(self._bar_task, total=progress.total, completed=progress.done, amount=amount)
+
+    def _phase(self) -> str:
+        """The current task and what it does now: the latest event's reason and message (a job's own `message`
+        is that of its last state change, which may belong to an earlier task)."""
+        job = self.job
+        reason, message = job.reason, job.message
+        events = getattr(job, "events", None)
+        if events and not job.terminal:
+            reason, message = events[-1].reason, events[-1].message
         phase = f"task {job.task.value if job.task else '-'}"
-        if job.reason:
-            phase += f"  {job.reason}"
-        if job.message and not job.terminal:
-            phase += f": {_first_line(job.message)}"
-        grid.add_row("", Text(phase))
+        if reason:
+            phase += f"  {reason}"
+        if message and not job.terminal:
+            phase += f": {_first_line(message)}"
+        return phase
+
+    def __rich__(self) -> Group:
+        job = self.job
+        head = Table.grid(padding=(0, 1))
+        head.add_column(no_wrap=True)
+        head.add_column(overflow="fold")
+        title = Text.assemble((f"{job.pipeline} v{job.version}", "bold"), f"  job {job.id}  ", _state(job.state.value))
+        head.add_row(self._spinner if not job.terminal else Text(" "), title)
+        head.add_row("", Text(self._phase()))
+        parts: list[Any] = [head]
+        if self._bar_task is not None:
+            parts.append(Padding(self._bar.get_renderable(), (0, 0, 0, 2)))
         progress = job.progress
-        grid.add_row(
-            "",
-            Text(
-                f"records read {progress.read:,}  written {progress.written:,}  failed {progress.failed:,}  "
-                f"rate {self.rate():,.0f} rows/s  elapsed {_duration(time.monotonic() - self.started)}"
-            ),
+        rates = f"{self.rate():,.0f} rows/s now"
+        average = self.average()
+        if average is not None:
+            rates += f", {average:,.0f} on average"
+        counts = Text(
+            f"  records read {progress.read:,}  written {progress.written:,}  failed {progress.failed:,}  "
+            f"filtered {progress.filtered:,}  {rates}  elapsed {_duration(time.monotonic() - self.started)}"
         )
+        parts.append(counts)
+        if progress.flows:
+            lines = Table.grid(padding=(0, 2))
+            for _ in range(4):
+                lines.add_column(no_wrap=True)
+            lines.add_column(overflow="fold")
+            for name, flow in progress.flows.items():
+                size = ""
+                if flow.total is not None and flow.done is not None and flow.state != "done":
+                    size = f"{_percent(flow.done, flow.total)} of {_amount(flow.total, flow.unit)} {flow.unit}"
+                rate = f"{flow.rate:,.0f} rows/s" if flow.rate is not None else ""
+                lines.add_row(
+                    f"  flow {name}",
+                    Text(flow.state or "-", style=_FLOW_STYLE.get(flow.state or "", "")),
+                    f"read {flow.read:,}  written {flow.written:,}  failed {flow.failed:,}  filtered {flow.filtered:,}",
+                    rate,
+                    size,
+                )
+                for service_name, service in flow.services.items():
+                    lines.add_row(
+                        f"    service {service_name}",
+                        "",
+                        f"requests {service.requests:,}  rows {service.rows:,}  errors {service.errors:,}"
+                        + (f"  retries {service.retries:,}" if service.retries else ""),
+                        "",
+                        _latency(service),
+                    )
+            parts.append(lines)
         for note in self.notes:
-            grid.add_row("", Text(note, style="yellow"))
-        return grid
+            parts.append(Text(f"  {note}", style="yellow"))
+        return Group(*parts)
+
+
+_FLOW_STYLE = {"starting": "cyan", "running": "blue", "done": "green", "failed": "red", "stopped": "yellow"}
 
 
 def _first_line(text: str) -> str:

@@ -33,6 +33,7 @@ from sqlalchemy.engine import make_url
 from scheduler.backends.base import Backend
 from scheduler.db import create_engine
 from scheduler.errors import IllegalTransition, NotFound
+from scheduler.joblogs import LogItem
 from scheduler.service import START_FAILED_REASON
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
@@ -75,6 +76,9 @@ class DispatchBackend:
 
     def logs(self, job_id: uuid.UUID, task: Task | None, follow: bool) -> AsyncIterator[str]:
         return self._inner.logs(job_id, task, follow)
+
+    def component_logs(self, job_id: uuid.UUID, component: str, follow: bool) -> AsyncIterator[LogItem]:
+        return self._inner.component_logs(job_id, component, follow)
 
     async def recover(self) -> None:
         """Nothing: the engine recovers the jobs, once, for every worker."""

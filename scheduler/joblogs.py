@@ -9,23 +9,44 @@ Every job run by this scheduler gets a run directory, `<home>/jobs/<job id>/`:
 A phase log is what `tkn pipelinerun logs` shows for the Tekton backend: one plain, timestamped line per
 thing done, so the local backend and Tekton read the same. `PhaseLog` writes them (and, in a Tekton step,
 can echo them to stdout); `read_lines` reads or follows a log file for the logs endpoint.
+
+A job's log *components* are its three phases (`install`, `wait`, `uninstall`) and its processes
+(`service/<name>`, `flow/<name>`). `merge_logs` interleaves the lines of several components by the timestamp each
+line starts with (`ir.logformat`: every line we write starts with ISO 8601 UTC milliseconds, so the strings sort
+by time), prefixed with `[component]`, the way `tkn pipelinerun logs` prefixes each step's lines.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import time
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
+from ir.logformat import line_timestamp, timestamp
 from scheduler.states import Task
 
-__all__ = ["LOG_TAIL_LINES", "PhaseLog", "read_lines", "run_dir", "tail", "task_log_path"]
+__all__ = [
+    "IDLE",
+    "LOG_TAIL_LINES",
+    "PHASES",
+    "Idle",
+    "LogItem",
+    "PhaseLog",
+    "component_log_path",
+    "follow_lines",
+    "merge_logs",
+    "read_lines",
+    "run_dir",
+    "tail",
+    "task_log_path",
+]
 
 LOG_TAIL_LINES: Final = 20
 """How many last lines of a component's log go into a failure message: enough to show a traceback's end."""
@@ -46,8 +67,19 @@ def task_log_path(home: Path, job_id: uuid.UUID | str, task: Task) -> Path:
     return run_dir(home, job_id) / f"{task.value}.log"
 
 
-def _timestamp() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")[:-4] + "Z"
+PHASES: Final = tuple(task.value for task in Task)
+"""The log components every job has, in order: `install`, `wait`, `uninstall`."""
+
+
+def component_log_path(home: Path, job_id: uuid.UUID | str, component: str) -> Path:
+    """Where the local backend keeps a component's log: `<task>.log`, `services/<name>.log`, `flows/<name>.log`."""
+    if component in PHASES:
+        return task_log_path(home, job_id, Task(component))
+    kind, _, name = component.partition("/")
+    folders = {"service": "services", "flow": "flows"}
+    if kind not in folders or not name or "/" in name or name in (".", ".."):
+        raise ValueError(f"not a log component: {component!r} (install, wait, uninstall, service/NAME, flow/NAME)")
+    return run_dir(home, job_id) / folders[kind] / f"{name}.log"
 
 
 class PhaseLog:
@@ -72,7 +104,7 @@ class PhaseLog:
     def __call__(self, message: str) -> None:
         for secret in self._secrets:
             message = message.replace(secret, "***")
-        stamp = _timestamp()
+        stamp = timestamp()
         lines = message.splitlines() or [""]
         text = "".join(f"{stamp} {line}\n" for line in lines)
         if self._file is not None:
@@ -123,6 +155,22 @@ def tail(path: Path, lines: int = LOG_TAIL_LINES) -> list[str]:
     return found[-lines:] if lines > 0 else []
 
 
+@dataclass(frozen=True)
+class Idle:
+    """What a followed log source yields when it has nothing more right now (see `merge_logs`).
+
+    `at`: when the source last looked (the `ir.logformat` timestamp taken just before its read): it has no line
+    older than that still to come. None: it cannot tell, and holds no other source's lines back.
+    """
+
+    at: str | None = None
+
+
+IDLE: Final = Idle()
+LogItem = str | Idle
+"""A line (without its line break) or `IDLE`."""
+
+
 async def read_lines(
     path: Path,
     *,
@@ -136,10 +184,24 @@ async def read_lines(
     the file grows (or until it appears) until `ended()` says the writer is done; then read what is left and
     stop. A line still being written (no line break yet) is only yielded once complete, or at the end.
     """
+    async for item in follow_lines(path, follow=follow, ended=ended, poll_seconds=poll_seconds):
+        if not isinstance(item, Idle):
+            yield item
+
+
+async def follow_lines(
+    path: Path,
+    *,
+    follow: bool = False,
+    ended: Callable[[], Awaitable[bool]] | None = None,
+    poll_seconds: float = _FOLLOW_POLL_SECONDS,
+) -> AsyncIterator[LogItem]:
+    """`read_lines`, also yielding `IDLE` each time a followed file has no new line yet (before waiting)."""
     position = 0
     pending = b""
     while True:
         finished = bool(follow and ended is not None and await ended())
+        looked = timestamp()
         chunk = await asyncio.to_thread(_read_from, path, position)
         if chunk:
             position += len(chunk)
@@ -153,7 +215,89 @@ async def read_lines(
                 yield pending.decode("utf-8", errors="replace")
             return
         if not chunk:
+            yield Idle(looked)
             await asyncio.sleep(poll_seconds)
+
+
+@dataclass
+class _Feed:
+    """One source of `merge_logs`: its next line (`head`, with the time it sorts by), and whether it is idle."""
+
+    name: str
+    index: int
+    items: AsyncIterator[LogItem]
+    task: asyncio.Task[LogItem] | None = None
+    head: tuple[str, str] | None = None
+    """(timestamp, line) of the line to emit next from this source."""
+    idle: Idle | None = None
+    """The source's last `Idle`, while it has said nothing since."""
+    done: bool = False
+    last_stamp: str = ""
+
+    def holds_back(self, stamp: str) -> bool:
+        """Whether a line of another source at `stamp` must wait: this one may still have an older line."""
+        if self.head is not None or self.done:
+            return False
+        return self.idle is None or (self.idle.at is not None and self.idle.at < stamp)
+
+
+async def _next_item(items: AsyncIterator[LogItem]) -> LogItem:
+    return await anext(items)
+
+
+async def merge_logs(sources: Mapping[str, AsyncIterator[LogItem]]) -> AsyncIterator[str]:
+    """The lines of all `sources` as `[name] line`, in the order of their timestamps.
+
+    A line without a timestamp (a traceback's inner lines, a program printing plain text) sorts with the line
+    before it in its source. Lines of equal time keep the order of `sources`. The oldest waiting line is
+    emitted once every other source has either a line waiting, ended, or said `Idle` since a moment no older
+    than that line (followed logs): so lines come out in time order, also those written while following.
+    Sources are read concurrently and closed when the merge stops.
+    """
+    feeds = [_Feed(name, index, items) for index, (name, items) in enumerate(sources.items())]
+    try:
+        while True:
+            for feed in feeds:
+                if not feed.done and feed.head is None and feed.task is None:
+                    feed.task = asyncio.create_task(_next_item(feed.items))
+            waiting = [feed for feed in feeds if feed.head is not None]
+            if waiting:
+                first = min(waiting, key=lambda feed: (feed.head or ("", ""))[0])
+                assert first.head is not None
+                stamp, line = first.head
+                if not any(feed.holds_back(stamp) for feed in feeds):
+                    first.head = None
+                    yield f"[{first.name}] {line}"
+                    continue
+            running = [feed.task for feed in feeds if feed.task is not None]
+            if not running:
+                return  # every source is done and emptied
+            await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+            for feed in feeds:
+                if feed.task is None or not feed.task.done():
+                    continue
+                task, feed.task = feed.task, None
+                try:
+                    item = task.result()
+                except StopAsyncIteration:
+                    feed.done = True
+                    continue
+                if isinstance(item, Idle):
+                    feed.idle = item
+                    continue
+                feed.idle = None
+                feed.last_stamp = line_timestamp(item) or feed.last_stamp
+                feed.head = (feed.last_stamp, item)
+    finally:
+        for feed in feeds:
+            if feed.task is not None:
+                feed.task.cancel()
+                with contextlib.suppress(BaseException):
+                    await feed.task
+            close = getattr(feed.items, "aclose", None)
+            if close is not None:
+                with contextlib.suppress(Exception):
+                    await close()
 
 
 def _read_from(path: Path, position: int) -> bytes:

@@ -19,7 +19,7 @@ import json
 import os
 import threading
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Final, Literal, Protocol
 
@@ -87,6 +87,8 @@ class PodInfo:
     """The pod's (non-init) container names in spec order: for a TaskRun, `step-<name>` per step, in order."""
     started: frozenset[str] = frozenset()
     """The containers that are running or have terminated: those whose log can be read."""
+    labels: Mapping[str, str] = field(default_factory=dict)
+    """The pod's labels (e.g. `modelops.io/job-id`, `app.kubernetes.io/component` of the chart's pods)."""
 
 
 class Stream(Protocol):
@@ -125,6 +127,8 @@ class Kube(Protocol):
     def read_pod_log(self, namespace: str, pod: str, container: str, follow: bool) -> Stream: ...
 
     def get_pod(self, namespace: str, name: str) -> PodInfo: ...
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[PodInfo]: ...
 
 
 def _wrap(exc: BaseException, what: str) -> K8sError:
@@ -370,14 +374,17 @@ class KubeClient:
             pod = self._core.read_namespaced_pod(name, namespace, _request_timeout=_REQUEST_TIMEOUT)
         except Exception as exc:
             raise _wrap(exc, f"get pod {namespace}/{name}") from exc
-        spec = pod.spec
-        containers = tuple(str(c.name) for c in ((spec.containers if spec is not None else None) or []))
-        phase = str(getattr(pod.status, "phase", None) or "Unknown")
-        statuses = getattr(pod.status, "container_statuses", None) or []
-        started = frozenset(
-            str(s.name) for s in statuses if s.state is not None and (s.state.running or s.state.terminated)
-        )
-        return PodInfo(name=name, phase=phase, containers=containers, started=started)
+        return _pod_info(pod)
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[PodInfo]:
+        """The pods matching the selector, by name (e.g. a job's component pods: `modelops.io/job-id=<id>`)."""
+        try:
+            found = self._core.list_namespaced_pod(
+                namespace, label_selector=label_selector, _request_timeout=_REQUEST_TIMEOUT
+            )
+        except Exception as exc:
+            raise _wrap(exc, f"list pods in namespace {namespace!r} ({label_selector})") from exc
+        return sorted((_pod_info(pod) for pod in found.items or []), key=lambda info: info.name)
 
     def read_pod_log(self, namespace: str, pod: str, container: str, follow: bool) -> Stream:
         """The container's log as lines (without line breaks); with `follow`, until the container ends."""
@@ -395,6 +402,19 @@ class KubeClient:
         except Exception as exc:
             raise _wrap(exc, what) from exc
         return _ResponseLines(response, what)
+
+
+def _pod_info(pod: Any) -> PodInfo:
+    spec = pod.spec
+    containers = tuple(str(c.name) for c in ((spec.containers if spec is not None else None) or []))
+    phase = str(getattr(pod.status, "phase", None) or "Unknown")
+    statuses = getattr(pod.status, "container_statuses", None) or []
+    started = frozenset(
+        str(s.name) for s in statuses if s.state is not None and (s.state.running or s.state.terminated)
+    )
+    labels = {str(k): str(v) for k, v in (getattr(pod.metadata, "labels", None) or {}).items()}
+    name = str(getattr(pod.metadata, "name", None) or "")
+    return PodInfo(name=name, phase=phase, containers=containers, started=started, labels=labels)
 
 
 def _as_dict(value: Any) -> dict[str, Any]:

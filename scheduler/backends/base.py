@@ -6,7 +6,9 @@ the job's state and task in the store up to date. The service layer (REST API) o
 - creates a PENDING job in the store, then calls `start(job_id)`;
 - on a user cancel, moves the job to CANCELLING in the store, then calls `cancel(job_id)`;
 - on a flow's `/complete` report, records the outcome in the store, then calls `completed(job_id)`;
-- reads logs through `logs(job_id, task, follow)`.
+- reads logs through `logs(job_id, task, follow)` (the phases) and `component_logs(job_id, component, follow)`
+  (any log component: a phase, `service/<name>` or `flow/<name>`), which `scheduler.joblogs.merge_logs`
+  interleaves.
 
 `recover()` runs once at server start: it finds the store's non-terminal jobs and either re-attaches to their
 runs or tears them down and fails them with reason `SchedulerRestarted`, so no job stays stuck.
@@ -18,6 +20,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Protocol
 
+from scheduler.joblogs import LogItem
 from scheduler.states import Task
 
 
@@ -38,6 +41,13 @@ class Backend(Protocol):
     def logs(self, job_id: uuid.UUID, task: Task | None, follow: bool) -> AsyncIterator[str]:
         """Log lines of one task (or all tasks in order), each without its line break; with `follow`, until
         the task has ended (the job moved on to a later task, or finished)."""
+        ...
+
+    def component_logs(self, job_id: uuid.UUID, component: str, follow: bool) -> AsyncIterator[LogItem]:
+        """Lines of one log component (`install`, `wait`, `uninstall`, `service/<name>`, `flow/<name>`), each
+        without its line break. With `follow`, until it can write no more (a phase: the job moved past it; a
+        process: the job ended), yielding `scheduler.joblogs.IDLE` whenever there is nothing new yet; a
+        component that never ran yields nothing."""
         ...
 
     async def recover(self) -> None:

@@ -32,7 +32,7 @@ from scheduler.backends.base import Backend
 from scheduler.deployers.base import Deployer, Deployment
 from scheduler.deployers.local import LocalProcessDeployer
 from scheduler.errors import NotFound
-from scheduler.joblogs import read_lines, task_log_path
+from scheduler.joblogs import PHASES, LogItem, component_log_path, follow_lines, read_lines, task_log_path
 from scheduler.lifecycle import (
     INTERNAL_ERROR,
     SCHEDULER_RESTARTED,
@@ -133,6 +133,23 @@ class LocalBackend:
             path = task_log_path(self.settings.home, job_id, current)
             async for line in read_lines(path, follow=follow, ended=ended):
                 yield line
+
+    async def component_logs(self, job_id: uuid.UUID, component: str, follow: bool) -> AsyncIterator[LogItem]:
+        """Lines of a phase's log or of a process's output file (`scheduler.joblogs.component_log_path`).
+
+        With `follow`, a phase's log is followed until the job moved past that phase, a process's until the
+        job ended (uninstall stops the processes first). Raises `NotFound` for an unknown job.
+        """
+        await self.lifecycle.db(self.store.get_job, job_id)  # NotFound before any line
+        order = _TASK_ORDER[Task(component)] if component in PHASES else len(_TASK_ORDER)
+
+        async def ended() -> bool:
+            job = await self.lifecycle.db(self.store.get_job, job_id)
+            return job.terminal or (job.task is not None and _TASK_ORDER[job.task] > order)
+
+        path = component_log_path(self.settings.home, job_id, component)
+        async for item in follow_lines(path, follow=follow, ended=ended):
+            yield item
 
     async def recover(self) -> None:
         """Take over the store's non-terminal local jobs after a (re)start; returns once each has a runner.

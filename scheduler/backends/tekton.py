@@ -462,10 +462,7 @@ class TektonBackend:
     async def _pod_lines(self, job_id: uuid.UUID, namespace: str, pod: PodInfo, follow: bool) -> AsyncIterator[LogItem]:
         """The lines of each of the pod's containers in turn; with `follow`, each followed until it ends."""
         for container in pod.containers:
-            if follow and not await self._container_started(namespace, pod.name, container):
-                continue
-            opener = functools.partial(self.kube.read_pod_log, namespace, pod.name, container, follow)
-            async for item in self._pump(opener, follow):
+            async for item in self._container_lines(namespace, pod.name, container, follow):
                 yield item
 
     async def recover(self) -> None:
@@ -944,28 +941,30 @@ class TektonBackend:
                 info = None
             if info is not None:
                 break
+            yield Idle(timestamp())
             await asyncio.sleep(self.settings.poll_interval_seconds)
             taskruns = await asyncio.to_thread(self.kube.list_taskruns, namespace, selector)
             taskrun = _taskrun_for(taskruns, task) or taskrun
         for container in (name for name in info.containers if name.startswith("step-")):
-            if follow and not await self._container_started(namespace, pod, container):
-                continue
-            opener = functools.partial(self.kube.read_pod_log, namespace, pod, container, follow)
-            async for line in self._pump(opener, follow):
+            async for line in self._container_lines(namespace, pod, container, follow):
                 yield line
 
-    async def _container_started(self, namespace: str, pod: str, container: str) -> bool:
-        """Wait until the step container has started (its log can be followed); False if it never will."""
-        while True:
+    async def _container_lines(self, namespace: str, pod: str, container: str, follow: bool) -> AsyncIterator[LogItem]:
+        """A container's log; with `follow`, once it has started (`Idle` meanwhile), nothing if it never will."""
+        while follow:
             try:
                 info = await asyncio.to_thread(self.kube.get_pod, namespace, pod)
             except K8sNotFound:
-                return False
+                return
             if container in info.started:
-                return True
+                break
             if info.phase in ("Succeeded", "Failed"):
-                return False
+                return
+            yield Idle(timestamp())
             await asyncio.sleep(self.settings.poll_interval_seconds)
+        opener = functools.partial(self.kube.read_pod_log, namespace, pod, container, follow)
+        async for item in self._pump(opener, follow):
+            yield item
 
     async def _pump(self, open_stream: Callable[[], Stream], follow: bool = False) -> AsyncIterator[LogItem]:
         """Lines of a blocking stream read on a thread of its own; the stream is closed when we stop early.

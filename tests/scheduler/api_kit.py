@@ -33,6 +33,7 @@ from fastapi import FastAPI
 
 from scheduler.app import create_app
 from scheduler.db import head_revision, upgrade
+from scheduler.joblogs import PHASES, LogItem
 from scheduler.service import SchedulerService
 from scheduler.settings import SchedulerSettings, TokenSpec, hash_token
 from scheduler.states import JobState, Task
@@ -237,18 +238,33 @@ class FakeBackend:
         for each in [task] if task is not None else list(Task):
             for line in self.lines.get((job_id, each), []):
                 yield f"{each.value}: {line}"
-        if follow:  # until the test sends None, or the job has finished (as a real backend would)
-            queue = self.follow_queue(job_id)
-            while True:
-                try:
-                    line = await asyncio.wait_for(queue.get(), timeout=0.05)
-                except TimeoutError:
-                    if (await self._db(self.store.get_job, job_id)).terminal:
-                        return
-                    continue
-                if line is None:
-                    return
+        if follow:
+            async for line in self._follow(job_id):
                 yield line
+
+    async def component_logs(self, job_id: uuid.UUID, component: str, follow: bool) -> AsyncIterator[LogItem]:
+        """A phase's lines as `logs` gives them (without the task prefix); the live queue feeds `install`."""
+        self.calls.append(("logs", job_id))
+        phase = Task(component) if component in PHASES else None
+        for line in self.lines.get((job_id, phase), []) if phase is not None else []:
+            yield line
+        if follow and phase is Task.INSTALL:
+            async for line in self._follow(job_id):
+                yield line
+
+    async def _follow(self, job_id: uuid.UUID) -> AsyncIterator[str]:
+        """The live queue's lines until the test sends None, or the job has finished (as a real backend would)."""
+        queue = self.follow_queue(job_id)
+        while True:
+            try:
+                line = await asyncio.wait_for(queue.get(), timeout=0.05)
+            except TimeoutError:
+                if (await self._db(self.store.get_job, job_id)).terminal:
+                    return
+                continue
+            if line is None:
+                return
+            yield line
 
     async def recover(self) -> None:
         self.calls.append(("recover", None))

@@ -64,6 +64,7 @@ class FakePod:
     started: set[str] = field(default_factory=set)
     ended: set[str] = field(default_factory=set)
     phase: str = "Pending"
+    labels: dict[str, str] = field(default_factory=dict)
 
 
 class _Watch:
@@ -308,7 +309,19 @@ class FakeKube:
             pod = self.pods.get((namespace, name))
             if pod is None:
                 raise NotFound(f'pods "{name}" not found', 404)
-            return PodInfo(name, pod.phase, tuple(pod.containers), frozenset(pod.started | pod.ended))
+            return self._info(pod)
+
+    def list_pods(self, namespace: str, label_selector: str) -> list[PodInfo]:
+        with self._cond:
+            self._maybe_fail("list_pods")
+            return [
+                self._info(pod)
+                for (ns, _), pod in sorted(self.pods.items())
+                if ns == namespace and _matches(pod.labels, label_selector)
+            ]
+
+    def _info(self, pod: FakePod) -> PodInfo:
+        return PodInfo(pod.name, pod.phase, tuple(pod.containers), frozenset(pod.started | pod.ended), dict(pod.labels))
 
     def read_pod_log(self, namespace: str, pod: str, container: str, follow: bool) -> _Lines:
         with self._cond:
@@ -449,6 +462,41 @@ class FakeKube:
             if status in ("True", "False"):
                 run_status["completionTime"] = self._time()
             self._changed(run, "MODIFIED")
+
+    # -- what Helm's release runs, played by the test -------------------------------------------------
+
+    def add_pod(
+        self, namespace: str, name: str, labels: Mapping[str, str], containers: tuple[str, ...] = ("main",)
+    ) -> None:
+        """A running pod (e.g. a scoring service of a job's release, labelled as charts/modelops labels it)."""
+        with self._cond:
+            self.pods[(namespace, name)] = FakePod(
+                name, list(containers), started=set(containers), phase="Running", labels=dict(labels)
+            )
+            self._bump()
+            self._cond.notify_all()
+
+    def pod_log(self, namespace: str, pod: str, *lines: str, container: str | None = None) -> None:
+        """Lines a pod's container prints (the first container unless named)."""
+        with self._cond:
+            found = self.pods[(namespace, pod)]
+            found.logs.setdefault(container or found.containers[0], []).extend(lines)
+            self._cond.notify_all()
+
+    def end_pod(self, namespace: str, pod: str, *, succeeded: bool = True) -> None:
+        """The pod's containers terminate (a followed log ends)."""
+        with self._cond:
+            found = self.pods[(namespace, pod)]
+            found.ended.update(found.containers)
+            found.phase = "Succeeded" if succeeded else "Failed"
+            self._cond.notify_all()
+
+    def delete_pod(self, namespace: str, pod: str) -> None:
+        """The pod is deleted (helm uninstall): its log is gone with it."""
+        with self._cond:
+            found = self.pods.pop((namespace, pod))
+            found.ended.update(found.containers)
+            self._cond.notify_all()
 
     # -- internals ---------------------------------------------------------------------------------
 

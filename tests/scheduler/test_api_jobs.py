@@ -487,15 +487,43 @@ async def test_a_completion_on_a_cancelling_job_is_409(idle: Api) -> None:
 # ------------------------------------------------------------------------------------------------ logs
 
 
-async def test_logs_are_plain_text_of_all_tasks_or_one(api: Api) -> None:
+async def test_logs_are_plain_text_of_all_components_or_some_each_line_prefixed_with_its_component(api: Api) -> None:
     job = await api.start_job()
     everything = await api.client.get(f"{JOBS}/{job['id']}/logs", headers=READ)
     assert everything.status_code == 200
     assert everything.headers["content-type"].startswith("text/plain")
-    assert everything.text == "install: rendering values\ninstall: deploying 1 service, 1 flow\n"
+    assert everything.text == "[install] rendering values\n[install] deploying 1 service, 1 flow\n"
+    assert api.backend.calls.count(("logs", uuid.UUID(job["id"]))) == 5  # 3 phases, 1 service, 1 flow
     wait_only = await api.client.get(f"{JOBS}/{job['id']}/logs", params={"task": "wait"}, headers=READ)
     assert wait_only.text == ""
     assert_error(await api.client.get(f"{JOBS}/{job['id']}/logs", params={"task": "build"}, headers=READ), 422)
+    some = await api.client.get(
+        f"{JOBS}/{job['id']}/logs", params=[("component", "install"), ("component", "tiny-batch")], headers=READ
+    )
+    assert some.text == "[install] rendering values\n[install] deploying 1 service, 1 flow\n"
+
+
+async def test_the_log_components_of_a_job_are_its_phases_services_and_flows(api: Api) -> None:
+    job = await api.start_job()
+    response = await api.client.get(f"{JOBS}/{job['id']}/logs/components", headers=READ)
+    assert response.status_code == 200
+    assert response.json() == {"components": ["install", "wait", "uninstall", "service/tiny-rf", "flow/tiny-batch"]}
+
+
+async def test_an_unknown_log_component_is_a_422_that_lists_the_jobs_components(api: Api) -> None:
+    job = await api.start_job()
+    response = await api.client.get(f"{JOBS}/{job['id']}/logs", params={"component": "flow/nope"}, headers=READ)
+    body = assert_error(response, 422, "unknown_component")
+    assert body["details"]["components"] == [
+        "install",
+        "wait",
+        "uninstall",
+        "service/tiny-rf",
+        "flow/tiny-batch",
+    ]
+    assert "'flow/nope' names no log component" in body["message"]
+    bad = await api.client.get(f"{JOBS}/{job['id']}/logs", params={"component": "flow/../x"}, headers=READ)
+    assert_error(bad, 422)
 
 
 async def test_following_logs_streams_lines_as_they_come_until_the_end(api: Api) -> None:
@@ -514,11 +542,11 @@ async def test_following_logs_streams_lines_as_they_come_until_the_end(api: Api)
     await producer
     assert response.status_code == 200
     assert response.text.splitlines() == [
-        "install: rendering values",
-        "install: deploying 1 service, 1 flow",
-        "wait: line 0",
-        "wait: line 1",
-        "wait: line 2",
+        "[install] rendering values",
+        "[install] deploying 1 service, 1 flow",
+        "[install] wait: line 0",
+        "[install] wait: line 1",
+        "[install] wait: line 2",
     ]
     assert api.backend.calls.count(("logs", job_id)) == 1
 

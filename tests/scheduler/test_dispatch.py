@@ -30,6 +30,7 @@ from store_kit import wipe_postgres
 from scheduler.client import SchedulerClient
 from scheduler.db import create_engine, upgrade
 from scheduler.dispatch import DispatchBackend, Engine, _libpq_url
+from scheduler.joblogs import LogItem
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
 from scheduler.store import ENGINE_CHANNEL, JobStore
@@ -61,6 +62,9 @@ class RecordingBackend:
 
     async def logs(self, job_id: uuid.UUID, task: Task | None, follow: bool) -> AsyncIterator[str]:
         yield f"log of {job_id} {task} {follow}"
+
+    async def component_logs(self, job_id: uuid.UUID, component: str, follow: bool) -> AsyncIterator[LogItem]:
+        yield f"log of {job_id} {component} {follow}"
 
     async def recover(self) -> None:
         self.calls.append(("recover", None))

@@ -19,7 +19,7 @@ import jsonschema
 import kubernetes_validate
 import pytest
 from fake_k8s import FakeKube
-from lifecycle_kit import SECRET, add_pipeline, settings_for
+from lifecycle_kit import SECRET, add_pipeline, settings_for, wait_until
 
 from scheduler.app import StartupRefused, default_backend
 from scheduler.backends.tekton import (
@@ -32,6 +32,7 @@ from scheduler.backends.tekton import (
 )
 from scheduler.k8s import K8sError
 from scheduler.lifecycle import INSTALL_FAILED
+from scheduler.service import SchedulerService
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
 from scheduler.store import Job, JobStore, PipelineVersion
@@ -527,3 +528,73 @@ async def test_following_logs_waits_for_the_task_and_ends_with_it(
     kube.log(name, "install", "second")
     kube.finish_task(name, "install", succeeded=True)
     assert await asyncio.wait_for(follower, 30) == ["first", "second"]
+
+
+def component_pod(kube: FakeKube, namespace: str, job: Job, label: str, pod: str, container: str) -> None:
+    """A pod of the job's Helm release, labelled as charts/modelops labels it."""
+    labels = {"modelops.io/job-id": str(job.id), "app.kubernetes.io/component": label}
+    kube.add_pod(namespace, pod, labels, (container,))
+
+
+async def test_the_merged_logs_interleave_the_task_steps_and_the_component_pods_by_time(
+    backend: TektonBackend, store: JobStore, settings: SchedulerSettings, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    target = params_of(kube.run(name))["namespace"]
+    kube.start_task(name, "install")
+    kube.log(name, "install", "2026-12-03T13:55:01.000Z install: helm upgrade --install")
+    component_pod(kube, target, job, "scoring-service-m1", "modelops-m1-7d9f", "scoring-service")
+    component_pod(kube, target, job, "scoring-flow-f1", "modelops-f1-x2x", "flow")
+    component_pod(kube, target, job, "scoring-flow-f1", "other-job-f1", "flow")
+    kube.pods[(target, "other-job-f1")].labels["modelops.io/job-id"] = str(uuid.uuid4())  # not this job's
+    kube.pod_log(target, "modelops-m1-7d9f", "2026-12-03T13:55:02.000Z INFO scoring_services: model m1 loaded")
+    kube.pod_log(target, "modelops-f1-x2x", "2026-12-03T13:55:04.000Z flow f1: 10 records read")
+    kube.pod_log(target, "other-job-f1", "2026-12-03T13:55:04.500Z flow f1: another job's line")
+    kube.log(name, "install", "2026-12-03T13:55:03.000Z install: ready")
+    kube.finish_task(name, "install", succeeded=True)
+    service = SchedulerService(store, backend, settings, SECRET)
+
+    lines = [line async for line in await service.logs(job.id, None, False)]
+    assert lines == [
+        "[install] 2026-12-03T13:55:01.000Z install: helm upgrade --install\n",
+        "[service/m1] 2026-12-03T13:55:02.000Z INFO scoring_services: model m1 loaded\n",
+        "[install] 2026-12-03T13:55:03.000Z install: ready\n",
+        "[flow/f1] 2026-12-03T13:55:04.000Z flow f1: 10 records read\n",
+    ]
+    only = [line async for line in await service.logs(job.id, ["m1"], False)]
+    assert only == ["[service/m1] 2026-12-03T13:55:02.000Z INFO scoring_services: model m1 loaded\n"]
+
+
+async def test_each_replica_of_a_service_is_named_by_its_pod(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    target = params_of(kube.run(name))["namespace"]
+    for pod, stamp in (("m1-a", "01"), ("m1-b", "02")):
+        component_pod(kube, target, job, "scoring-service-m1", pod, "scoring-service")
+        kube.pod_log(target, pod, f"2026-12-03T13:55:{stamp}.000Z ready")
+    lines = [item async for item in backend.component_logs(job.id, "service/m1", False)]
+    assert lines == ["[m1-a] 2026-12-03T13:55:01.000Z ready", "[m1-b] 2026-12-03T13:55:02.000Z ready"]
+
+
+async def test_following_a_flow_waits_for_its_pod_and_streams_its_lines_until_it_ends(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    target = params_of(kube.run(name))["namespace"]
+    followed: list[str] = []
+
+    async def follow() -> None:
+        async for item in backend.component_logs(job.id, "flow/f1", True):
+            if isinstance(item, str):
+                followed.append(item)
+
+    follower = asyncio.create_task(follow())
+    await asyncio.sleep(0)  # the follower looks for a pod that is not there yet
+    component_pod(kube, target, job, "scoring-flow-f1", "modelops-f1-x2x", "flow")
+    kube.pod_log(target, "modelops-f1-x2x", "2026-12-03T13:55:04.000Z flow f1: started")
+    await wait_until(lambda: followed == ["2026-12-03T13:55:04.000Z flow f1: started"], what="the first line")
+    kube.pod_log(target, "modelops-f1-x2x", "2026-12-03T13:55:05.000Z flow f1: done")
+    kube.end_pod(target, "modelops-f1-x2x")
+    await asyncio.wait_for(follower, 30)
+    assert followed[-1] == "2026-12-03T13:55:05.000Z flow f1: done"

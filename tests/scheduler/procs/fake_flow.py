@@ -7,12 +7,14 @@ scheduler named in its values (`global.scheduler.url`, with the job token), the 
 from __future__ import annotations
 
 import argparse
+import builtins
 import json
 import os
 import signal
 import sys
 import time
 import urllib.request
+from datetime import UTC, datetime
 
 import yaml
 
@@ -29,7 +31,10 @@ def main() -> int:
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--per-flow", action="store_true", help="report completion with this flow's name")
     parser.add_argument("--complete-when-file", default=None, help="report completion once this file exists")
+    parser.add_argument("--stamp", action="store_true", help="start each line with the time, as real components do")
     args = parser.parse_args()
+    if args.stamp:
+        globals()["print"] = _stamped_print
 
     if args.ignore_sigterm:
         signal.signal(signal.SIGTERM, lambda *_: print("SIGTERM ignored", flush=True))
@@ -76,6 +81,12 @@ def _scheduler(values_yaml: str) -> tuple[str, str, str]:
     """`global.scheduler.url`, `.token` and `global.jobId` from the values."""
     values = yaml.safe_load(values_yaml)
     return values["global"]["scheduler"]["url"], values["global"]["scheduler"]["token"], values["global"]["jobId"]
+
+
+def _stamped_print(*values: object, flush: bool = False) -> None:
+    """`print`, with the line starting with the time in ISO 8601 UTC milliseconds (ir.logformat's format)."""
+    now = datetime.now(UTC)
+    builtins.print(now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z", *values, flush=flush)
 
 
 if __name__ == "__main__":

@@ -7,11 +7,13 @@ become ready late, never, exit early, or ignore SIGTERM (so teardown has to SIGK
 from __future__ import annotations
 
 import argparse
+import builtins
 import os
 import signal
 import sys
 import threading
 import time
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 
@@ -24,7 +26,10 @@ def main() -> None:
     parser.add_argument("--exit-code", type=int, default=0)
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--say", action="append", default=[], help="a line to print at start")
+    parser.add_argument("--stamp", action="store_true", help="start each line with the time, as real components do")
     args = parser.parse_args()
+    if args.stamp:
+        globals()["print"] = _stamped_print
 
     name = os.environ.get("MODELOPS_COMPONENT", "?")
     started = time.monotonic()
@@ -63,6 +68,12 @@ def main() -> None:
 
         threading.Thread(target=leave, daemon=True).start()
     server.serve_forever()
+
+
+def _stamped_print(*values: object, flush: bool = False) -> None:
+    """`print`, with the line starting with the time in ISO 8601 UTC milliseconds (ir.logformat's format)."""
+    now = datetime.now(UTC)
+    builtins.print(now.strftime("%Y-%m-%dT%H:%M:%S.") + f"{now.microsecond // 1000:03d}Z", *values, flush=flush)
 
 
 if __name__ == "__main__":
