@@ -15,6 +15,8 @@ from urllib.parse import unquote, urlsplit
 
 import ir
 from ir.models import Model, Tensor
+from ir.render import artifact_digest
+from scheduler.artifact_upload import bundle_folder
 from scoring_services.artifacts import directory_sha256, file_sha256
 from scoring_services.errors import ModelLoadError
 from scoring_services.signatures import compare, read_signature, unread_reason
@@ -35,11 +37,15 @@ class ArtifactReport:
 
 
 def artifact_path(uri: str, bundle_path: Path) -> Path | None:
-    """The local path a model URI names, for the bundle at `bundle_path`; None when the URI is remote.
+    """The local path a model URI names, for the bundle at `bundle_path`; None when the URI is not local (a
+    URL, or an artifact in the scheduler's store, `modelops-artifact:sha256:...`).
 
-    A relative path resolves against the bundle's folder (the folder itself, or the folder holding the bundle
-    file or archive); a `file://` URI or an absolute path is taken as it is.
+    A relative path resolves against the bundle's folder (`bundle_folder`: the folder itself, or the folder
+    holding the bundle file or archive), as `pipeline deploy` uploads it; a `file://` URI or an absolute path
+    is taken as it is.
     """
+    if artifact_digest(uri) is not None:
+        return None
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme == "file":
         return Path(unquote(urlsplit(uri).path))
@@ -48,8 +54,7 @@ def artifact_path(uri: str, bundle_path: Path) -> Path | None:
     path = Path(uri)
     if path.is_absolute():
         return path
-    base = bundle_path if bundle_path.is_dir() else bundle_path.parent
-    return base / path
+    return bundle_folder(bundle_path) / path
 
 
 def _specs(tensors: list[Tensor]) -> tuple[TensorSpec, ...]:
@@ -74,7 +79,8 @@ def _check_model(bundle: ir.Bundle, model: Model, bundle_path: Path) -> tuple[st
     issues: list[ir.Issue] = []
     path = artifact_path(spec.uri, bundle_path)
     if path is None:
-        return f"{spec.uri}: remote artifact, not checked", issues
+        where = "in the scheduler's artifact store" if artifact_digest(spec.uri) is not None else "remote artifact"
+        return f"{spec.uri}: {where}, not checked", issues
     shown = spec.uri
     if not path.exists():
         issues.append(origin.issue(("spec", "uri"), f"the artifact {path} does not exist"))
