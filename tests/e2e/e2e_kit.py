@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from flow_kit import REPO, Digits, sha256_of
+from flow_kit import REPO, Digits, digits_rows, sha256_of, write_digits_csv
 
 from scheduler.client import JobDetail, SchedulerClient
 
@@ -52,3 +52,27 @@ def wait_terminal(client: SchedulerClient, job_id: uuid.UUID, timeout: float = 1
 
 def job_logs(client: SchedulerClient, job_id: uuid.UUID) -> str:
     return "\n".join(client.logs(job_id))
+
+
+def relative_digits_example(folder: Path, digits: Digits, rows: int) -> Path:
+    """examples/digits laid out as it is in the repository after `train.py`: its models' relative uris
+    (`artifacts/digits-rf.joblib`, `.onnx`) and its input (`data/digits.csv`, the `input` default) inside the
+    bundle folder, with the test models and `rows` rows."""
+    bundle = folder / "digits"
+    bundle.mkdir(parents=True)
+    for part in ("pipeline.yaml", "channels", "flows", "models"):
+        source = EXAMPLE / part
+        if source.is_dir():
+            shutil.copytree(source, bundle / part)
+        else:
+            shutil.copy(source, bundle / part)
+    (bundle / "artifacts").mkdir()
+    shutil.copy(digits.joblib_path, bundle / "artifacts" / "digits-rf.joblib")
+    shutil.copy(digits.onnx_path, bundle / "artifacts" / "digits-rf.onnx")
+    models_file = bundle / "models" / "digits-rf.yaml"
+    models = list(yaml.safe_load_all(models_file.read_text()))
+    for model in models:
+        model["spec"]["sha256"] = sha256_of(bundle / model["spec"]["uri"])
+    models_file.write_text(yaml.safe_dump_all(models, sort_keys=False))
+    write_digits_csv(bundle / "data" / "digits.csv", digits_rows(digits, rows))
+    return bundle
