@@ -79,7 +79,13 @@ def test_a_path_that_cannot_resolve_is_refused_at_start_naming_the_parameter_the
     blocker = tmp_path / "a-file"
     blocker.write_text("not a folder")
     cases = [
-        ({"input": str(tmp_path / "nowhere.csv")}, "input", "digits-in", str(tmp_path / "nowhere.csv"), "does not exist"),
+        (
+            {"input": str(tmp_path / "nowhere.csv")},
+            "input",
+            "digits-in",
+            str(tmp_path / "nowhere.csv"),
+            "does not exist",
+        ),
         ({"input": str(tmp_path / "*.parquet")}, "input", "digits-in", str(tmp_path / "*.parquet"), "matches no file"),
         (
             {"input": str(tmp_path / "b" / "digits" / "data" / "digits.csv"), "output": str(blocker / "out.csv")},
