@@ -6,7 +6,8 @@ Two ways to say which models:
   `MODELOPS_SCORING_PORT`);
 - `--model NAME=RUNTIME:URI[:SHA256]` (repeatable), with `--option NAME.KEY=VALUE` for runtime options.
 Startup logs say what was loaded, from where, and how long it took; SIGTERM and Ctrl-C shut down gracefully
-(in-flight requests finish, models unload; exit code 0 after SIGTERM). A model that fails to load at startup
+(in-flight requests finish, models unload; exit code 0 after SIGTERM), without waiting for a model load
+still running in a thread (it cannot be interrupted; the process exits past it). A model that fails to load at startup
 stops the process with exit code 1, so whoever launched it sees the failure instead of waiting for a readiness
 that never comes.
 """
@@ -15,7 +16,11 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import signal
+import sys
+import threading
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Annotated
@@ -159,5 +164,33 @@ def serve_command(
         raise typer.Exit(2)
     _configure_logging(settings.log_level)
     code = run_server(configs, settings)
+    _exit_now_if_threads_are_busy(code)
     if code:
         raise typer.Exit(code)
+
+
+_THREADS_SETTLE_SECONDS = 0.5
+"""After the server stopped, how long idle worker threads get to end before busy ones are left behind."""
+
+
+def _exit_now_if_threads_are_busy(code: int) -> None:
+    """Exit at once, with `code`, if a thread still works once the server has stopped.
+
+    A model load (or a long inference) in a worker thread cannot be interrupted, and Python joins such threads
+    before the process ends: a service stopped by SIGTERM while it loads a model would otherwise stay until
+    the load is done, and be killed after the grace. Everything worth keeping (models unloaded, logs) is done.
+    """
+    deadline = time.monotonic() + _THREADS_SETTLE_SECONDS
+    others = [t for t in threading.enumerate() if t is not threading.current_thread() and not t.daemon]
+    for thread in others:
+        thread.join(max(0.0, deadline - time.monotonic()))
+    busy = [t.name for t in others if t.is_alive()]
+    if not busy:
+        return
+    log.warning(
+        "exiting without waiting for %d busy thread(s) (a model load or an inference): %s", len(busy), ", ".join(busy)
+    )
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

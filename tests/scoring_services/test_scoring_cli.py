@@ -232,3 +232,37 @@ def test_the_model_form_serves_artifacts_given_on_the_command_line(tmp_path: Pat
     assert answer["outputs"][0]["data"] == digits.forest.predict(rows).tolist()
     assert process.returncode == 0
     assert "no batching" in output
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MODELOPS.exists(), reason="the modelops console script is not installed")
+def test_a_service_stopped_while_a_model_loads_exits_without_waiting_for_the_load(tmp_path: Path) -> None:
+    module = tmp_path / "slow.py"
+    started = tmp_path / "load-started"
+    module.write_text(
+        "import pathlib, time\n"
+        f"def load(path):\n    pathlib.Path({str(started)!r}).touch()\n    time.sleep(600)\n"
+        "def predict(batch):\n    return batch\n"
+    )
+    port = free_port()
+    process = subprocess.Popen(
+        [str(MODELOPS), "scoring-service", "--model", f"slow=python:{module}", "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env={**os.environ, "MODELOPS_SCORING_CACHE_DIR": str(tmp_path / "cache")},
+    )
+    try:
+        deadline = time.monotonic() + 60
+        while not started.exists():
+            assert process.poll() is None and time.monotonic() < deadline, "the model load did not start"
+            time.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        # The load sleeps 600s: a service that waited for it would outlast this net.
+        output, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.communicate()
+    assert process.returncode == 0, output
+    assert "exiting without waiting for 1 busy thread(s) (a model load or an inference)" in output
