@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 from channel_kit import context, fields, read_all, sink, source, write_all
 
-from data_channel import ChannelError
+from data_channel import ChannelError, InputMissing
 
 SCHEMA = fields("id:integer/int64", "x:integer/int32", "y:number", "name:string?")
 
@@ -94,6 +94,27 @@ async def test_a_relative_path_resolves_against_the_working_directory_and_a_miss
         await read_all(source({"path": "data/nope.csv", "format": "csv"}, SCHEMA, "file", context(tmp_path)))
     with pytest.raises(ChannelError, match="no file matches"):
         await read_all(source({"path": "data/*.tsv", "format": "csv"}, SCHEMA, "file", context(tmp_path)))
+
+
+@pytest.mark.parametrize("format_", ["csv", "jsonl", "parquet"])
+async def test_an_input_missing_at_open_or_deleted_before_it_is_read_is_input_missing(
+    tmp_path: Path, format_: str
+) -> None:
+    with pytest.raises(InputMissing, match="does not exist"):
+        await read_all(source({"path": "gone.csv", "format": format_}, SCHEMA, "file", context(tmp_path)))
+    path = tmp_path / f"in.{format_}"
+    if format_ == "parquet":
+        pq.write_table(pa.table({"id": [1], "x": [1.0], "y": [2.0], "name": ["a"]}), path)
+    else:
+        path.write_text("id,x,y,name\n1,1.0,2.0,a\n" if format_ == "csv" else '{"id": 1, "x": 1.0}\n')
+    found = source({"path": str(path), "format": format_}, SCHEMA, "file", context(tmp_path))
+    await found.open()
+    path.unlink()  # found at open, gone when the first batch is read
+    try:
+        with pytest.raises(InputMissing, match=f"{path} does not exist"):
+            await found.read(10)
+    finally:
+        await found.close()
 
 
 async def test_a_csv_without_a_needed_column_fails_before_any_record(tmp_path: Path) -> None:

@@ -123,3 +123,34 @@ def test_the_values_schema_rejects_a_broken_values_document(bundle: BundleData) 
     assert any("'digest' is a required property" in e for e in errors)
     assert any(e.startswith("global/logLevel:") for e in errors)
     assert any(e.startswith("scoringServices/fraud-rf/replicas:") for e in errors)
+
+
+def test_relative_file_paths_resolve_against_the_data_root_and_absolute_or_home_paths_are_kept() -> None:
+    bundle = ir.load_bundle(DIGITS)
+    root = ir.make_globals({"dataRoot": "/srv/data"})
+    values = ir.render(bundle, {"input": "./in/*.csv", "output": "out/scored.csv"}, root)
+    assert values.data_channels["digits-in"].spec.file is not None
+    assert values.data_channels["digits-in"].spec.file.path == "/srv/data/in/*.csv"
+    assert values.scoring_flows["digits-batch"].sinks[0].spec.file.path == "/srv/data/out/scored.csv"  # type: ignore[union-attr]
+    kept = ir.render(bundle, {"input": "/abs/in.csv", "output": "~/out.csv"}, root)
+    assert kept.data_channels["digits-in"].spec.file.path == "/abs/in.csv"  # type: ignore[union-attr]
+    assert kept.data_channels["digits-out"].spec.file.path == "~/out.csv"  # type: ignore[union-attr]
+    unrooted = ir.render(bundle, {"input": "in.csv"}, ir.Globals())
+    assert unrooted.data_channels["digits-in"].spec.file.path == "in.csv"  # type: ignore[union-attr]
+    with pytest.raises(ir.IRValidationError, match="dataRoot must be an absolute path"):
+        ir.make_globals({"dataRoot": "relative/data"})
+
+
+def test_a_stored_artifact_uri_resolves_against_the_artifact_store_and_takes_its_digest_as_sha256() -> None:
+    digest = "ab" * 32
+    assert ir.artifact_uri(digest) == f"modelops-artifact:sha256:{digest}"
+    assert ir.artifact_digest(f"modelops-artifact:sha256:{digest}") == digest
+    assert ir.artifact_digest("artifacts/m.onnx") is None and ir.artifact_digest("modelops-artifact:sha256:ab") is None
+    assert ir.is_relative_uri("artifacts/m.onnx") and not ir.is_relative_uri(ir.artifact_uri(digest))
+    store = ir.make_globals({"artifactStore": "http://scheduler:8787/api/v1/jobs/j/artifacts/", "modelStore": "/m"})
+    assert (
+        ir.resolve_model_uri(ir.artifact_uri(digest), store)
+        == f"http://scheduler:8787/api/v1/jobs/j/artifacts/{digest}"
+    )
+    assert ir.resolve_model_uri("artifacts/m.onnx", store) == "file:///m/artifacts/m.onnx"
+    assert ir.resolve_model_uri(ir.artifact_uri(digest), ir.Globals()) == ir.artifact_uri(digest)
