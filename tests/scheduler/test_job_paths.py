@@ -49,4 +49,3 @@ def test_every_problem_is_listed_with_its_channel_or_model_and_the_resolved_path
         check_job_paths(bundle, values)
     assert refused.value.http_status == 422 and refused.value.code == "unresolvable_path"
     assert refused.value.details == {"problems": problems}
-
