@@ -7,7 +7,8 @@ Bearer`), a token without the scope is 403.
 
 Open mode: with no API token configured the server accepts unauthenticated requests, but only when it binds to
 loopback (`SchedulerSettings.host` 127.0.0.1, ::1 or localhost); `check_open_mode` refuses anything else at
-start. In open mode every caller acts as `anonymous` with the `admin` scope, and a bearer token that is not a
+start. In open mode every caller acts as the local user (`ANONYMOUS`, named "local user (loopback, no tokens
+configured)" in events such as "cancelled by ...") with the `admin` scope, and a bearer token that is not a
 job token is ignored (a CLI that always sends its token still works against a laptop server).
 
 Progress and completion reports (`/jobs/{id}/progress`, `/jobs/{id}/complete`) accept:
@@ -34,6 +35,7 @@ from scheduler.tokens import PREFIX as JOB_TOKEN_PREFIX
 
 __all__ = [
     "ANONYMOUS",
+    "LOCAL_USER_NAME",
     "LOOPBACK_HOSTS",
     "AdminPrincipal",
     "Authenticator",
@@ -86,7 +88,9 @@ class Principal:
         return _RANK[self.scope] >= _RANK[needed]
 
 
-ANONYMOUS: Final = Principal(name="anonymous", scope="admin", authenticated=False)
+LOCAL_USER_NAME: Final = "local user (loopback, no tokens configured)"
+"""Who an unauthenticated caller of a server in open mode is, as events and logs name it."""
+ANONYMOUS: Final = Principal(name=LOCAL_USER_NAME, scope="admin", authenticated=False)
 
 
 @dataclass(frozen=True)
@@ -108,8 +112,8 @@ def check_open_mode(settings: SchedulerSettings) -> bool:
     if not is_loopback(settings.host):
         raise OpenModeRefused(
             f"no API tokens are configured and the server would listen on {settings.host!r}: refusing to accept "
-            "unauthenticated requests beyond loopback. Configure MODELOPS_SCHEDULER_TOKENS "
-            "(name:scope:sha256, see scheduler.settings.hash_token) or bind to 127.0.0.1."
+            "unauthenticated requests beyond loopback. Make a token with `modelops token new NAME` and set the "
+            "MODELOPS_SCHEDULER_TOKENS entry it prints, or listen on 127.0.0.1."
         )
     return True
 

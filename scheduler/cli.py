@@ -20,7 +20,7 @@ import sys
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from enum import StrEnum
@@ -379,7 +379,16 @@ class _Reader(Protocol):
 
     def list_pipelines(self) -> list[Pipeline]: ...
 
-    def logs(self, job_id: uuid.UUID | str, *, task: Task | None = None, follow: bool = False) -> Iterator[str]: ...
+    def log_components(self, job_id: uuid.UUID | str) -> list[str]: ...
+
+    def logs(
+        self,
+        job_id: uuid.UUID | str,
+        *,
+        task: Task | None = None,
+        components: Sequence[str] = (),
+        follow: bool = False,
+    ) -> Iterator[str]: ...
 
 
 def _answers(client: SchedulerClient) -> bool:
@@ -500,9 +509,18 @@ def serve(
             help="Upgrade a PostgreSQL database to this version's schema first (an SQLite one always is).",
         ),
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            "--log-format",
+            metavar="text|json",
+            help="The server's log lines: text or json, one object per line (env MODELOPS_SCHEDULER_LOG_FORMAT).",
+        ),
+    ] = None,
 ) -> None:
     """Run the scheduling server (REST API and the lifecycle engine) until Ctrl-C or SIGTERM."""
-    run_server(_settings(host=host, port=port, workers=workers), access_log=access_log, migrate=migrate)
+    settings = _settings(host=host, port=port, workers=workers, log_format=log_format)
+    run_server(settings, access_log=access_log, migrate=migrate)
 
 
 def run_server(
@@ -555,7 +573,7 @@ def run_server(
         else:
             config = uvicorn.Config(
                 application,
-                log_config=_serve_logging(settings.log_level.upper()),
+                log_config=_serve_logging(settings.log_level.upper(), settings.log_format),
                 access_log=access_log,
                 lifespan="on",
                 timeout_graceful_shutdown=10,
@@ -599,7 +617,7 @@ def _serve_with_workers(settings: SchedulerSettings, backend_factory: BackendFac
     from scheduler.app import WORKER_SETTINGS_ENV, default_backend
     from scheduler.dispatch import Engine
 
-    log_config = _serve_logging(settings.log_level.upper())
+    log_config = _serve_logging(settings.log_level.upper(), settings.log_format)
     logging.config.dictConfig(log_config)
     engine = Engine(settings, backend_factory or default_backend)
     engine.start()
@@ -620,13 +638,16 @@ def _serve_with_workers(settings: SchedulerSettings, backend_factory: BackendFac
         engine.stop()
 
 
-def _serve_logging(level: str) -> dict[str, Any]:
-    """uvicorn's logging configuration, with the scheduler's own loggers printed the same way."""
+def _serve_logging(level: str, fmt: str = "text") -> dict[str, Any]:
+    """uvicorn's logging configuration with our line format (`ir.logformat`, text or json) for uvicorn's own
+    loggers and the access log, and the scheduler's loggers printed the same way."""
     import copy
 
     from uvicorn.config import LOGGING_CONFIG
 
     config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    formatter = {"()": "ir.logformat.JsonFormatter" if fmt == "json" else "ir.logformat.TextFormatter"}
+    config["formatters"] = {"default": formatter, "access": dict(formatter)}
     for name in ("scheduler", "ir"):
         config["loggers"][name] = {"handlers": ["default"], "level": level, "propagate": False}
     return config
@@ -1060,7 +1081,7 @@ def job_logs(
 ) -> None:
     """Print a job's logs, like `tkn pipelinerun logs`: every phase (install, wait, uninstall) and the output of
     every scoring service and flow, interleaved by time, each line prefixed with its [component]."""
-    with _api(server, token, f"reading the logs of job {job_id}") as client:
+    with _reader(server, token, f"reading the logs of job {job_id}") as client:
         if list_components:
             for name in client.log_components(job_id):
                 out.print(name)

@@ -168,6 +168,10 @@ class SchedulerSettings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     """Log level given to the scoring services and flows of every job (`global.logLevel` in the values)."""
 
+    log_format: Literal["text", "json"] = "text"
+    """How the server writes its own log lines (`ir.logformat`): `text`, `<ISO 8601 UTC ms> LEVEL logger:
+    message`, or `json`, one object per line with ts, level, logger and message."""
+
     size_profile: Literal["small", "medium", "large"] = "small"
     """Default requests and limits for components whose IR gives none (`global.sizeProfile`)."""
 

@@ -199,7 +199,7 @@ def test_job_show_gives_state_reason_timestamps_progress_and_events(
     assert re.search(r"^state\s+FAILED$", shown, re.MULTILINE), shown
     assert re.search(r"^reason\s+ScoringFailed$", shown, re.MULTILINE), shown
     assert re.search(r"^completion\s+failed: sink unreachable$", shown, re.MULTILINE), shown
-    assert re.search(r"^records\s+read 0  written 0  failed 0$", shown, re.MULTILINE), shown
+    assert re.search(r"^records\s+read 0  written 0  failed 0  filtered 0$", shown, re.MULTILINE), shown
     for label in ("created", "started", "finished"):
         assert re.search(rf"^{label}\s+\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d$", shown, re.MULTILINE), shown
     events = shown[shown.index("events") :]
@@ -266,10 +266,11 @@ def test_following_the_logs_streams_until_the_job_ends(runner: CliRunner, server
 
 
 def test_without_a_server_configured_the_cli_says_how_to_get_one(
-    monkeypatch: pytest.MonkeyPatch, unused_port_url: str
+    monkeypatch: pytest.MonkeyPatch, unused_port_url: str, tmp_path: Path
 ) -> None:
     monkeypatch.setattr("scheduler.cli.DEFAULT_SERVER", unused_port_url)
-    result = CliRunner(env={"MODELOPS_SERVER": None}).invoke(app, ["job", "list"])
+    env = {"MODELOPS_SERVER": None, "MODELOPS_HOME": str(tmp_path), "MODELOPS_SCHEDULER_HOME": None}
+    result = CliRunner(env=env).invoke(app, ["job", "list"])  # an empty home: nothing to read without a server
     assert result.exit_code == 1
     assert result.stderr == (
         f"error: no scheduler at {unused_port_url}: start one with `modelops serve` or set MODELOPS_SERVER\n"

@@ -9,11 +9,14 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
 import pytest
 from pydantic import BaseModel
+from store_kit import wipe_postgres
 from typer.testing import CliRunner
 
 from scheduler import client
@@ -72,21 +75,82 @@ def test_db_upgrade_of_an_unreachable_database_is_one_error_line() -> None:
 # ---------------------------------------------------------------------------------------------- serve
 
 
-def test_serve_refuses_an_unmigrated_database_and_says_what_to_run(tmp_path: Path) -> None:
-    result = CliRunner(env=env_for(tmp_path)).invoke(app, ["serve"])
+@pytest.mark.postgres
+def test_serve_refuses_an_unmigrated_postgresql_database_and_says_what_to_run(
+    tmp_path: Path, postgres_database: str
+) -> None:
+    wipe_postgres(postgres_database)
+    env = env_for(tmp_path, MODELOPS_SCHEDULER_DATABASE_URL=postgres_database)
+    result = CliRunner(env=env).invoke(app, ["serve", "--port", str(free_port())])
     assert result.exit_code == 1
-    assert result.stderr == (
-        f"error: cannot start: the database sqlite:///{tmp_path / 'modelops.db'} has no scheduler schema: "
-        "run `modelops db upgrade`\n"
+    assert result.stderr.startswith("error: cannot start: the database postgresql+psycopg://")
+    assert result.stderr.endswith(" has no scheduler schema: run `modelops db upgrade`\n")
+    assert result.stderr.count("\n") == 1
+
+
+@pytest.mark.postgres
+def test_serve_with_migrate_upgrades_a_postgresql_database_first(tmp_path: Path, postgres_database: str) -> None:
+    wipe_postgres(postgres_database)
+    env = env_for(tmp_path, MODELOPS_SCHEDULER_DATABASE_URL=postgres_database)
+    with serving(env, "--migrate") as url:
+        assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
+    assert CliRunner(env=env).invoke(app, ["db", "check"]).exit_code == 0
+
+
+@contextmanager
+def serving(env: dict[str, str | None], *args: str) -> Iterator[str]:
+    """`modelops serve ARGS` in a process until it is ready; its URL. Stopped with SIGTERM at the end."""
+    port = free_port()
+    process_env = {key: value for key, value in {**os.environ, **env}.items() if value is not None}
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from scheduler.cli import app; app()", "serve", "--port", str(port), *args],
+        cwd=ROOT,
+        env=process_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
     )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30  # a safety net, not a timing assertion
+        while not _ready(url):
+            assert process.poll() is None, process.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        yield url
+        process.send_signal(signal.SIGTERM)
+        process.communicate(timeout=30)
+    finally:
+        process.kill()
 
 
-def test_serve_refuses_to_listen_beyond_loopback_without_tokens(tmp_path: Path) -> None:
-    runner = CliRunner(env=env_for(tmp_path))
-    assert runner.invoke(app, ["db", "upgrade"]).exit_code == 0
-    result = runner.invoke(app, ["serve", "--host", "0.0.0.0"])
+def _ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz", timeout=1).status_code == 200
+    except httpx.TransportError:
+        return False
+
+
+def test_serve_refuses_to_listen_beyond_loopback_without_tokens_and_says_how_to_make_one(tmp_path: Path) -> None:
+    result = CliRunner(env=env_for(tmp_path)).invoke(app, ["serve", "--host", "0.0.0.0", "--port", str(free_port())])
     assert result.exit_code == 1
     assert result.stderr.startswith("error: cannot start: no API tokens are configured and the server would listen")
+    assert "Make a token with `modelops token new NAME`" in result.stderr
+    assert result.stderr.count("\n") == 1
+
+
+def test_a_busy_port_is_one_error_line_before_the_database_is_touched(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = CliRunner(env=env_for(tmp_path)).invoke(app, ["serve", "--port", str(port)])
+    assert result.exit_code == 1
+    assert result.stderr == (
+        f"error: cannot start: port {port} on 127.0.0.1 is in use (another `modelops serve`?): stop it, or choose "
+        "another port with --port or MODELOPS_SCHEDULER_PORT\n"
+    )
+    assert not (tmp_path / "modelops.db").exists()  # nothing was created, migrated or recovered
+    assert HomeLock.holder(tmp_path) is None
 
 
 def test_a_bad_setting_names_its_variable(tmp_path: Path) -> None:
@@ -107,9 +171,9 @@ def test_several_workers_on_sqlite_are_refused_in_one_line(tmp_path: Path) -> No
     )
 
 
-def test_serve_runs_the_api_until_sigterm_and_holds_its_home_meanwhile(tmp_path: Path) -> None:
+def test_serve_creates_its_sqlite_database_runs_until_sigterm_and_holds_its_home_meanwhile(tmp_path: Path) -> None:
     env = env_for(tmp_path)
-    assert CliRunner(env=env).invoke(app, ["db", "upgrade"]).exit_code == 0
+    assert not (tmp_path / "modelops.db").exists()  # a new home: `modelops serve` creates and migrates it
     port = free_port()
     process_env = {key: value for key, value in {**os.environ, **env}.items() if value is not None}
     process = subprocess.Popen(
@@ -146,6 +210,7 @@ def test_serve_runs_the_api_until_sigterm_and_holds_its_home_meanwhile(tmp_path:
     assert "Application shutdown complete." in log
     assert "no API tokens configured: accepting unauthenticated requests on loopback only" in log
     assert "scheduler ready: local backend" in log
+    assert "migrated the database from empty to this version's schema" in log
     assert HomeLock.holder(tmp_path) is None
 
 

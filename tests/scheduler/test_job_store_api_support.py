@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from scheduler.errors import Conflict
+from scheduler.errors import Conflict, InvalidInput
 from scheduler.settings import hash_token
 from scheduler.states import JobState, Task
 from scheduler.store import Job, JobStore, PipelineVersion
@@ -66,3 +66,31 @@ def test_transitions_are_counted_from_the_events_without_task_changes(store: Job
         (JobState.PENDING, JobState.INSTALLING): 1,
         (JobState.INSTALLING, JobState.CANCELLING): 1,
     }
+
+
+def test_jobs_are_found_by_the_start_of_their_id_in_any_case_with_or_without_hyphens(
+    store: JobStore, version: PipelineVersion
+) -> None:
+    ids = [
+        uuid.UUID("274541d4-0000-4000-8000-000000000001"),
+        uuid.UUID("274541d4-ffff-4000-8000-000000000002"),
+        uuid.UUID("27454200-0000-4000-8000-000000000003"),
+        uuid.UUID("ffffffff-ffff-4fff-bfff-ffffffffffff"),
+    ]
+    for chosen in ids:
+        store.create_job(version, backend="local", token_hash=hash_token(str(chosen)), job_id=chosen)
+
+    def found(prefix: str) -> set[uuid.UUID]:
+        return {job.id for job in store.list_jobs(id_prefix=prefix).items}
+
+    assert found("274541d4") == set(ids[:2])
+    assert found("2745") == set(ids[:3])
+    assert found("274541D4-FFFF") == {ids[1]}
+    assert found("274541d4ffff") == {ids[1]}
+    assert found("ffffffff-ffff-4fff-bfff-ffffffffffff") == {ids[3]}
+    assert found("0000") == set()
+
+
+def test_a_job_id_prefix_that_is_not_hex_is_invalid_input(store: JobStore) -> None:
+    with pytest.raises(InvalidInput, match="not a job id prefix: 'xyz1'"):
+        store.list_jobs(id_prefix="xyz1")
