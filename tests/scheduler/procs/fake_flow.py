@@ -32,6 +32,9 @@ def main() -> int:
     parser.add_argument("--per-flow", action="store_true", help="report completion with this flow's name")
     parser.add_argument("--complete-when-file", default=None, help="report completion once this file exists")
     parser.add_argument("--stamp", action="store_true", help="start each line with the time, as real components do")
+    parser.add_argument(
+        "--progress", type=int, default=None, help="report this many records done, as a named flow, before completing"
+    )
     args = parser.parse_args()
     if args.stamp:
         globals()["print"] = _stamped_print
@@ -47,6 +50,29 @@ def main() -> int:
     print(f"scheduler variables seen: {leaked}", flush=True)
     for i in range(args.lines):
         print(f"{name} line {i + 1}", flush=True)
+
+    if args.progress is not None:
+        url, token, job_id = _scheduler(text)
+        report = {
+            "flow": name,
+            "state": "done",
+            "read": args.progress,
+            "written": args.progress,
+            "total": args.progress,
+            "unit": "records",
+            "done": args.progress,
+            "rate": 100.0,
+            "outputs": [f"file sink 'out' (/data/{name}-scored.csv)"],
+            "services": {"m1": {"requests": 3, "rows": args.progress, "latency_ms": {"mean": 2, "p50": 2, "p99": 5}}},
+        }
+        request = urllib.request.Request(
+            f"{url}/api/v1/jobs/{job_id}/progress",
+            data=json.dumps(report).encode(),
+            method="POST",
+            headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            print(f"reported progress: HTTP {response.status}", flush=True)
 
     if args.complete is not None:
         while args.complete_when_file is not None and not os.path.exists(args.complete_when_file):
