@@ -115,8 +115,8 @@ demo: install
 	$(VENV_BIN)/modelops ir validate $(DEMO_DIR)
 	mkdir -p $(dir $(DEMO_OUT))
 	$(VENV_BIN)/modelops ir render $(DEMO_DIR) -o $(DEMO_OUT)
-	$(VENV_BIN)/modelops run $(DEMO_DIR) --param input=$(CURDIR)/$(DEMO_DIR)/data/digits.csv \
-		--param output=$(CURDIR)/$(DEMO_DIR)/out/scored.csv
+	# relative data paths (the defaults data/digits.csv, out/scored.csv) resolve against the bundle's folder
+	$(VENV_BIN)/modelops run $(DEMO_DIR)
 	$(VENV_PY) $(DEMO_DIR)/check.py $(DEMO_DIR)/data/digits.csv $(DEMO_DIR)/out/scored.csv
 	@echo "demo: scored output in $(DEMO_DIR)/out/scored.csv (values in $(DEMO_OUT))"
 
