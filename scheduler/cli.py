@@ -1388,7 +1388,7 @@ class _RunView:
     def _print_lines(self, now: float) -> None:
         job = self.job
         elapsed = _duration(now - self.started)
-        line = (job.state.value, job.task.value if job.task else "-", job.reason or "")
+        line = (job.state.value, job.task.value if job.task else "-", self._latest()[0] or "")
         if line != self._last_line:
             self._last_line = line
             self._print(now, f"{elapsed} {line[0]:<10} task {line[1]:<9} {line[2]}".rstrip())
@@ -1439,14 +1439,19 @@ class _RunView:
         else:
             self._bar.update(self._bar_task, total=progress.total, completed=progress.done, amount=amount)
 
-    def _phase(self) -> str:
-        """The current task and what it does now: the latest event's reason and message (a job's own `message`
-        is that of its last state change, which may belong to an earlier task)."""
+    def _latest(self) -> tuple[str | None, str | None]:
+        """The reason and message of what the job does now: its latest event's (a job's own `reason` and
+        `message` are those of its last state change, which may belong to an earlier task)."""
         job = self.job
-        reason, message = job.reason, job.message
         events = getattr(job, "events", None)
         if events and not job.terminal:
-            reason, message = events[-1].reason, events[-1].message
+            return events[-1].reason, events[-1].message
+        return job.reason, job.message
+
+    def _phase(self) -> str:
+        """The current task and what it does now (`_latest`)."""
+        job = self.job
+        reason, message = self._latest()
         phase = f"task {job.task.value if job.task else '-'}"
         if reason:
             phase += f"  {reason}"

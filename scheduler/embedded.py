@@ -35,6 +35,7 @@ from typing import Final, TextIO
 import httpx
 import uvicorn
 
+from ir.logformat import formatter
 from scheduler.app import BackendFactory, StartupRefused, create_app
 from scheduler.client import ApiError, ClientError, SchedulerClient
 from scheduler.db import SchemaStatus, check_schema, create_engine, upgrade
@@ -327,7 +328,7 @@ class EmbeddedServer:
         """Send the server's log records to the log file only (restored by `_restore_logs`)."""
         self._log_file.parent.mkdir(parents=True, exist_ok=True)
         handler = logging.FileHandler(self._log_file, encoding="utf-8")
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(formatter(self._base.log_format))
         self._log_handler = handler
         for name in LOGGERS:
             logger = logging.getLogger(name)

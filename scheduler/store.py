@@ -25,6 +25,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import re
 import threading
 import uuid
@@ -58,6 +59,8 @@ __all__ = [
     "PipelineVersion",
     "VersionInfo",
 ]
+
+log = logging.getLogger(__name__)
 
 DEFAULT_PAGE_SIZE: Final = 50
 MAX_PAGE_SIZE: Final = 500
@@ -442,6 +445,17 @@ def _joined_messages(reports: Mapping[str, Any], flows: Collection[str]) -> str 
         return only
     parts = [f"flow {name}: {reports[name]['message']}" for name in sorted(flows) if reports[name]["message"]]
     return "; ".join(parts) or None
+
+
+def _log_transition(job: Job, *, started: bool) -> None:
+    """The server log's record of each job: `job <id> started (<pipeline> v<n>)` once, when it first leaves
+    PENDING, and `job <id> ended <STATE> reason <reason>: <first line of the message>`."""
+    if started:
+        log.info("job %s started (%s v%d)", job.id, job.pipeline, job.pipeline_version)
+    if job.state in TERMINAL:
+        first = (job.message or "").strip().splitlines()
+        detail = f": {first[0]}" if first else ""
+        log.info("job %s ended %s reason %s%s", job.id, job.state.value, job.reason or "-", detail)
 
 
 def _job_of(row: Mapping[str, Any] | RowMapping, events: tuple[JobEvent, ...] | None = None) -> Job:
@@ -1048,7 +1062,9 @@ class JobStore:
                 changes["reason"], changes["message"] = reason, message
             self._update_row(conn, row, **changes)
             self._insert_event(conn, row, now, current.value, reason, message)
-            return _job_of(row)
+            job = _job_of(row)
+        _log_transition(job, started="started_at" in changes)  # once committed
+        return job
 
     def set_task(
         self,

@@ -3,8 +3,9 @@
 The local backend starts it with `MODELOPS_VALUES` and `MODELOPS_COMPONENT` (the same two things), and the URLs
 of the scoring services in `MODELOPS_SERVICE_URLS` (JSON, name -> URL); `--service-url NAME=URL` adds or
 overrides one. Settings come from `MODELOPS_FLOW_*` (`scoring_flows.settings`); `--checkpoint-dir` and
-`--metrics-port` override theirs. Exit codes: 0 done (or stopped by SIGTERM/SIGINT), 1 the flow failed (and
-said so to the scheduler), 2 a bad command line or values document.
+`--metrics-port` override theirs. `--fresh` starts over instead of resuming from the flow's checkpoint. Exit
+codes: 0 done (or stopped by SIGTERM/SIGINT), 1 the flow failed (and said so to the scheduler), 2 a bad command
+line or values document.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import typer
 import yaml
 from pydantic import ValidationError
 
+from ir.logformat import configure_logging
 from ir.render import Values
 from scoring_flows.runtime import Flow, FlowFailed
 from scoring_flows.settings import FlowSettings
@@ -81,6 +83,17 @@ def flow_command(
         Path | None, typer.Option(help="Where checkpoints are kept (default: checkpoints/ beside the values).")
     ] = None,
     metrics_port: Annotated[int | None, typer.Option(help="Serve Prometheus metrics on this port.")] = None,
+    fresh: Annotated[
+        bool,
+        typer.Option(
+            "--fresh",
+            help="Start over: remove the flow's checkpoint and write its outputs again, instead of resuming.",
+        ),
+    ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", metavar="text|json", help="text or json lines (env MODELOPS_FLOW_LOG_FORMAT)."),
+    ] = None,
 ) -> None:
     """Run one scoring flow: read its source, run its steps, write its sinks, report to the scheduler."""
     values_path = values or (Path(os.environ["MODELOPS_VALUES"]) if os.environ.get("MODELOPS_VALUES") else None)
@@ -92,14 +105,22 @@ def flow_command(
         urls = service_urls_from(os.environ, service_url)
         overrides = {
             key: value
-            for key, value in {"checkpoint_dir": checkpoint_dir, "metrics_port": metrics_port}.items()
+            for key, value in {
+                "checkpoint_dir": checkpoint_dir,
+                "metrics_port": metrics_port,
+                "log_format": log_format,
+            }.items()
             if value is not None
         }
         settings = FlowSettings(**overrides)  # type: ignore[arg-type]
     except ValueError as exc:
         raise _fail(str(exc)) from None
+    # Libraries' warnings (and any logging of the data channels) in the flow's own line format, on stderr.
+    configure_logging("warning", settings.log_format)
     try:
-        runner = Flow(document, name, settings=settings, service_urls=urls, values_path=values_path.resolve())
+        runner = Flow(
+            document, name, settings=settings, service_urls=urls, values_path=values_path.resolve(), fresh=fresh
+        )
     except FlowFailed as exc:
         raise _fail(str(exc)) from None
     code = asyncio.run(runner.run())

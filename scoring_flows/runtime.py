@@ -68,6 +68,7 @@ from data_channel import (
 )
 from data_channel.http import HttpExchange
 from data_channel.schema import from_values
+from ir.logformat import format_line
 from ir.render import ScoringFlowValues, Values
 from scoring_flows.checkpoint import Checkpoint, CheckpointError, CheckpointStore
 from scoring_flows.client import ScoringUnavailable, V2Client
@@ -195,10 +196,6 @@ class Reporter:
         await self._http.aclose()
 
 
-def _now() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S")
-
-
 class Flow:
     """Runs one flow of a values document (see the module docstring)."""
 
@@ -213,12 +210,15 @@ class Flow:
         workdir: Path | None = None,
         values_path: Path | None = None,
         log: Log | None = None,
+        fresh: bool = False,
     ) -> None:
         if name not in values.scoring_flows:
             known = ", ".join(sorted(values.scoring_flows)) or "none"
             raise FlowFailed(f"the values have no scoring flow '{name}' (flows: {known})")
         self.values = values
         self.name = name
+        self.fresh = fresh
+        """Start over: ignore (and remove) this flow's checkpoint, as `modelops flow --fresh`."""
         self.spec: ScoringFlowValues = values.scoring_flows[name]
         self.settings = settings or FlowSettings()
         self.service_urls = dict(service_urls or {})
@@ -260,7 +260,11 @@ class Flow:
         self._resumed_from = 0
 
     def log(self, message: str) -> None:
-        self._print(f"{_now()} flow {self.name}: {message}")
+        """One line of the flow's log, in the format of its settings (`ir.logformat`: text or json)."""
+        if self.settings.log_format == "json":
+            self._print(format_line(message, "json", logger=f"scoring_flows.{self.name}"))
+        else:
+            self._print(format_line(f"flow {self.name}: {message}"))
 
     # -- entry point ---------------------------------------------------------------------------------------------
 
@@ -441,6 +445,9 @@ class Flow:
         resumable = source.resumable
         if resumable:
             self._store = CheckpointStore(self._checkpoint_path())
+            if self.fresh and self._store.path.exists():
+                self.log(f"starting over (--fresh): removing the checkpoint {self._store.path}")
+                self._store.remove()
             self._checkpoint = self._store.load()
             if self._checkpoint is not None and (
                 self._checkpoint.job_id != self._identity() or self._checkpoint.flow != self.name
@@ -448,11 +455,15 @@ class Flow:
                 self.log(f"ignoring the checkpoint {self._store.path}: it belongs to another job")
                 self._checkpoint = None
         checkpoint = self._checkpoint
+        if checkpoint is not None:
+            self._check_outputs(checkpoint)
         if checkpoint is not None and checkpoint.finished:
             self.log(f"already finished before a restart: {checkpoint.message}")
             await self.reporter.complete(True, checkpoint.message)
             return
-        run_id = checkpoint.run_id if checkpoint is not None else (self.link.job_id or uuid.uuid4().hex)
+        # A fresh start is a new run: a sink that keeps its own watermark (SQL) must not resume the old one.
+        fresh_id = uuid.uuid4().hex if self.fresh else (self.link.job_id or uuid.uuid4().hex)
+        run_id = checkpoint.run_id if checkpoint is not None else fresh_id
         if resumable and checkpoint is None:
             self._checkpoint = checkpoint = Checkpoint(run_id=run_id, job_id=self._identity(), flow=self.name)
             assert self._store is not None
@@ -483,6 +494,19 @@ class Flow:
             # A stream flow ends when it is stopped: what it wrote is complete (a file sink moves into place).
             for sink in [*self._sinks, *([self._dead] if self._dead else [])]:
                 await sink.finish()
+
+    def _check_outputs(self, checkpoint: Checkpoint) -> None:
+        """Refuse a checkpoint whose sinks' output was deleted since: resuming (or, once finished, reporting
+        success) on top of it would leave a partial output or none. `--fresh` starts over instead."""
+        assert self._store is not None
+        for sink in [*self._sinks, *([self._dead] if self._dead else [])]:
+            gone = sink.output_gone(checkpoint.sinks.get(sink.name))
+            if gone is not None:
+                done = "finished" if checkpoint.finished else f"{checkpoint.ordinal:,} records in"
+                raise FlowFailed(
+                    f"the checkpoint {self._store.path} ({done}) says {sink.describe()} wrote output, but {gone}: "
+                    "run the flow again with --fresh to start over"
+                )
 
     def _identity(self) -> str:
         """Which run a checkpoint belongs to: the job id; without one (a flow run by hand), the flow's values."""

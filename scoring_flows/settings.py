@@ -6,6 +6,7 @@ Defaults suit a laptop; the Helm chart sets the same variables on Kubernetes.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,4 +56,9 @@ class FlowSettings(BaseSettings):
     )
     logged_errors: int = Field(
         default=20, ge=0, description="Record errors logged one by one under the skip policy; then only counted."
+    )
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines (`ir.logformat`): text, `<ISO 8601 UTC ms> flow <name>: message`, or json, one "
+        "object per line with ts, level, logger (`scoring_flows.<name>`) and message.",
     )

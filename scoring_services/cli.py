@@ -28,6 +28,7 @@ from typing import Annotated
 import typer
 import uvicorn
 
+from ir.logformat import configure_logging
 from scoring_services.app import create_app
 from scoring_services.config import ConfigError, configs_from_values, parse_model_arg, parse_option_args
 from scoring_services.settings import ScoringSettings
@@ -36,14 +37,6 @@ from scoring_services.types import ModelConfig
 __all__ = ["run_server", "serve_command"]
 
 log = logging.getLogger("scoring_services")
-
-
-def _configure_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        force=True,
-    )
 
 
 class _Server(uvicorn.Server):
@@ -122,6 +115,10 @@ def serve_command(
     max_batch_size: Annotated[int | None, typer.Option(help="maxBatchSize of --model models (default 64).")] = None,
     max_latency_ms: Annotated[float | None, typer.Option(help="maxLatencyMs of --model models (default 5).")] = None,
     log_level: Annotated[str | None, typer.Option(help="debug, info, warning or error.")] = None,
+    log_format: Annotated[
+        str | None,
+        typer.Option("--log-format", metavar="text|json", help="text or json lines (env MODELOPS_SCORING_LOG_FORMAT)."),
+    ] = None,
 ) -> None:
     """Serve models over the Open Inference Protocol (KServe V2 REST)."""
     overrides: dict[str, object] = {
@@ -134,6 +131,7 @@ def serve_command(
             "default_max_batch_size": max_batch_size,
             "default_max_latency_ms": max_latency_ms,
             "log_level": log_level,
+            "log_format": log_format,
         }.items()
         if value is not None
     }
@@ -162,7 +160,7 @@ def serve_command(
     if not configs:
         typer.echo("error: nothing to serve: give --values FILE [--service NAME] or --model NAME=RUNTIME:URI", err=True)
         raise typer.Exit(2)
-    _configure_logging(settings.log_level)
+    configure_logging(settings.log_level, settings.log_format)
     code = run_server(configs, settings)
     _exit_now_if_threads_are_busy(code)
     if code:

@@ -69,4 +69,9 @@ class ScoringSettings(BaseSettings):
         default=True, description="Stop the process when a model configured at startup fails to load."
     )
     log_level: Literal["debug", "info", "warning", "error"] = Field(default="info", description="Log level.")
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="Log lines (`ir.logformat`): text, `<ISO 8601 UTC ms> LEVEL logger: message`, or json, one "
+        "object per line with ts, level, logger and message.",
+    )
     access_log: bool = Field(default=False, description="Log every request (costs throughput).")

@@ -130,6 +130,14 @@ async def test_without_tokens_on_loopback_requests_are_unauthenticated_and_a_war
             assert_error(report, 401, "invalid_job_token")
             unauthenticated = await api.client.post(f"/api/v1/jobs/{job.json()['id']}/progress", json={"read": 2})
             assert unauthenticated.json()["progress"]["read"] == 2
+            # who cancelled is named as what it is: the local user of a server without tokens
+            cancelled = await api.client.post(f"/api/v1/jobs/{job.json()['id']}/cancel")
+            assert cancelled.status_code == 202
+            detail = (await api.client.get(f"/api/v1/jobs/{job.json()['id']}")).json()
+            cancelling = [event for event in detail["events"] if event["to"] == "CANCELLING" != event["from"]]
+            assert [event["message"] for event in cancelling] == [
+                "cancelled by local user (loopback, no tokens configured)"
+            ]
 
 
 @pytest.mark.parametrize("host", ["::1", "localhost"])

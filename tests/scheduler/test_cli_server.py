@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -212,6 +214,42 @@ def test_serve_creates_its_sqlite_database_runs_until_sigterm_and_holds_its_home
     assert "scheduler ready: local backend" in log
     assert "migrated the database from empty to this version's schema" in log
     assert HomeLock.holder(tmp_path) is None
+
+
+@pytest.mark.parametrize("fmt", ["text", "json"])
+def test_the_servers_log_lines_carry_our_timestamp_in_text_or_one_json_object_each(tmp_path: Path, fmt: str) -> None:
+    port = free_port()
+    process_env = {k: v for k, v in {**os.environ, **env_for(tmp_path)}.items() if v is not None}
+    command = [sys.executable, "-c", "from scheduler.cli import app; app()", "serve", "--port", str(port)]
+    process = subprocess.Popen(
+        [*command, "--log-format", fmt],
+        cwd=ROOT,
+        env=process_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 30  # a safety net, not a timing assertion
+        while not _ready(f"http://127.0.0.1:{port}"):
+            assert process.poll() is None, process.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = process.communicate(timeout=30)
+    finally:
+        process.kill()
+    # The lines of the log records (the CLI's own one-line notes, e.g. "migrated the database ...", are not).
+    lines = [line for line in stderr.decode().splitlines() if not line.startswith("migrated ")]
+    stamp = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    if fmt == "json":
+        documents = [json.loads(line) for line in lines]
+        assert all(re.fullmatch(stamp, d["ts"]) and {"level", "logger", "message"} <= set(d) for d in documents)
+        messages = {d["message"] for d in documents}
+        assert any(m.startswith("scheduler ready: local backend") for m in messages), messages
+        assert "Application shutdown complete." in messages
+    else:
+        assert lines and all(re.match(rf"^{stamp} [A-Z]+ [\w.]+: ", line) for line in lines), lines
+        assert any(" INFO uvicorn.error: Application shutdown complete." in line for line in lines), lines
 
 
 # ---------------------------------------------------------------------------------------------- tokens

@@ -8,7 +8,10 @@ which is what `GET /jobs/{id}/logs` and `modelops job logs` return.
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import re
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -16,7 +19,7 @@ from pathlib import Path
 import pytest
 from lifecycle_kit import SECRET, FakeCommands, add_pipeline, create_job, settings_for, wait_for, wait_until
 
-from ir.logformat import line_timestamp, timestamp
+from ir.logformat import JsonFormatter, TextFormatter, line_timestamp, timestamp
 from scheduler.backends.local import LocalBackend
 from scheduler.db import create_engine, upgrade
 from scheduler.deployers.local import LocalProcessDeployer
@@ -112,6 +115,53 @@ def test_our_timestamps_are_iso_8601_utc_with_milliseconds_and_are_found_at_the_
     assert line_timestamp("  File 'x.py', line 1") is None
 
 
+def record(message: str, *, error: bool = False) -> logging.LogRecord:
+    exc_info = None
+    if error:
+        try:
+            raise ValueError("bad row")
+        except ValueError:
+            exc_info = sys.exc_info()
+    return logging.LogRecord(
+        "scheduler.lifecycle", logging.ERROR if error else logging.INFO, __file__, 1, message, (), exc_info
+    )
+
+
+def test_server_text_lines_start_with_the_timestamp_then_level_and_logger() -> None:
+    line = TextFormatter().format(record("job 1 started"))
+    stamp, rest = line.split(" ", 1)
+    assert STAMP.match(stamp)
+    assert rest == "INFO scheduler.lifecycle: job 1 started"
+    with_trace = TextFormatter().format(record("failed", error=True)).splitlines()
+    assert with_trace[0].endswith("ERROR scheduler.lifecycle: failed") and with_trace[-1] == "ValueError: bad row"
+
+
+def test_json_lines_are_one_parseable_object_each_with_ts_level_logger_and_message() -> None:
+    line = JsonFormatter().format(record("job 1 started"))
+    document = json.loads(line)
+    assert list(document)[:4] == ["ts", "level", "logger", "message"]
+    assert STAMP.match(document["ts"]) and line_timestamp(line) == document["ts"]
+    assert (document["level"], document["logger"], document["message"]) == (
+        "INFO",
+        "scheduler.lifecycle",
+        "job 1 started",
+    )
+    failed = JsonFormatter().format(record("failed", error=True))
+    assert "\n" not in failed and json.loads(failed)["exception"].endswith("ValueError: bad row")
+
+
+def test_the_servers_uvicorn_configuration_uses_our_formatters_for_every_handler() -> None:
+    from scheduler.cli import _serve_logging
+
+    for fmt, cls in (("text", TextFormatter), ("json", JsonFormatter)):
+        config = _serve_logging("INFO", fmt)
+        assert {name: f["()"] for name, f in config["formatters"].items()} == {
+            "default": f"ir.logformat.{cls.__name__}",
+            "access": f"ir.logformat.{cls.__name__}",
+        }
+        assert config["loggers"]["scheduler"]["handlers"] == ["default"]
+
+
 def test_phase_log_lines_start_with_the_timestamp(tmp_path: Path) -> None:
     with PhaseLog(tmp_path / "install.log") as log:
         log("rendering values\nsecond line")
@@ -170,14 +220,20 @@ def body_of(line: str) -> str:
 
 
 async def test_the_logs_of_a_real_job_interleave_every_phase_service_and_flow_by_time(
-    store: JobStore, tmp_path: Path
+    store: JobStore, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     kit = Kit(store, tmp_path / "home", stamped(["--run-for", "0.2"]))
     job = create_job(store, kit.version)
-    await kit.backend.start(job.id)
-    await wait_for(store, job.id, FINAL)
-    await kit.backend.join(job.id)
+    with caplog.at_level(logging.INFO, logger="scheduler.store"):
+        await kit.backend.start(job.id)
+        await wait_for(store, job.id, FINAL)
+        await kit.backend.join(job.id)
     lines = await kit.logs(job.id)
+
+    # The server's own log records each job's start and end, with state and reason.
+    server = [record.getMessage() for record in caplog.records if record.name == "scheduler.store"]
+    assert server[0] == f"job {job.id} started (scoring v1)"
+    assert server[-1].startswith(f"job {job.id} ended FAILED reason NoCompletion: ")
 
     assert {component_of(line) for line in lines} == {"install", "wait", "uninstall", "service/m1", "flow/f1"}
     stamps = [line_timestamp(body_of(line)) for line in lines]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -178,6 +180,30 @@ def test_a_model_that_fails_to_load_at_startup_stops_the_process_with_exit_code_
     )
     assert result.returncode == 1
     assert "sha256 mismatch" in result.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not MODELOPS.exists(), reason="the modelops console script is not installed")
+@pytest.mark.parametrize("how", ["option", "env"])
+def test_with_the_json_log_format_every_log_line_is_one_object_with_our_timestamp(
+    tmp_path: Path, digits: Digits, how: str
+) -> None:
+    values = write_values(tmp_path / "values.yaml", digits, sha256="c" * 64)  # fails to load: a short run
+    env = {**os.environ, "MODELOPS_SCORING_CACHE_DIR": str(tmp_path / "cache")}
+    extra = ["--log-format", "json"] if how == "option" else []
+    if how == "env":
+        env["MODELOPS_SCORING_LOG_FORMAT"] = "json"
+    command = [str(MODELOPS), "scoring-service", "--values", str(values), "--service", "digits-rf"]
+    result = subprocess.run(
+        [*command, "--port", str(free_port()), *extra], capture_output=True, text=True, timeout=60, env=env
+    )
+    assert result.returncode == 1
+    documents = [json.loads(line) for line in result.stderr.splitlines()]
+    assert documents, result.stderr
+    for document in documents:
+        assert re.match(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$", document["ts"]), document
+        assert {"level", "logger", "message"} <= set(document)
+    assert any("sha256 mismatch" in (d["message"] + d.get("exception", "")) for d in documents)
 
 
 def test_the_command_refuses_to_start_with_nothing_to_serve() -> None:
