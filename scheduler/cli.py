@@ -1471,10 +1471,10 @@ class _RunView:
         if self._bar_task is not None:
             parts.append(Padding(self._bar.get_renderable(), (0, 0, 0, 2)))
         progress = job.progress
-        rates = f"{self.rate():,.0f} rows/s now"
         average = self.average()
+        rates = "" if job.terminal else f"{self.rate():,.0f} rows/s now"
         if average is not None:
-            rates += f", {average:,.0f} on average"
+            rates += f"{', ' if rates else ''}{average:,.0f} rows/s on average"
         counts = Text(
             f"  records read {progress.read:,}  written {progress.written:,}  failed {progress.failed:,}  "
             f"filtered {progress.filtered:,}  {rates}  elapsed {_duration(time.monotonic() - self.started)}"

@@ -110,7 +110,7 @@ def test_on_a_terminal_the_view_has_a_bar_with_percentage_eta_rates_and_a_line_p
     assert "45%" in text
     assert "4,500/10,000 records" in text
     assert "ETA" in text
-    assert "rows/s now" in text and "1,100 on average" in text
+    assert "rows/s now" in text and "1,100 rows/s on average" in text
     assert "filtered 90" in text
     flow_line = next(line for line in text.splitlines() if "flow digits-batch" in line)
     assert "running" in flow_line and "read 4,500" in flow_line and "45.0% of 10,000 records" in flow_line
