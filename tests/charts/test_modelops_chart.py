@@ -695,3 +695,21 @@ def test_the_platform_runs_one_server_with_several_api_workers_and_never_two_eng
     refused = helm("template", "modelops", str(SUBCHART), "--set", "replicas=2", check=False)
     assert refused.returncode != 0
     assert "replicas" in refused.stderr
+
+
+def test_in_each_other_job_namespace_the_server_may_read_pods_and_their_logs_only() -> None:
+    rendered = template(
+        chart=SUBCHART,
+        release="modelops",
+        namespace="modelops",
+        sets=["runner.jobNamespaces={modelops,modelops-examples}"],
+    )
+    roles = [r for r in of_kind(rendered, "Role") if r["metadata"]["name"] == "modelops-scheduler-component-logs"]
+    assert [r["metadata"]["namespace"] for r in roles] == ["modelops-examples"]  # its own has them already
+    rules = {(r["apiGroups"][0], res): set(r["verbs"]) for r in roles[0]["rules"] for res in r["resources"]}
+    assert rules == {("", "pods"): {"get", "list"}, ("", "pods/log"): {"get"}}
+    (binding,) = [b for b in of_kind(rendered, "RoleBinding") if b["metadata"]["name"] == roles[0]["metadata"]["name"]]
+    assert binding["metadata"]["namespace"] == "modelops-examples"
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelops-scheduler", "namespace": "modelops"}]
+    for obj in (roles[0], binding):
+        validate(obj)
