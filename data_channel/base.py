@@ -223,6 +223,13 @@ class Sink(abc.ABC):
     async def finish(self) -> None:  # noqa: B027 - most sinks have nothing to finalise
         """The source is exhausted and the last commit is done: finalise (e.g. move a file into place)."""
 
+    def output_gone(self, state: Mapping[str, Any] | None) -> str | None:
+        """Why the output a checkpoint's `state` (what `commit` returned) says was written is no longer there
+        (a file deleted since), or None when it is, or the sink cannot tell. A flow checks this before it
+        trusts a checkpoint, so it never resumes, or reports success, on top of output that is gone."""
+        del state
+        return None
+
     def describe(self) -> str:
         return f"{self.type} sink '{self.name}'"
 

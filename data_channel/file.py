@@ -632,7 +632,10 @@ class FileSink(Sink):
                     if not _part_number(part.name) or _part_number(part.name) > self._parts:
                         part.unlink()
             elif self._parts:
-                raise ChannelError(f"{self.describe()}: {self.parts} is gone, but the checkpoint says it had parts")
+                raise ChannelError(
+                    f"{self.describe()}: {self.parts} is gone, but the checkpoint says it had parts: start the flow "
+                    "again with --fresh (or delete its checkpoint)"
+                )
             self.parts.mkdir(exist_ok=True)
             return int(state.get("watermark", 0)) if state else 0
         self._bytes = int(state.get("bytes", 0)) if state else 0
@@ -642,8 +645,8 @@ class FileSink(Sink):
                 if size < self._bytes:
                     raise ChannelError(
                         f"{self.describe()}: {self.partial} has {max(size, 0)} bytes, but the checkpoint says "
-                        f"{self._bytes} were written: the output was changed or removed; delete the flow's "
-                        "checkpoint to start again"
+                        f"{self._bytes} were written: the output was changed or removed; start the flow again "
+                        "with --fresh (or delete its checkpoint)"
                     )
                 with open(self.partial, "r+b") as handle:
                     handle.truncate(self._bytes)
@@ -655,6 +658,16 @@ class FileSink(Sink):
         except OSError as exc:
             raise ChannelError(f"{self.describe()}: cannot write {self.partial}: {exc}") from exc
         return int(state.get("watermark", 0)) if state else 0
+
+    def output_gone(self, state: Mapping[str, Any] | None) -> str | None:
+        if not state or not any(state.get(key) for key in ("finished", "bytes", "parts", "watermark")):
+            return None  # nothing written yet
+        if self.path.exists():
+            return None
+        in_progress = self.parts if self.options.format == "parquet" else self.partial
+        if in_progress.exists() and not state.get("finished"):
+            return None
+        return f"{self.path} does not exist"
 
     def _moved_into_place(self, state: Mapping[str, Any]) -> bool:
         """Whether `finish` already ran for this state: no partial output left, the final one complete."""

@@ -4,8 +4,8 @@ Written after every commit of the sinks, atomically (a temporary file, `fsync`, 
 folder), so a flow killed at any moment finds either the previous checkpoint or the new one, never half of one.
 It holds the run's id (which names the sinks' own records, e.g. a SQL sink's watermark row), the source's
 ordinal and state, each sink's state as its last commit returned it, the counters, and whether the flow
-finished. A checkpoint of another job is ignored (and replaced). See `scoring_flows.runtime` for how a
-restarted flow uses it.
+finished. A checkpoint of another job is ignored (and replaced); `modelops flow --fresh` removes it first. See
+`scoring_flows.runtime` for how a restarted flow uses it.
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ class CheckpointStore:
         except (OSError, ValueError) as exc:
             raise CheckpointError(f"cannot read the checkpoint {self.path}: {exc}") from exc
         if not isinstance(data, dict) or data.get("version") != VERSION:
-            raise CheckpointError(f"{self.path} is not a checkpoint of this version: delete it to start afresh")
+            raise CheckpointError(f"{self.path} is not a checkpoint of this version: start the flow with --fresh")
         try:
             return Checkpoint(**data)
         except TypeError as exc:
-            raise CheckpointError(f"{self.path} is not a valid checkpoint ({exc}): delete it to start afresh") from exc
+            raise CheckpointError(
+                f"{self.path} is not a valid checkpoint ({exc}): start the flow with --fresh"
+            ) from exc
 
     def save(self, checkpoint: Checkpoint) -> None:
         try:
