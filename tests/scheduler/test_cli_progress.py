@@ -149,6 +149,9 @@ def test_during_uninstall_the_message_of_an_earlier_task_is_not_shown() -> None:
     text = rendered(view)
     assert "task uninstall  Completed" in text
     assert "scoring flow(s) running" not in text
+    plain, buffer = plain_view(job, heartbeat=3600.0)
+    plain.update(job)
+    assert buffer.getvalue().splitlines()[0].endswith("RUNNING    task uninstall Completed")
 
 
 # ---------------------------------------------------------------------------------------------- not a terminal
