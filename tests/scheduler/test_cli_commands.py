@@ -254,6 +254,24 @@ def test_logs_print_each_task_in_order_or_one_task(runner: CliRunner, server: Se
     assert " uninstall: the run ended with Completed" in only and " install: job" not in only
 
 
+def test_logs_show_the_components_output_prefixed_and_component_selects_and_list_names_them(
+    runner: CliRunner, server: Server, deployed: str
+) -> None:
+    job_id = start(runner, server, "--run-for", "0.1", "--complete", "succeeded", "--lines", "2")
+    with server.client() as client:
+        wait_job(client, job_id, JobState.SUCCEEDED)
+    names = ok(runner.invoke(app, ["job", "logs", job_id, "--list"])).stdout.splitlines()
+    assert names == ["install", "wait", "uninstall", "service/m1", "flow/f1"]
+    lines = ok(runner.invoke(app, ["job", "logs", job_id])).stdout.splitlines()
+    assert {line.split(" ", 1)[0] for line in lines} == {f"[{name}]" for name in names}
+    assert "[flow/f1] f1 line 2" in lines  # the fake flow prints without timestamps: under the line before it
+    only = ok(runner.invoke(app, ["job", "logs", job_id, "-c", "f1", "--component", "service/m1"])).stdout
+    assert {line.split(" ", 1)[0] for line in only.splitlines()} == {"[flow/f1]", "[service/m1]"}
+    unknown = runner.invoke(app, ["job", "logs", job_id, "-c", "f2"])
+    assert unknown.exit_code == 1
+    assert "'f2' names no log component" in unknown.stderr and "flow/f1" in unknown.stderr
+
+
 def test_following_the_logs_streams_until_the_job_ends(runner: CliRunner, server: Server, deployed: str) -> None:
     job_id = start(runner, server, "--run-for", "1.0", "--complete", "succeeded")
     result = ok(runner.invoke(app, ["job", "logs", job_id, "--follow"]))
