@@ -27,7 +27,16 @@ import pyarrow as pa
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
 from aiormq.exceptions import AMQPError
 
-from data_channel.base import ChannelContext, ChannelError, ChannelUnavailable, Sink, Source, SourceBatch, secret_value
+from data_channel.base import (
+    ChannelContext,
+    ChannelError,
+    ChannelUnavailable,
+    Sink,
+    Source,
+    SourceBatch,
+    SourceSize,
+    secret_value,
+)
 from data_channel.schema import RecordError, from_values, to_json_values
 from ir.models import DataChannelSpec, RabbitmqOptions
 
@@ -67,9 +76,24 @@ class RabbitmqSource(Source):
         self._tag: str | None = None
         self._inbox: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._counter = 0
+        self._sizing: AbstractChannel | None = None
+        """A channel of its own for `size`: a failed passive declare closes its channel, never the consuming one."""
 
     def describe(self) -> str:
         return f"rabbitmq source '{self.name}' (queue {self.options.queue})"
+
+    async def size(self) -> SourceSize | None:
+        """The backlog: the queue's ready messages (a passive declare) plus those delivered but not read yet."""
+        if self._connection is None:
+            return None
+        try:
+            if self._sizing is None or self._sizing.is_closed:
+                self._sizing = await self._connection.channel()
+            queue = await self._sizing.declare_queue(self.options.queue, passive=True)
+        except (AMQPError, OSError, RuntimeError):
+            return None  # a progress figure is not worth failing or even warning about
+        ready = queue.declaration_result.message_count or 0
+        return SourceSize(int(ready) + self._inbox.qsize(), backlog=True)
 
     async def open(self, start: int = 0, state: Mapping[str, Any] | None = None) -> None:
         url = secret_value(self.options.url.secret_ref, self.context.environ)

@@ -3,19 +3,22 @@ gzipped ones, Parquet footers, a SQL count, a Redis stream's backlog."""
 
 from __future__ import annotations
 
+import asyncio
 import gzip
 import secrets
 from collections.abc import Iterator
 from pathlib import Path
 
+import aio_pika
+import orjson
 import psycopg
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import redis.asyncio as aioredis
-from channel_kit import REDIS_URL, context, fields, read_all, source
+from channel_kit import AMQP_URL, REDIS_URL, context, fields, read_all, source
 
-from data_channel import SourceSize
+from data_channel import Source, SourceSize
 from data_channel import file as file_channel
 
 SCHEMA = fields("id:integer/int64", "x:number")
@@ -142,5 +145,39 @@ async def test_a_redis_source_tells_the_entries_its_group_has_not_been_given_yet
         batch = await src.read(5)
         assert batch is not None
         assert await src.size() == SourceSize(7, "records", backlog=True)
+    finally:
+        await src.close()
+
+
+# ---------------------------------------------------------------------------------------------- rabbitmq
+
+
+async def settled_size(src: Source, want: int) -> SourceSize | None:
+    """The source's size once `want` messages are accounted for (deliveries reach the source asynchronously),
+    or the last one seen within 10 s."""
+    size = await src.size()
+    for _ in range(100):
+        if size is not None and size.total == want:
+            break
+        await asyncio.sleep(0.1)
+        size = await src.size()
+    return size
+
+
+async def test_a_rabbitmq_source_tells_the_messages_it_has_not_read_yet(queue: str) -> None:
+    connection = await aio_pika.connect_robust(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_queue(queue, durable=True)
+        for i in range(9):
+            await channel.default_exchange.publish(aio_pika.Message(orjson.dumps({"id": i, "x": 0.5})), queue)
+    options = {"url": {"secretRef": {"name": "amqp", "key": "url"}}, "queue": queue, "prefetch": 3}
+    src = source(options, SCHEMA, "rabbitmq", context(MODELOPS_SECRET_AMQP_URL=AMQP_URL))
+    await src.open()
+    try:
+        assert await settled_size(src, 9) == SourceSize(9, "records", backlog=True)
+        batch = await src.read(2)
+        assert batch is not None and batch.end - batch.start == 2
+        assert await settled_size(src, 7) == SourceSize(7, "records", backlog=True)
     finally:
         await src.close()
