@@ -24,7 +24,7 @@ from scheduler.backends.local import LocalBackend
 from scheduler.db import create_engine, upgrade
 from scheduler.deployers.local import LocalProcessDeployer
 from scheduler.errors import InvalidInput
-from scheduler.joblogs import IDLE, LogItem, PhaseLog, component_log_path, merge_logs
+from scheduler.joblogs import IDLE, Idle, LogItem, PhaseLog, component_log_path, merge_logs
 from scheduler.service import SchedulerService
 from scheduler.states import JobState
 from scheduler.store import JobStore
@@ -104,6 +104,25 @@ async def test_a_source_with_nothing_yet_holds_nothing_back_once_it_says_it_is_i
     assert await anext(stream) == "[flow/f1] 2026-12-03T13:55:09.000Z late line"
     with pytest.raises(StopAsyncIteration):
         await anext(stream)
+
+
+async def test_a_source_that_last_looked_before_a_lines_time_holds_it_back_until_it_looks_again() -> None:
+    looked_again = asyncio.Event()
+
+    async def quiet_then_late() -> AsyncIterator[LogItem]:
+        yield Idle("2026-12-03T13:55:01.000Z")  # looked at 01.000: nothing yet
+        await looked_again.wait()
+        yield "2026-12-03T13:55:01.500Z written at 01.500, read on the next look"
+
+    stream = merge_logs(
+        {"service/m1": quiet_then_late(), "install": source("2026-12-03T13:55:02.000Z phase line at 02.000")}
+    )
+    first = asyncio.ensure_future(anext(stream))
+    await asyncio.sleep(0.01)
+    assert not first.done()  # the phase line (02.000) waits: the service may still have an older one
+    looked_again.set()
+    assert await first == "[service/m1] 2026-12-03T13:55:01.500Z written at 01.500, read on the next look"
+    assert await anext(stream) == "[install] 2026-12-03T13:55:02.000Z phase line at 02.000"
 
 
 def test_our_timestamps_are_iso_8601_utc_with_milliseconds_and_are_found_at_the_start_of_a_line() -> None:
