@@ -3,6 +3,7 @@ running the small test programs of `procs/`), through typer's CliRunner."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import tarfile
@@ -73,6 +74,49 @@ def test_deploying_a_folder_creates_a_version_and_deploying_it_again_finds_it(
     assert re.match(r"^pipeline deploy-twice version 1: created; digest [0-9a-f]{64}\n$", first.stdout)
     again = ok(runner.invoke(app, ["pipeline", "deploy", str(folder)]))
     assert "pipeline deploy-twice version 1: existing" in again.stdout
+
+
+def test_deploy_uploads_the_bundles_relative_artifacts_once_and_a_changed_artifact_is_a_new_version(
+    runner: CliRunner, server: Server, tmp_path: Path
+) -> None:
+    folder = write_bundle(tmp_path / "b", name="with-artifact")
+    artifact = folder / "artifacts" / "m1.onnx"
+    digest = hashlib.sha256(artifact.read_bytes()).hexdigest()
+    first = ok(runner.invoke(app, ["pipeline", "deploy", str(folder)]))
+    assert f"model m1: artifacts/m1.onnx sha256 {digest[:12]} uploaded (file)" in first.stderr
+    assert (server.home / "artifacts" / "sha256" / digest).read_bytes() == artifact.read_bytes()
+    again = ok(runner.invoke(app, ["pipeline", "deploy", str(folder)]))
+    assert "already on the server" in again.stderr and "with-artifact version 1: existing" in again.stdout
+    artifact.write_bytes(b"retrained")  # the IR names the bytes: other bytes, another version
+    retrained = ok(runner.invoke(app, ["pipeline", "deploy", str(folder)]))
+    assert "uploaded (file)" in retrained.stderr and "with-artifact version 2: created" in retrained.stdout
+
+
+def test_a_relative_artifact_that_does_not_match_its_declared_sha256_is_not_deployed(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    folder = write_bundle(tmp_path / "b", name="wrong-digest")
+    pipeline = folder / "pipeline.yaml"
+    pipeline.write_text(
+        pipeline.read_text().replace("uri: artifacts/m1.onnx", f"uri: artifacts/m1.onnx\n  sha256: {'ab' * 32}")
+    )
+    result = runner.invoke(app, ["pipeline", "deploy", str(folder)])
+    assert result.exit_code == 1
+    assert result.stderr.startswith(f"error: deploying {folder}: {folder}: model m1: sha256 mismatch for ")
+    assert f"the Model declares {'ab' * 32}, the file has " in result.stderr
+    assert "wrong-digest" not in ok(runner.invoke(app, ["pipeline", "list"])).stdout
+
+
+def test_a_relative_uri_with_no_file_beside_the_bundle_is_left_for_the_servers_model_store(
+    runner: CliRunner, tmp_path: Path
+) -> None:
+    folder = write_bundle(tmp_path / "b", name="no-artifact")
+    (folder / "artifacts" / "m1.onnx").unlink()
+    result = ok(runner.invoke(app, ["pipeline", "deploy", str(folder)]))
+    assert (
+        f"model m1: no artifact at {folder / 'artifacts' / 'm1.onnx'}: uri 'artifacts/m1.onnx' left for"
+        in result.stderr
+    )
 
 
 def test_a_single_file_and_a_tarball_deploy_the_same_version_as_the_folder(runner: CliRunner, tmp_path: Path) -> None:
