@@ -431,16 +431,25 @@ class TektonBackend:
         target = await self._target_namespace(namespace, run)
         if target is None:
             return  # the run is gone, and its release's pods with it
-        label = f"scoring-{kind}-{name}"
+        try:
+            async for item in self._component_lines(job_id, target, f"scoring-{kind}-{name}", follow):
+                yield item
+        except K8sError as exc:  # e.g. 403: no Role for pods in that namespace; the other components go on
+            logger.warning("job %s: cannot read the logs of %s in namespace %s: %s", job_id, component, target, exc)
+            yield f"{timestamp()} [modelops] cannot read the logs of {component} in namespace {target}: {exc}"
+
+    async def _component_lines(
+        self, job_id: uuid.UUID, namespace: str, label: str, follow: bool
+    ) -> AsyncIterator[LogItem]:
         selector = f"{JOB_LABEL}={job_id},app.kubernetes.io/component={label}"
         while True:
             over = (await self._db(self.store.get_job, job_id)).terminal if follow else True
-            pods = await asyncio.to_thread(self.kube.list_pods, target, selector)
+            pods = await asyncio.to_thread(self.kube.list_pods, namespace, selector)
             if pods or over:
                 break
             yield Idle(timestamp())
             await asyncio.sleep(self.settings.poll_interval_seconds)
-        sources = {pod.name: self._pod_lines(job_id, target, pod, follow) for pod in pods}
+        sources = {pod.name: self._pod_lines(job_id, namespace, pod, follow) for pod in pods}
         if len(sources) == 1:
             async for item in next(iter(sources.values())):
                 yield item

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import re
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -598,3 +599,19 @@ async def test_following_a_flow_waits_for_its_pod_and_streams_its_lines_until_it
     kube.end_pod(target, "modelops-f1-x2x")
     await asyncio.wait_for(follower, 30)
     assert followed[-1] == "2026-12-03T13:55:05.000Z flow f1: done"
+
+
+async def test_a_component_whose_pods_cannot_be_read_says_why_and_the_other_logs_go_on(
+    backend: TektonBackend, store: JobStore, settings: SchedulerSettings, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    kube.start_task(name, "install")
+    kube.log(name, "install", "2026-12-03T13:55:01.000Z install: helm upgrade --install")
+    kube.fail_next("list_pods", K8sError('pods is forbidden: User "system:serviceaccount:modelops:x"', 403))
+    service = SchedulerService(store, backend, settings, SECRET)
+    lines = [line async for line in await service.logs(job.id, ["install", "service/m1"], False)]
+    assert lines[0] == "[install] 2026-12-03T13:55:01.000Z install: helm upgrade --install\n"
+    assert re.fullmatch(
+        r"\[service/m1\] \S+Z \[modelops\] cannot read the logs of service/m1 in namespace \S+: pods is forbidden.*\n",
+        lines[1],
+    )
