@@ -19,7 +19,7 @@ from scheduler.db import create_engine
 from scheduler.errors import Conflict, IllegalTransition, InvalidInput, NotFound, StoreUnavailable
 from scheduler.settings import hash_token
 from scheduler.states import ALLOWED, TERMINAL, JobState, Task
-from scheduler.store import CREATED_REASON, Job, JobStore, PipelineVersion
+from scheduler.store import CREATED_REASON, MAX_REPORTING_FLOWS, Job, JobStore, PipelineVersion
 
 NewJob = Callable[..., Job]
 
@@ -350,6 +350,28 @@ def test_progress_counters_never_go_down(store: JobStore, new_job: NewJob) -> No
 def test_progress_counters_hold_more_than_32_bits(store: JobStore, new_job: NewJob) -> None:
     job = store.update_progress(new_job().id, 2**40, 2**40 - 1, 0)
     assert store.get_job(job.id).records_read == 2**40
+
+
+def test_flow_progress_is_kept_per_flow_and_the_job_counts_the_sum(store: JobStore, new_job: NewJob) -> None:
+    job = new_job()
+    store.update_progress(job.id, 30, 28, 2, flow="a", report={"state": "running", "total": 100, "unit": "records"})
+    both = store.update_progress(job.id, 10, 10, 0, flow="b", report={"state": "starting"})
+    assert (both.records_read, both.records_written, both.records_failed) == (40, 38, 2)
+    assert both.flow_progress is not None
+    assert both.flow_progress["a"]["total"] == 100 and both.flow_progress["a"]["read"] == 30
+    assert both.flow_progress["b"]["state"] == "starting" and "at" in both.flow_progress["b"]
+    stored = store.get_job(job.id)
+    assert stored.flow_progress == both.flow_progress
+
+
+def test_a_job_keeps_the_progress_of_a_bounded_number_of_flows(store: JobStore, new_job: NewJob) -> None:
+    job = new_job()
+    for index in range(MAX_REPORTING_FLOWS):
+        store.update_progress(job.id, 1, 1, 0, flow=f"f{index}", report={})
+    store.update_progress(job.id, 2, 2, 0, flow="f0", report={})  # a known flow is still updated
+    with pytest.raises(InvalidInput, match="one too many"):
+        store.update_progress(job.id, 1, 1, 0, flow="one-more", report={})
+    assert store.get_job(job.id).records_read == MAX_REPORTING_FLOWS + 1
 
 
 @pytest.mark.parametrize("counts", [(-1, 0, 0), (0, -5, 0), (True, 0, 0), (1.5, 0, 0)])
