@@ -33,12 +33,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import bisect
 import contextlib
+import csv
 import glob as globlib
 import gzip
 import io
 import os
 import shutil
+import sys
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,13 +241,29 @@ class FileSource(Source):
             return (yield from self._jsonl(info, base, skip, max_records))
         return (yield from self._parquet(info, base, skip, max_records))
 
-    def _locate(self, info: _FileInfo, first_in_file: int) -> Any:
+    def _locate(self, info: _FileInfo, first_in_file: int, lines: Callable[[int], int | None] | None = None) -> Any:
+        """Words for the record at `row` of a batch whose first record is the file's `first_in_file`."""
         name = info.path
 
         def locate(row: int) -> str:
-            return f"record {first_in_file + row + 1} of {name}"
+            return _record_words(first_in_file + row, name, lines)
 
         return locate
+
+    def _header_lacks(self, info: _FileInfo, names: list[str]) -> str:
+        """Our words for a CSV header without a field of the schema (pyarrow only says "include_columns")."""
+        try:
+            with _open_text(info.path, _gzipped(self.options, Path(info.path))) as handle:
+                header = next(_csv_reader(handle, self.dialect), [])
+        except (OSError, EOFError, UnicodeDecodeError, csv.Error):
+            header = []
+        missing = [name for name in names if name not in header]
+        listed = ", ".join(repr(name) for name in missing) if missing else "a field of the schema"
+        return (
+            f"{self.describe()}: the header (line 1) of {info.path} has no column {listed} of the channel's schema "
+            f"(its columns: {', '.join(header) or 'none'}); rename the column, or set csv.header: false if the file "
+            "has no header line"
+        )
 
     def _cannot_read(self, info: _FileInfo, exc: Exception) -> ChannelError:
         """The error for an input file that cannot be opened: `InputMissing` when it is gone (deleted since
@@ -254,11 +273,13 @@ class FileSource(Source):
         return ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}")
 
     @staticmethod
-    def _where(info: _FileInfo, base: int) -> Callable[[int], str]:
+    def _where(info: _FileInfo, base: int, lines: Callable[[int], int | None] | None = None) -> Callable[[int], str]:
+        """Words for the record at a source ordinal, the file's records starting at ordinal `base`;
+        `lines(index)` is the file line the record at an index of the file (from 0) starts on, when known."""
         name = info.path
 
         def where(ordinal: int) -> str:
-            return f"record {ordinal - base + 1} of {name}"
+            return _record_words(ordinal - base, name, lines)
 
         return where
 
@@ -306,9 +327,11 @@ class FileSource(Source):
                 parse_options=parse_options,
                 convert_options=convert_options,
             )
-        except (pa.ArrowInvalid, pa.ArrowKeyError, OSError) as exc:
+        except pa.ArrowKeyError as exc:  # a column of include_columns is not in the header
+            raise ChannelError(self._header_lacks(info, names)) from exc
+        except (pa.ArrowInvalid, OSError) as exc:
             raise self._cannot_read(info, exc) from exc
-        where = self._where(info, base)
+        where = self._where(info, base, _CsvLines(info.path, _gzipped(self.options, Path(info.path)), self.dialect))
         next_index = 0  # record index in the file of the next record the reader gives
         cursor = skip  # record index where the next batch starts
         pending: list[pa.RecordBatch] = []
@@ -412,10 +435,13 @@ class FileSource(Source):
         self._raw = getattr(handle, "fileobj", None) or handle  # gzip: the compressed file's position
         with handle:
             lines: list[bytes] = []
+            numbers: dict[int, int] = {}  # record index in the file -> its line, for the batch being read
 
             def flush() -> SourceBatch:
-                nonlocal record
+                nonlocal record, numbers
                 rows = len(lines)
+                batch_lines = numbers.get  # blank lines are skipped, so a record's line is not its index + 1
+                numbers = {}
                 columns: dict[str, list[Any]] = {name: [None] * rows for name in names}
                 raw: list[dict[str, Any]] = []
                 broken: dict[int, str] = {}
@@ -434,7 +460,7 @@ class FileSource(Source):
                     for name in names:
                         columns[name][i] = obj.get(name)
                 ordinals = np.arange(base + record, base + record + rows, dtype=np.int64)
-                locate = self._locate(info, record)
+                locate = self._locate(info, record, batch_lines)
                 if broken:
                     keep = np.array([i not in broken for i in range(rows)])
                     sub = {name: [v for v, k in zip(vals, keep, strict=True) if k] for name, vals in columns.items()}
@@ -456,20 +482,21 @@ class FileSource(Source):
                 else:
                     good, kept, errors = from_values(columns, rows, self.schema, ordinals, locate, lambda row: raw[row])
                 batch = SourceBatch(
-                    good, kept, base + record, base + record + rows, errors, where=self._where(info, base)
+                    good, kept, base + record, base + record + rows, errors, where=self._where(info, base, batch_lines)
                 )
                 record += rows
                 lines.clear()
                 return batch
 
             try:
-                for line in handle:
+                for number, line in enumerate(handle, 1):
                     if not line.strip():
                         continue
                     seen += 1
                     if seen <= skip:
                         continue
                     lines.append(line)
+                    numbers[seen - 1] = number
                     if len(lines) >= max_records:
                         yield flush()
                         if self._stopping:
@@ -759,6 +786,65 @@ class FileSink(Sink):
             _fsync_dir(self.path.parent)
         except OSError as exc:
             raise ChannelError(f"{self.describe()}: cannot move the output into place: {exc}") from exc
+
+
+def _record_words(index: int, name: str, lines: Callable[[int], int | None] | None) -> str:
+    """`record 17 (line 18) of /data/in.csv`: the record's number in its file (from 1) and the line it starts on."""
+    line = lines(index) if lines is not None else None
+    return f"record {index + 1}" + (f" (line {line})" if line is not None else "") + f" of {name}"
+
+
+def _open_text(path: str, gzipped: bool) -> Any:
+    if gzipped:
+        return gzip.open(path, "rt", encoding="utf-8", errors="replace", newline="")
+    return open(path, encoding="utf-8", errors="replace", newline="")
+
+
+def _csv_reader(lines: Iterator[str], dialect: CsvDialect) -> Iterator[list[str]]:
+    return csv.reader(lines, delimiter=dialect.delimiter, quotechar=dialect.quote_char, strict=False)
+
+
+class _CsvLines:
+    """The line of a CSV file each record starts on, for error messages. pyarrow's reader does not say (a value
+    may span lines, blank lines are skipped), so it is found when a record fails: a plain `csv` read of the file
+    up to that record, from the nearest record found before (remembered by its byte offset). Callable:
+    `lines(index)` is the line of the record at `index` (from 0, the header not counted), None if unreadable."""
+
+    def __init__(self, path: str, gzipped: bool, dialect: CsvDialect) -> None:
+        self.path = path
+        self.gzipped = gzipped
+        self.dialect = dialect
+        # (record index, byte offset, line) of records whose start is known; the header is record -1
+        self._marks: list[tuple[int, int, int]] = [(-1 if dialect.header else 0, 0, 1)]
+
+    def __call__(self, index: int) -> int | None:
+        mark = self._marks[bisect.bisect_right(self._marks, (index, sys.maxsize, sys.maxsize)) - 1]
+        current, offset, line = mark
+        try:
+            with gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb") as handle:
+                handle.seek(offset)
+                position = [offset, line - 1]  # bytes and lines consumed so far
+
+                def text() -> Iterator[str]:
+                    for raw in handle:
+                        position[0] += len(raw)
+                        position[1] += 1
+                        yield raw.decode("utf-8", errors="replace")
+
+                reader = _csv_reader(text(), self.dialect)
+                while True:
+                    start = (position[0], position[1] + 1)
+                    row = next(reader, None)
+                    if row is None:
+                        return None
+                    if not row:  # a blank line: pyarrow skips it too, it is no record
+                        continue
+                    if current == index:
+                        bisect.insort(self._marks, (index, *start))
+                        return start[1]
+                    current += 1
+        except (OSError, EOFError, csv.Error):
+            return None
 
 
 def _empty(sink: FileSink) -> pa.RecordBatch:

@@ -44,7 +44,7 @@ import socket
 import time
 import traceback
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -194,6 +194,20 @@ class Reporter:
 
     async def close(self) -> None:
         await self._http.aclose()
+
+
+LISTED_BAD_RECORDS: Final = 20
+"""How many of a batch's bad records the failure of a `fail` flow names, one by one: enough to see a pattern
+(every record of a column, one line in ten) without a message the size of the batch."""
+
+
+def _bad_records(errors: Sequence[RecordError]) -> str:
+    """The failure of a `fail` flow: the batch's bad records, each with its position and what is wrong."""
+    if len(errors) == 1:
+        return errors[0].describe()
+    listed = "; ".join(error.describe() for error in errors[:LISTED_BAD_RECORDS])
+    more = f"; and {len(errors) - LISTED_BAD_RECORDS} more" if len(errors) > LISTED_BAD_RECORDS else ""
+    return f"{len(errors)} records of a batch failed: {listed}{more}"
 
 
 class Flow:
@@ -644,9 +658,7 @@ class Flow:
         if policy == "fail":
             if source is not None and source.answers_errors:
                 return  # the requests that sent these records get the errors (422)
-            first = errors[0]
-            more = f" ({len(errors) - 1} more record(s) of the same batch failed too)" if len(errors) > 1 else ""
-            raise FlowFailed(f"{first.describe()}{more}")
+            raise FlowFailed(_bad_records(errors))
         if policy == "skip" or self._dead is None:
             for error in errors:
                 if self._logged_errors < self.settings.logged_errors:

@@ -57,14 +57,14 @@ async def test_records_that_do_not_fit_are_errors_naming_the_record_and_the_fiel
     assert ordinals == [0, 4, 7]  # a line with the wrong number of columns is a record too
     messages = {(e.field, e.where): e.message for e in errors}
     where = f"of {path}"
-    assert ("x", f"record 2 {where}") in messages
-    assert "cannot read 'one' as integer (int32)" in messages[("x", f"record 2 {where}")]
-    assert "not nullable" in messages[("y", f"record 3 {where}")]
-    assert "out of range for int32" in messages[("x", f"record 6 {where}")]
-    assert "'3.0'" in messages[("x", f"record 7 {where}")]
+    assert ("x", f"record 2 (line 3) {where}") in messages  # the header is line 1
+    assert "cannot read 'one' as integer (int32)" in messages[("x", f"record 2 (line 3) {where}")]
+    assert "not nullable" in messages[("y", f"record 3 (line 4) {where}")]
+    assert "out of range for int32" in messages[("x", f"record 6 (line 7) {where}")]
+    assert "'3.0'" in messages[("x", f"record 7 (line 8) {where}")]
     short = [e for e in errors if e.field is None]
     assert len(short) == 1 and "expected 4 columns" in short[0].message and short[0].record == {"line": "3,4"}
-    assert (short[0].ordinal, short[0].where) == (3, f"record 4 {where}")
+    assert (short[0].ordinal, short[0].where) == (3, f"record 4 (line 5) {where}")
     assert [e.ordinal for e in errors] == [1, 2, 3, 5, 6]
     bad = next(e for e in errors if e.field == "x" and "one" in e.message)
     assert bad.record == {"id": "1", "x": "one", "y": "0.5", "name": "b"}
@@ -117,10 +117,28 @@ async def test_an_input_missing_at_open_or_deleted_before_it_is_read_is_input_mi
         await found.close()
 
 
-async def test_a_csv_without_a_needed_column_fails_before_any_record(tmp_path: Path) -> None:
+async def test_a_csv_without_a_needed_column_fails_before_any_record_in_our_words(tmp_path: Path) -> None:
     path = write_csv(tmp_path / "in.csv", ["1,2,3"], header="id,x,y")
-    with pytest.raises(ChannelError, match="name"):
+    with pytest.raises(ChannelError) as caught:
         await read_all(source({"path": str(path), "format": "csv"}, SCHEMA, "file", context()))
+    assert str(caught.value) == (
+        f"file source 'in' ({path}): the header (line 1) of {path} has no column 'name' of the channel's schema "
+        "(its columns: id, x, y); rename the column, or set csv.header: false if the file has no header line"
+    )
+
+
+async def test_a_csv_record_names_the_line_it_starts_on_past_values_on_several_lines_and_blank_lines(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "in.csv"
+    path.write_text('id,x,y,name\n0,1,0.5,"two\nlines"\n\n1,one,0.5,b\n2,2,0.5,"a\r\nb"\n3,x,1,c\n')
+    _, ordinals, errors, _ = await read_all(source({"path": str(path), "format": "csv"}, SCHEMA, "file", context()))
+    assert ordinals == [0, 2]
+    assert [e.where for e in errors] == [f"record 2 (line 5) of {path}", f"record 4 (line 8) of {path}"]
+    gz = tmp_path / "in.csv.gz"
+    gz.write_bytes(gzip.compress(path.read_bytes()))
+    _, _, errors, _ = await read_all(source({"path": str(gz), "format": "csv"}, SCHEMA, "file", context()), size=1)
+    assert [e.where for e in errors] == [f"record 2 (line 5) of {gz}", f"record 4 (line 8) of {gz}"]
 
 
 async def test_a_csv_dialect_without_header_with_its_own_delimiter_and_null_texts(tmp_path: Path) -> None:
@@ -184,6 +202,14 @@ async def test_json_lines_are_read_strictly_with_an_error_per_bad_line(tmp_path:
     assert "JSON object" in by_record[3].message
     assert by_record[4].field == "x" and "boolean" in by_record[4].message
     assert by_record[6].field == "y" and "'7'" in by_record[6].message
+    assert by_record[6].where == f"record 7 (line 7) of {path}"
+
+
+async def test_a_json_lines_record_names_its_line_past_blank_lines(tmp_path: Path) -> None:
+    path = tmp_path / "in.jsonl"
+    path.write_bytes(b'{"id": 0, "x": 1, "y": 1}\n\n\n{"id": 1, "x": "one", "y": 1}\n')
+    _, _, errors, _ = await read_all(source({"path": str(path), "format": "jsonl"}, SCHEMA, "file", context()))
+    assert [(e.ordinal, e.where) for e in errors] == [(1, f"record 2 (line 4) of {path}")]
 
 
 async def test_parquet_columns_are_cast_to_the_schema_and_values_that_do_not_fit_are_errors(tmp_path: Path) -> None:

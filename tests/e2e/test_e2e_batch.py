@@ -101,7 +101,7 @@ def test_each_error_policy_ends_the_job_as_it_says(
     if mode == "fail":
         assert job.state is JobState.FAILED
         assert job.reason == "ScoringFailed"
-        assert job.message is not None and f"record 301 of {source}, field 'p0'" in job.message
+        assert job.message is not None and f"record 301 (line 302) of {source}, field 'p0'" in job.message
         assert not output.exists()
         return
     assert job.state is JobState.SUCCEEDED, f"{job.reason}: {job.message}"
@@ -112,7 +112,10 @@ def test_each_error_policy_ends_the_job_as_it_says(
     assert np.array_equal(table.column("label").to_numpy(), expected(digits, rows[keep])["label"])
     if mode == "deadLetter":
         records = [orjson.loads(line) for line in dead.read_bytes().splitlines()]
-        assert [r["position"] for r in records] == [f"record 301 of {source}", f"record 1201 of {source}"]
+        assert [r["position"] for r in records] == [
+            f"record 301 (line 302) of {source}",
+            f"record 1201 (line 1202) of {source}",
+        ]
         assert records[0]["id"] == "300" and "cannot read 'x'" in records[0]["error"]
     else:
         assert not dead.exists()

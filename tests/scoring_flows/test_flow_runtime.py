@@ -207,8 +207,28 @@ async def test_under_fail_the_first_bad_record_fails_the_job_naming_it_and_no_ou
     assert code == 1
     report = scheduler.completions[0]
     assert report["succeeded"] is False
-    assert f"record 1501 of {source}, field 'p0': cannot read 'x' as integer (int32)" in report["message"]
+    # every bad record of the batch is named, by record number and line (the header is line 1)
+    assert report["message"].startswith("flow digits-flow: 2 records of a batch failed: ")
+    assert f"record 1501 (line 1502) of {source}, field 'p0': cannot read 'x' as integer (int32)" in report["message"]
+    assert f"; record 1801 (line 1802) of {source}: expected 65 columns" in report["message"]
     assert not (workdir / "out" / "scored.csv").exists()
+
+
+async def test_under_fail_a_batch_with_many_bad_records_names_the_first_twenty_and_counts_the_rest(
+    tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
+) -> None:
+    rows = digits_rows(digits, 100)
+    source = write_digits_csv(workdir / "data" / "in.csv", rows)
+    corrupt(source, {line: f"{line - 1},1" for line in range(1, 51, 2)})  # 25 short lines in the first batch
+    with StubScheduler() as scheduler:
+        values = csv_flow(tmp_path, digits, scheduler=scheduler, error_policy={"mode": "fail"})
+        code, _, _ = await run(values, digits_services.urls, workdir)
+    assert code == 1
+    message = scheduler.completions[0]["message"]
+    assert message.startswith("flow digits-flow: 25 records of a batch failed: ")
+    named = [f"record {line} (line {line + 1}) of {source}: expected 65 columns" for line in range(1, 51, 2)]
+    assert all(text in message for text in named[:20]) and not any(text in message for text in named[20:])
+    assert message.endswith("; and 5 more")
 
 
 async def test_a_failure_while_the_window_of_batches_is_full_ends_the_flow_instead_of_hanging(
@@ -229,7 +249,7 @@ async def test_a_failure_while_the_window_of_batches_is_full_ends_the_flow_inste
         assert done, "the flow hung after a batch failed while the window was full"
         code, _, _ = task.result()
     assert code == 1
-    assert f"record 2 of {source}, field 'p0'" in scheduler.completions[0]["message"]
+    assert f"record 2 (line 3) of {source}, field 'p0'" in scheduler.completions[0]["message"]
 
 
 async def test_under_skip_bad_records_are_counted_and_left_out(
@@ -271,7 +291,7 @@ async def test_under_dead_letter_bad_records_go_to_the_dead_letter_sink_with_the
     assert [d["ordinal"] for d in dead] == [100, 500]
     first = dead[0]
     assert first["id"] == "100" and first["errorField"] == "p63"
-    assert first["position"] == f"record 101 of {source}"
+    assert first["position"] == f"record 101 (line 102) of {source}"
     assert "out of range for int32" in first["error"]
     assert orjson.loads(first["record"])["p63"] == "99999999999"
     assert dead[1]["id"] is None and "expected 65 columns" in dead[1]["error"]
