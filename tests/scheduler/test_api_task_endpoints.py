@@ -267,3 +267,22 @@ async def test_the_openapi_document_declares_the_task_endpoints_with_examples_an
     schemas = document["components"]["schemas"]
     for name in ("SpecOut", "PhaseIn", "StatusOut"):
         assert schemas[name]["examples"], name
+
+
+async def test_a_flow_failing_for_a_missing_input_makes_the_completion_reason_invalid_input(api: Api) -> None:
+    job_id, headers = await _job(api)
+    await _phase(api, job_id, headers, task="install", status="started")
+    await _phase(api, job_id, headers, task="install", status="succeeded")
+    no_flow = {"succeeded": False, "message": "gone", "reason": "InvalidInput"}
+    assert_error(await api.client.post(f"{JOBS}/{job_id}/complete", json=no_flow, headers=headers), 422)
+    succeeded = {"succeeded": True, "flow": "tiny-batch", "reason": "InvalidInput"}
+    assert_error(await api.client.post(f"{JOBS}/{job_id}/complete", json=succeeded, headers=headers), 422)
+    report = {"succeeded": False, "flow": "tiny-batch", "message": "in.csv does not exist", "reason": "InvalidInput"}
+    complete = await api.client.post(f"{JOBS}/{job_id}/complete", json=report, headers=headers)
+    assert complete.status_code == 202, complete.text
+    status = (await api.client.get(f"{JOBS}/{job_id}/status", headers=headers)).json()
+    assert (status["completion"], status["completionReason"]) == ("failed", "InvalidInput")
+    job = await api.service.get_job(uuid.UUID(job_id))
+    assert job.flow_completions == {
+        "tiny-batch": {"succeeded": False, "message": "in.csv does not exist", "reason": "InvalidInput"}
+    }
