@@ -23,7 +23,7 @@ import anyio
 import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 import ir
 from scheduler.api.deps import API_PREFIX, Service
@@ -82,6 +82,15 @@ class ArtifactOut(BaseModel):
         )
 
 
+class UploadQuery(BaseModel):
+    """The query of an upload; anything else in it is refused (422)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    kind: Literal["file", "folder"] = Field(default="file", description="A file, or a tar of a folder.")
+    sha256: str | None = Field(default=None, pattern=SHA256_PATTERN, description="The sha256 the artifact must have.")
+
+
 def _store(service: SchedulerService) -> ArtifactStore:
     return ArtifactStore(service.settings.home, service.settings.artifact_max_bytes)
 
@@ -126,15 +135,12 @@ async def upload_artifact(
     request: Request,
     service: Service,
     _principal: WritePrincipal,
-    kind: Annotated[Literal["file", "folder"], Query(description="A file, or a tar of a folder.")] = "file",
-    sha256: Annotated[
-        str | None, Query(pattern=SHA256_PATTERN, description="The sha256 the artifact must have.")
-    ] = None,
+    query: Annotated[UploadQuery, Query()],
 ) -> Response:
     store = _store(service)
     staged = await _receive(request, store)
-    put = store.put_folder if kind == "folder" else store.put_file
-    artifact = await anyio.to_thread.run_sync(put, pathlib.Path(staged), sha256)
+    put = store.put_folder if query.kind == "folder" else store.put_file
+    artifact = await anyio.to_thread.run_sync(put, pathlib.Path(staged), query.sha256)
     body = ArtifactOut.of(artifact).model_dump_json()
     code = status.HTTP_201_CREATED if artifact.created else status.HTTP_200_OK
     return Response(body, status_code=code, media_type="application/json")
