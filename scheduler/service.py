@@ -390,7 +390,7 @@ class SchedulerService:
         known = await self.log_components(job_id)
         chosen = known if not components else _choose_components(job_id, known, components)
         sources = {name: self.backend.component_logs(job_id, name, follow) for name in chosen}
-        return _lines(merge_logs(sources))
+        return _lines(merge_logs(sources, follow))
 
     def job_token(self, job_id: uuid.UUID) -> str:
         """The plaintext token of a job (what install puts into its values)."""

@@ -454,7 +454,7 @@ class TektonBackend:
             async for item in next(iter(sources.values())):
                 yield item
         elif sources:
-            async for line in merge_logs(sources):
+            async for line in merge_logs(sources, follow):
                 yield line
 
     async def _target_namespace(self, namespace: str, run: str) -> str | None:

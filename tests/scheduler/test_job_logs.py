@@ -42,6 +42,10 @@ async def merged(sources: dict[str, AsyncIterator[LogItem]]) -> list[str]:
     return [line async for line in merge_logs(sources)]
 
 
+async def merged_with(sources: dict[str, AsyncIterator[LogItem]], follow: bool) -> list[str]:
+    return [line async for line in merge_logs(sources, follow)]
+
+
 # ---------------------------------------------------------------------------------------------- the merge
 
 
@@ -59,6 +63,26 @@ async def test_lines_of_several_sources_come_out_in_time_order_each_prefixed_wit
         "[flow/f1] 2026-12-03T13:55:01.300Z c",
         "[install] 2026-12-03T13:55:01.400Z d",
         "[service/m1] 2026-12-03T13:55:01.500Z e",
+    ]
+
+
+@pytest.mark.parametrize("follow", [True, False])
+async def test_reading_finished_sources_one_at_a_time_merges_the_same(follow: bool) -> None:
+    lines = await merged_with(
+        {
+            "install": source("2026-12-03T13:55:01.300Z c", "2026-12-03T13:55:01.300Z c2"),
+            "service/m1": source("2026-12-03T13:55:01.100Z a", "plain", "2026-12-03T13:55:01.300Z same"),
+            "flow/f1": source("2026-12-03T13:55:01.200Z b"),
+        },
+        follow,
+    )
+    assert lines == [
+        "[service/m1] 2026-12-03T13:55:01.100Z a",
+        "[service/m1] plain",
+        "[flow/f1] 2026-12-03T13:55:01.200Z b",
+        "[install] 2026-12-03T13:55:01.300Z c",
+        "[install] 2026-12-03T13:55:01.300Z c2",
+        "[service/m1] 2026-12-03T13:55:01.300Z same",
     ]
 
 
