@@ -58,12 +58,13 @@ def line_timestamp(line: str) -> str | None:
 def format_line(
     message: str, fmt: LogFormat = "text", *, level: str = "INFO", logger: str = "", at: float | None = None
 ) -> str:
-    """One line in `fmt` for code that prints its lines itself (phase logs, flows): text is
-    `<ts> <message>` (the component's name is part of the message), json the object described above."""
+    """One line in `fmt` for code that writes its lines itself (phase logs, flows, the CLI before logging is set
+    up). Text: `<ts> <LEVEL> <logger>: <message>` as `TextFormatter` writes it, or `<ts> <message>` without a
+    logger (the message names its component); json: the object described above."""
     stamp = timestamp(at)
     if fmt == "json":
         return _json_line(stamp, level, logger, message)
-    return f"{stamp} {message}"
+    return f"{stamp} {level} {logger}: {message}" if logger else f"{stamp} {message}"
 
 
 def _json_line(stamp: str, level: str, logger: str, message: str, extra: dict[str, Any] | None = None) -> str:

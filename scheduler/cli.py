@@ -39,6 +39,7 @@ from rich.table import Table
 from rich.text import Text
 
 import ir
+from ir.logformat import format_line
 from ir.schema import dumps, ir_schema, values_schema
 from scheduler.artifact_upload import LocalArtifact, MissingArtifact, bundle_folder
 from scheduler.client import (
@@ -564,8 +565,9 @@ def run_server(
             _fail(f"cannot start: {exc}")
         except StartupRefused as exc:
             _fail(str(exc) if str(exc).startswith("cannot start") else f"cannot start: {exc}")
-        if migrated_from is not None:
-            err.print(f"migrated the database from {migrated_from} to this version's schema")
+        if migrated_from is not None:  # before uvicorn sets up logging: a line in the same format, by hand
+            note = f"migrated the database from {migrated_from} to this version's schema"
+            sys.stderr.write(format_line(note, settings.log_format, logger="scheduler.cli") + "\n")
         if settings.workers > 1:
             del application  # built above only to refuse a bad configuration with one line
             listener.close()  # uvicorn's supervisor binds the port for its workers itself
@@ -964,7 +966,7 @@ def _print_watched(job: Job, output: OutputFormat) -> None:
 
 @job_app.command("show")
 def job_show(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id.")],
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id, or its first hex digits (at least 4).")],
     server: ServerOption = None,
     token: TokenOption = None,
     as_json: JsonOption = False,
@@ -1044,7 +1046,7 @@ def job_show(
 
 @job_app.command("cancel")
 def job_cancel(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id.")],
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id, or its first hex digits (at least 4).")],
     server: ServerOption = None,
     token: TokenOption = None,
 ) -> None:
@@ -1056,7 +1058,7 @@ def job_cancel(
 
 @job_app.command("logs")
 def job_logs(
-    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id.")],
+    job_id: Annotated[str, typer.Argument(metavar="ID", help="The job's id, or its first hex digits (at least 4).")],
     component: Annotated[
         list[str],
         typer.Option(
