@@ -259,6 +259,18 @@ def test_read_commands_read_the_home_when_no_server_answers(tmp_path: Path, monk
     assert refused.exit_code == 1 and "start one with `modelops serve`" in refused.stderr
 
 
+def test_read_commands_ask_the_scheduler_that_holds_the_home_when_none_answers_at_the_default_address(
+    server: Server, finished: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = unused_url()
+    monkeypatch.setattr("scheduler.cli.DEFAULT_SERVER", url)
+    result = ok(CliRunner(env=home_env(server.home)).invoke(app, ["job", "show", finished[:8], "--json"]))
+    assert json.loads(result.stdout)["id"] == finished
+    assert result.stderr == (
+        f"no scheduler at {url}: using the one that holds {server.home} (pid {os.getpid()} {server.url})\n"
+    )
+
+
 def test_an_ambiguous_job_id_prefix_is_refused_naming_the_jobs_it_matches(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
