@@ -26,9 +26,9 @@ with `&` carry over to the next block):
   `$ ` are its output as shown. A command shown without output must exit 0; a command shown with output must
   print those lines, in order (`…` matches anything, a trailing `  # comment` is not part of the line, lines
   starting with `#` are prose), whatever its exit status (the docs show failures on purpose);
-- a command that starts a server in the background (`modelops serve ... &`) is followed by waiting until the
-  server answers on `MODELOPS_SCHEDULER_PORT`, and `MODELOPS_SERVER` then points at it, as the CLI's default
-  would for a reader on port 8787;
+- a command that starts a server in the background (`[NAME=value …] modelops serve … &`) is followed by
+  waiting until the server answers on `MODELOPS_SCHEDULER_PORT`, and `MODELOPS_SERVER` then points at it, as
+  the CLI's default would for a reader on port 8787;
 - at the end the session's background jobs are stopped, then whatever is left in its process group.
 """
 
@@ -181,7 +181,7 @@ def missing_output(shown: list[str], actual: str) -> str | None:
 
 # ------------------------------------------------------------------------------------------ the script
 
-_SERVE = re.compile(r"^\s*modelops\s+serve\b.*&\s*(#.*)?$")
+_SERVE = re.compile(r"^\s*(\w+=\S*\s+)*modelops\s+serve\b.*&\s*(#.*)?$")  # NAME=value… modelops serve … &
 
 _PREAMBLE = r"""
 set -euo pipefail
@@ -395,6 +395,7 @@ def test_a_placeholder_in_the_marker_is_exported_and_a_server_started_in_the_bac
     (tmp_path / "checkout").mkdir()
     assert run_blocks([block], tmp_path / "checkout", tmp_path) == []
     assert _SERVE.match("modelops serve &   # http://127.0.0.1:8787")
+    assert _SERVE.match("MODELOPS_SCHEDULER_DATA_ROOT=examples/digits modelops serve --workers 2 &")
     assert not _SERVE.match("modelops serve")
 
 
