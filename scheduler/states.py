@@ -42,6 +42,11 @@ class JobState(StrEnum):
     CANCELLING = "CANCELLING"
     CANCELLED = "CANCELLED"
 
+    @classmethod
+    def _missing_(cls, value: object) -> JobState | None:
+        """Any case names a state (`?state=failed`, `--state Failed`), as kubectl users type them."""
+        return cls.__members__.get(value.upper()) if isinstance(value, str) else None
+
 
 class Task(StrEnum):
     """The pipeline phase that is running, named like the Tekton tasks and the CLI entry points."""

@@ -220,6 +220,19 @@ async def test_jobs_are_filtered_by_state_and_by_pipeline(api: Api) -> None:
     assert [j["id"] for j in both["items"]] == [keep["id"]]
 
 
+async def test_the_state_filter_takes_any_case_and_jobs_are_found_by_the_start_of_their_id(api: Api) -> None:
+    cancelled = await api.start_job()
+    await api.client.post(f"{JOBS}/{cancelled['id']}/cancel", headers=WRITE)
+    for state in ("cancelled", "Cancelled"):
+        listed = (await api.client.get(JOBS, params={"state": state}, headers=READ)).json()
+        assert [j["id"] for j in listed["items"]] == [cancelled["id"]], state
+    for prefix in (cancelled["id"][:8], cancelled["id"][:13].upper()):
+        found = (await api.client.get(JOBS, params={"id_prefix": prefix}, headers=READ)).json()
+        assert [j["id"] for j in found["items"]] == [cancelled["id"]], prefix
+    missing = "0000" if not cancelled["id"].startswith("0000") else "ffff"
+    assert (await api.client.get(JOBS, params={"id_prefix": missing}, headers=READ)).json()["items"] == []
+
+
 BAD_LIST_PARAMS: list[dict[str, str | int]] = [
     {"state": "SLEEPING"},
     {"limit": 0},
@@ -228,6 +241,8 @@ BAD_LIST_PARAMS: list[dict[str, str | int]] = [
     {"cursor": "!!!"},
     {"cursor": "bm90LWEtY3Vyc29y"},
     {"pipeline": "Bad Name"},
+    {"id_prefix": "274"},
+    {"id_prefix": "not-hex"},
 ]
 
 
