@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 import pytest
 from cli_kit import wait_job
-from lifecycle_kit import PIPELINE_YAML, add_pipeline, create_job, settings_for, wait_for, wait_until
+from lifecycle_kit import PIPELINE_YAML, add_pipeline, create_job, settings_for, wait_for, wait_until, write_input
 from pydantic import ValidationError
 from store_kit import wipe_postgres
 
@@ -215,6 +215,7 @@ def workers_server(pg_url: str, tmp_path: Path) -> Iterator[tuple[SchedulerClien
         "MODELOPS_SCHEDULER_PORT": str(port),
         "MODELOPS_SCHEDULER_WORKERS": "2",
         "MODELOPS_SCHEDULER_POLL_INTERVAL_SECONDS": "0.05",
+        "MODELOPS_SCHEDULER_DATA_ROOT": str(write_input(tmp_path).parent.parent),  # holds the input data/in.csv
         "MODELOPS_TEST_FLOW_ARGS": json.dumps({"f1": ["--complete", "succeeded"], "f9": []}),
     }
     env.pop("MODELOPS_SCHEDULER_TOKENS", None)
