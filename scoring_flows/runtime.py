@@ -143,22 +143,32 @@ class Reporter:
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.link.token}"}
 
-    async def progress(self, counters: Counters, report: Mapping[str, Any] | None = None) -> None:
-        """Send the counters; a named flow sends its `report` too (state, size, rate, outputs, services)."""
+    async def progress(
+        self, counters: Counters, report: Mapping[str, Any] | None = None, *, until_accepted: bool = False
+    ) -> bool:
+        """Send the counters; a named flow sends its `report` too (state, size, rate, outputs, services).
+
+        A periodic report is sent once: the next one carries newer counts. A flow's last report (`until_accepted`:
+        done or failed, with the final counts) is retried like a completion, while the scheduler does not answer
+        or answers 5xx, for at most `complete_timeout` seconds. Whether the scheduler accepted it."""
         if not self.link.enabled:
-            return
+            return True
         body: dict[str, Any] = {"read": counters.read, "written": counters.written, "failed": counters.failed}
         if self.flow is not None:
             body.update({"flow": self.flow, "filtered": counters.filtered, **(report or {})})
+        if until_accepted:
+            return await self._post_until_accepted("progress", body, "the last progress report")
         try:
             response = await self._http.post(self._url("progress"), json=body, headers=self._headers())
             if response.status_code >= 400 and not self._warned:
                 self._warned = True
                 self.log(f"the scheduler refused a progress report: HTTP {response.status_code} {response.text[:200]}")
+            return response.status_code < 400
         except httpx.HTTPError as exc:
             if not self._warned:
                 self._warned = True
                 self.log(f"cannot report progress to {self.link.url}: {exc!r} (will keep trying)")
+            return False
 
     async def complete(self, succeeded: bool, message: str, reason: str | None = None) -> bool:
         """Report completion, retrying while the scheduler does not answer; whether it was recorded.
@@ -167,27 +177,43 @@ class Reporter:
         if not self.link.enabled:
             self.log("no scheduler to report completion to (no job id or token in the values)")
             return True
-        deadline = time.monotonic() + self.complete_timeout
-        delay = 0.2
         body: dict[str, Any] = {"succeeded": succeeded, "message": message[:4000]}
         if self.flow is not None:
             body["flow"] = self.flow
         if reason is not None:
             body["reason"] = reason
+        return await self._post_until_accepted("complete", body, "the completion report")
+
+    async def _post_until_accepted(self, what: str, body: Mapping[str, Any], label: str) -> bool:
+        """POST `body` to the job's `what` route until the scheduler accepts it (2xx, or 409: recorded before a
+        restart), retrying connection errors and 5xx with back-off (0.2 s doubling to 5 s) for at most
+        `complete_timeout` seconds: a scheduler that restarts meanwhile gets it once it is back. Another 4xx is
+        final. Whether it was accepted."""
+        deadline = time.monotonic() + self.complete_timeout
+        delay = 0.2
+        attempts = 0
         while True:
+            attempts += 1
             problem: str
             try:
-                response = await self._http.post(self._url("complete"), json=body, headers=self._headers())
-                if response.status_code < 300 or response.status_code == 409:  # 409: completed before (a restart)
+                response = await self._http.post(self._url(what), json=body, headers=self._headers())
+                if response.status_code < 300 or response.status_code == 409:
+                    if attempts > 1:
+                        self.log(f"the scheduler accepted {label} after {attempts} attempts")
                     return True
                 problem = f"HTTP {response.status_code} {response.text[:200]}"
                 if response.status_code < 500:
-                    self.log(f"the scheduler refused the completion report: {problem}")
+                    self.log(f"the scheduler refused {label}: {problem}")
                     return False
             except httpx.HTTPError as exc:
                 problem = repr(exc)
+            if attempts == 1:
+                self.log(
+                    f"cannot send {label} to {self.link.url} ({problem}); retrying for at most "
+                    f"{self.complete_timeout:g}s"
+                )
             if time.monotonic() + delay > deadline:
-                self.log(f"cannot report completion to {self.link.url} within {self.complete_timeout:g}s: {problem}")
+                self.log(f"cannot send {label} to {self.link.url} within {self.complete_timeout:g}s: {problem}")
                 return False
             await asyncio.sleep(delay)
             delay = min(delay * 2, 5.0)
@@ -473,7 +499,12 @@ class Flow:
             self._check_outputs(checkpoint)
         if checkpoint is not None and checkpoint.finished:
             self.log(f"already finished before a restart: {checkpoint.message}")
-            await self.reporter.complete(True, checkpoint.message)
+            saved = checkpoint.counters
+            self.counters = Counters(**{k: int(saved.get(k, 0)) for k in ("read", "written", "failed", "filtered")})
+            self._resumed_from = self.counters.read
+            await self._send_progress("done")  # the final counts, which the scheduler may never have received
+            if not await self.reporter.complete(True, checkpoint.message):
+                raise FlowFailed("the scoring was done, but the scheduler did not record its completion")
             return
         # A fresh start is a new run: a sink that keeps its own watermark (SQL) must not resume the old one.
         fresh_id = uuid.uuid4().hex if self.fresh else (self.link.job_id or uuid.uuid4().hex)
@@ -748,10 +779,14 @@ class Flow:
                 self._log_progress()
 
     async def _send_progress(self, state: str | None = None) -> None:
-        """One progress report to the scheduler (`state` changes the flow's state first)."""
+        """One progress report to the scheduler (`state` changes the flow's state first).
+
+        The last report of a run (done or failed) carries the final counts: it is retried until the scheduler
+        accepts it, like the completion report (`Reporter.progress`)."""
         if state is not None:
             self._state = state
-        await self.reporter.progress(self.counters, await self._progress_report())
+        final = self._state in ("done", "failed")
+        await self.reporter.progress(self.counters, await self._progress_report(), until_accepted=final)
 
     async def _progress_report(self) -> dict[str, Any]:
         """The flow's state, its source's size in records (or bytes), its rate, outputs and services' figures."""

@@ -46,7 +46,11 @@ class FlowSettings(BaseSettings):
     )
     metrics_host: str = Field(default="127.0.0.1", description="Address of the metrics server.")
     complete_timeout_seconds: float = Field(
-        default=60.0, gt=0, description="How long a completion report is retried while the scheduler does not answer."
+        default=600.0,
+        gt=0,
+        description="How long a completion report, and the last progress report (the final counts), are retried "
+        "while the scheduler does not answer or answers 5xx: longer than a scheduler restart takes, so a flow "
+        "that finishes while the scheduler is away is still recorded once it is back.",
     )
     stop_timeout_seconds: float = Field(
         default=20.0,

@@ -350,6 +350,11 @@ class StubScheduler:
     job_id: str = "0d9f6a3c-5b1e-4c1e-9a7b-2f0c8e1d4a55"
     progress: list[dict[str, Any]] = field(default_factory=list)
     completions: list[dict[str, Any]] = field(default_factory=list)
+    final_outage: int = 0
+    """Answer this many attempts of each final report (the `done`/`failed` progress, the completion) with 503,
+    as a scheduler that restarts while the flow finishes."""
+    refused: list[str] = field(default_factory=list)
+    """What was answered 503 (`progress` or `complete`), in order."""
     url: str = ""
     _server: uvicorn.Server | None = None
     _thread: threading.Thread | None = None
@@ -368,10 +373,19 @@ class StubScheduler:
         if headers.get(b"authorization") != f"Bearer {self.token}".encode():
             status = 401
         elif scope["path"] == f"/api/v1/jobs/{self.job_id}/progress":
-            self.progress.append(orjson.loads(body))
-            status = 200
+            report = orjson.loads(body)
+            if report.get("state") in ("done", "failed") and self.refused.count("progress") < self.final_outage:
+                self.refused.append("progress")
+                status = 503
+            else:
+                self.progress.append(report)
+                status = 200
         elif scope["path"] == f"/api/v1/jobs/{self.job_id}/complete":
-            self.completions.append(orjson.loads(body))
+            if self.refused.count("complete") < self.final_outage:
+                self.refused.append("complete")
+                status = 503
+            else:
+                self.completions.append(orjson.loads(body))
         else:
             status = 404
         await send(

@@ -139,6 +139,52 @@ def counters(report: dict[str, Any]) -> dict[str, Any]:
     return {name: report[name] for name in ("read", "written", "failed")}
 
 
+async def test_the_last_progress_report_and_the_completion_are_retried_until_a_restarting_scheduler_accepts_them(
+    tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
+) -> None:
+    rows = digits_rows(digits, 1500)
+    write_digits_csv(workdir / "data" / "in.csv", rows)
+    with StubScheduler(final_outage=3) as scheduler:
+        values = csv_flow(tmp_path, digits, scheduler=scheduler)
+        # one progress report at the start and one at the end only: the final counts travel in the last one
+        code, lines, _ = await run(values, digits_services.urls, workdir, progress_interval_seconds=3600)
+    assert code == 0, lines
+    assert scheduler.refused == ["progress"] * 3 + ["complete"] * 3
+    last = scheduler.progress[-1]
+    assert last["state"] == "done"
+    assert counters(last) == {"read": 1500, "written": 1500, "failed": 0}
+    assert [c["succeeded"] for c in scheduler.completions] == [True]
+    assert any("accepted the last progress report after 4 attempts" in line for line in lines)
+    assert any("accepted the completion report after 4 attempts" in line for line in lines)
+
+
+async def test_a_flow_restarted_after_it_finished_reports_the_final_counts_again_and_scores_nothing_twice(
+    tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
+) -> None:
+    rows = digits_rows(digits, 1200)
+    write_digits_csv(workdir / "data" / "in.csv", rows)
+    with StubScheduler() as first:
+        values = csv_flow(tmp_path, digits, scheduler=first)
+        code, lines, _ = await run(values, digits_services.urls, workdir)
+    assert code == 0, lines
+    scored = (workdir / "out" / "scored.csv").read_bytes()
+    with StubScheduler() as scheduler:  # the same job id and token: a scheduler that lost the reports
+        values = csv_flow(tmp_path, digits, scheduler=scheduler)
+        code, lines, _ = await run(values, digits_services.urls, workdir)
+    assert code == 0, lines
+    assert any("already finished before a restart" in line for line in lines)
+    assert (workdir / "out" / "scored.csv").read_bytes() == scored
+    last = scheduler.progress[-1]
+    assert last["state"] == "done"
+    assert counters(last) == {"read": 1200, "written": 1200, "failed": 0}
+    assert [c["succeeded"] for c in scheduler.completions] == [True]
+    assert "1,200 records written" in scheduler.completions[0]["message"]
+
+
+def test_reports_are_retried_for_ten_minutes_by_default_longer_than_a_scheduler_restart() -> None:
+    assert FlowSettings().complete_timeout_seconds == 600.0
+
+
 async def test_a_flow_reports_its_state_its_sources_size_its_outputs_and_each_services_figures(
     tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
 ) -> None:
