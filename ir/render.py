@@ -82,6 +82,10 @@ class Globals(StrictModel):
     namespace: DnsLabel | None = Field(default=None, description="Overrides the pipeline's environment.namespace.")
     image: ImageSettings = Field(default_factory=ImageSettings)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["text", "json"] = Field(
+        default="text",
+        description="How the scoring services and flows write their log lines (ir.logformat): text or json.",
+    )
     tracing: Tracing = Field(default_factory=Tracing)
     model_store: str | None = Field(
         default=None,

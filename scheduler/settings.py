@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, Final, Literal
@@ -53,6 +54,11 @@ _PLACEHOLDER_TOKEN_HASHES: Final = frozenset(hashlib.sha256(word.encode()).hexdi
 def hash_token(plaintext: str) -> str:
     """The SHA-256 hex digest under which a bearer token is configured and compared."""
     return hashlib.sha256(plaintext.encode("utf-8")).hexdigest()
+
+
+def default_max_running_jobs() -> int:
+    """The default of `max_running_jobs`: this machine's CPU count, at least 2 (see the field)."""
+    return max(2, os.cpu_count() or 1)
 
 
 def default_home() -> Path:
@@ -149,6 +155,14 @@ class SchedulerSettings(BaseSettings):
     backend: Literal["local", "tekton"] = "local"
     """Where jobs run: `local` (in-process, deploys local processes) or `tekton` (one PipelineRun per job)."""
 
+    max_running_jobs: int = Field(default_factory=lambda: default_max_running_jobs(), ge=0)
+    """Admission: how many jobs may run at once (installing, running or cancelling); further jobs wait PENDING
+    in creation order, each with its queue position, and start as slots free. Default: the machine's CPU count,
+    at least 2. A local job is at least two processes (a scoring service and a flow) that are busy while it
+    scores: more jobs than cores only slice the same cores thinner, each job slower and every one holding its
+    memory, while a 2-core laptop still runs one job while another installs. The tekton backend honours the
+    same limit before it creates a PipelineRun (set it to what the cluster's quota holds). 0: no limit."""
+
     tokens: Annotated[list[TokenSpec], NoDecode] = Field(default_factory=list)
     """API bearer tokens as `name:scope:sha256hex`, separated by commas or whitespace. Hashes only: the
     plaintext is never configured. Empty means no token is accepted for the protected endpoints."""
@@ -158,6 +172,19 @@ class SchedulerSettings(BaseSettings):
 
     uninstall_grace_seconds: float = Field(default=30.0, ge=0)
     """How long uninstall lets processes and pods stop gracefully before they are killed."""
+
+    restart_limit: int = Field(default=3, ge=0, le=1000)
+    """Local backend supervision: how many times the processes of one job (its scoring services and flows
+    together) are restarted after dying while the job runs, before the job fails (`FlowFailed`, naming the
+    component and the restarts); 0: never restart. Like a Deployment restarting its pods and a Job's
+    `backoffLimit` on Kubernetes (docs/scheduler.md, Supervision)."""
+
+    restart_backoff_seconds: float = Field(default=1.0, gt=0)
+    """The wait before a dead component's first restart; it doubles with each further restart of the same
+    component, up to `restart_backoff_max_seconds`."""
+
+    restart_backoff_max_seconds: float = Field(default=30.0, gt=0)
+    """The longest wait before restarting a dead component."""
 
     public_url: str = Field(default_factory=lambda data: _default_public_url(data.get("host"), data.get("port")))
     """The URL scoring flows use to reach this scheduler (progress and completion reports); it goes into every
@@ -169,8 +196,9 @@ class SchedulerSettings(BaseSettings):
     """Log level given to the scoring services and flows of every job (`global.logLevel` in the values)."""
 
     log_format: Literal["text", "json"] = "text"
-    """How the server writes its own log lines (`ir.logformat`): `text`, `<ISO 8601 UTC ms> LEVEL logger:
-    message`, or `json`, one object per line with ts, level, logger and message."""
+    """How the server writes its log lines (`ir.logformat`): `text`, `<ISO 8601 UTC ms> LEVEL logger: message`,
+    or `json`, one object per line with ts, level, logger and message; also given to the scoring services and
+    flows of every job (`global.logFormat` in the values)."""
 
     size_profile: Literal["small", "medium", "large"] = "small"
     """Default requests and limits for components whose IR gives none (`global.sizeProfile`)."""

@@ -131,6 +131,7 @@ def globals_for(
         "jobId": str(job_id),
         "image": {"registry": settings.image_registry, "tag": settings.image_tag},
         "logLevel": settings.log_level,
+        "logFormat": settings.log_format,
         "sizeProfile": settings.size_profile,
         "scheduler": {"url": settings.public_url, "token": token},
     }

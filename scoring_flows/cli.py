@@ -112,6 +112,8 @@ def flow_command(
             }.items()
             if value is not None
         }
+        if log_format is None and "MODELOPS_FLOW_LOG_FORMAT" not in os.environ:
+            overrides["log_format"] = document.global_.log_format  # the values' unless told otherwise
         settings = FlowSettings(**overrides)  # type: ignore[arg-type]
     except ValueError as exc:
         raise _fail(str(exc)) from None

@@ -147,6 +147,10 @@ def serve_command(
             configs.extend(found)
             if log_level is None and globals_.get("logLevel") in ("debug", "info", "warning", "error"):
                 settings = settings.model_copy(update={"log_level": globals_["logLevel"]})
+            # The values' format unless the command line or MODELOPS_SCORING_LOG_FORMAT chose one.
+            told = log_format is not None or "MODELOPS_SCORING_LOG_FORMAT" in os.environ
+            if not told and globals_.get("logFormat") in ("text", "json"):
+                settings = settings.model_copy(update={"log_format": globals_["logFormat"]})
         elif service:
             raise ConfigError("--service needs --values")
         options = parse_option_args(option)

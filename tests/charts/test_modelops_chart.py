@@ -713,3 +713,23 @@ def test_in_each_other_job_namespace_the_server_may_read_pods_and_their_logs_onl
     assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "modelops-scheduler", "namespace": "modelops"}]
     for obj in (roles[0], binding):
         validate(obj)
+
+
+def test_the_values_log_format_reaches_every_scoring_service_and_flow_container() -> None:
+    values = _load(CI_DIR / "digits-batch-values.yaml")
+    values["global"]["logFormat"] = "json"
+    objects = _template_values(values)
+    seen = []
+    for owner, pod in pod_specs(objects):
+        for container in pod["spec"]["containers"]:
+            env = env_of(container)
+            service = "MODELOPS_SCORING_LOG_LEVEL" in env
+            wanted = "MODELOPS_SCORING_LOG_FORMAT" if service else "MODELOPS_FLOW_LOG_FORMAT"
+            assert env[wanted]["value"] == "json", owner["metadata"]["name"]
+            seen.append(wanted)
+    assert {"MODELOPS_SCORING_LOG_FORMAT", "MODELOPS_FLOW_LOG_FORMAT"} <= set(seen)
+    del values["global"]["logFormat"]  # values rendered before logFormat existed: text
+    for _owner, pod in pod_specs(_template_values(values)):
+        for container in pod["spec"]["containers"]:
+            env = env_of(container)
+            assert {env[k]["value"] for k in env if k.endswith("_LOG_FORMAT")} == {"text"}

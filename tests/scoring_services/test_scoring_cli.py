@@ -184,7 +184,7 @@ def test_a_model_that_fails_to_load_at_startup_stops_the_process_with_exit_code_
 
 @pytest.mark.slow
 @pytest.mark.skipif(not MODELOPS.exists(), reason="the modelops console script is not installed")
-@pytest.mark.parametrize("how", ["option", "env"])
+@pytest.mark.parametrize("how", ["option", "env", "values"])
 def test_with_the_json_log_format_every_log_line_is_one_object_with_our_timestamp(
     tmp_path: Path, digits: Digits, how: str
 ) -> None:
@@ -193,6 +193,11 @@ def test_with_the_json_log_format_every_log_line_is_one_object_with_our_timestam
     extra = ["--log-format", "json"] if how == "option" else []
     if how == "env":
         env["MODELOPS_SCORING_LOG_FORMAT"] = "json"
+    if how == "values":  # global.logFormat, as the scheduler renders it from its own log format
+        document = yaml.safe_load(values.read_text())
+        document["global"]["logFormat"] = "json"
+        values.write_text(yaml.safe_dump(document))
+        env.pop("MODELOPS_SCORING_LOG_FORMAT", None)
     command = [str(MODELOPS), "scoring-service", "--values", str(values), "--service", "digits-rf"]
     result = subprocess.run(
         [*command, "--port", str(free_port()), *extra], capture_output=True, text=True, timeout=60, env=env
