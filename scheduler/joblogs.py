@@ -168,7 +168,7 @@ class Idle:
 
 IDLE: Final = Idle()
 LogItem = str | Idle
-"""A line (without its line break) or `IDLE`."""
+"""A line (without its line break) or an `Idle`."""
 
 
 async def read_lines(
@@ -196,7 +196,8 @@ async def follow_lines(
     ended: Callable[[], Awaitable[bool]] | None = None,
     poll_seconds: float = _FOLLOW_POLL_SECONDS,
 ) -> AsyncIterator[LogItem]:
-    """`read_lines`, also yielding `IDLE` each time a followed file has no new line yet (before waiting)."""
+    """`read_lines`, also yielding an `Idle` (stamped with when it looked) each time a followed file has no new
+    line yet, before it waits."""
     position = 0
     pending = b""
     while True:
@@ -224,7 +225,6 @@ class _Feed:
     """One source of `merge_logs`: its next line (`head`, with the time it sorts by), and whether it is idle."""
 
     name: str
-    index: int
     items: AsyncIterator[LogItem]
     task: asyncio.Task[LogItem] | None = None
     head: tuple[str, str] | None = None
@@ -285,7 +285,7 @@ async def merge_logs(sources: Mapping[str, AsyncIterator[LogItem]], follow: bool
     themselves without waiting for new lines: each is then read only when its next line is the one needed (a
     tenth of the cost per line).
     """
-    feeds = [_Feed(name, index, items) for index, (name, items) in enumerate(sources.items())]
+    feeds = [_Feed(name, items) for name, items in sources.items()]
     try:
         if not follow:
             async for line in _merge_finite(feeds):
