@@ -540,6 +540,8 @@ def run_server(
     `backend_factory` is for the benchmark (the local backend deploying test programs); errors exit like
     every command (one line, exit code 1).
     """
+    import logging
+
     import uvicorn
 
     from scheduler.app import StartupRefused, create_app
@@ -580,6 +582,10 @@ def run_server(
                 lifespan="on",
                 timeout_graceful_shutdown=10,
             )
+            # uvicorn says where it listens only for a socket it bound itself: say it (logging is set up now)
+            host = f"[{settings.host}]" if ":" in settings.host else settings.host
+            log = logging.getLogger(__name__)
+            log.info("listening on http://%s:%d (stop with Ctrl-C or SIGTERM)", host, settings.port)
             server = uvicorn.Server(config)
             server.run(sockets=[listener])
             if not server.started:  # the lifespan refused to start: it logged why

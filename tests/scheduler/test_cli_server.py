@@ -213,6 +213,7 @@ def test_serve_creates_its_sqlite_database_runs_until_sigterm_and_holds_its_home
     assert "no API tokens configured: accepting unauthenticated requests on loopback only" in log
     assert "scheduler ready: local backend" in log
     assert "migrated the database from empty to this version's schema" in log
+    assert f"scheduler.cli: listening on {url} (stop with Ctrl-C or SIGTERM)" in log
     assert HomeLock.holder(tmp_path) is None
 
 
