@@ -165,7 +165,11 @@ async def _content(service: SchedulerService, artifact: Artifact) -> Response:
     f"{API_PREFIX}/artifacts/{{sha256}}",
     summary="Is this artifact stored?",
     description="200 (with `X-Artifact-Kind` and `Content-Length` of a file) when it is, 404 when not.",
-    responses=error_responses(401, 403, 404),
+    response_class=Response,
+    responses={
+        200: {"description": "Stored", "content": {"application/octet-stream": {}}},
+        **error_responses(401, 403, 404, 422),
+    },
 )
 async def has_artifact(sha256: Sha256Path, service: Service, _principal: ReadPrincipal) -> Response:
     artifact = await _found(service, sha256)
@@ -179,7 +183,7 @@ async def has_artifact(sha256: Sha256Path, service: Service, _principal: ReadPri
     response_class=Response,
     responses={
         200: {"content": {"application/octet-stream": {}, "application/gzip": {}}},
-        **error_responses(401, 403, 404),
+        **error_responses(401, 403, 404, 422),
     },
 )
 async def get_artifact(sha256: Sha256Path, service: Service, _principal: ReadPrincipal) -> Response:
@@ -194,7 +198,7 @@ async def get_artifact(sha256: Sha256Path, service: Service, _principal: ReadPri
     response_class=Response,
     responses={
         200: {"content": {"application/octet-stream": {}, "application/gzip": {}}},
-        **error_responses(401, 403, 404),
+        **error_responses(401, 403, 404, 422),
     },
 )
 async def get_job_artifact(
