@@ -865,6 +865,8 @@ def job_list(
     as_json: JsonOption = False,
 ) -> None:
     """Jobs, newest first, as a table."""
+    if watch and cursor is not None:
+        _fail("--watch follows the newest jobs: it takes no --cursor", 2)
     output = _output_of(output, as_json)
     with _reader(server, token, "listing jobs") as client:
         if watch:

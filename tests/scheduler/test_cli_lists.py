@@ -173,9 +173,12 @@ def test_pipeline_list_prints_names_json_or_yaml(runner: CliRunner, finished: st
     assert yaml.safe_load(ok(runner.invoke(app, ["pipeline", "list", "-o", "yaml"])).stdout) == listed
 
 
-def test_an_unknown_output_format_is_a_usage_error(runner: CliRunner) -> None:
+def test_an_unknown_output_format_or_watching_from_a_cursor_is_a_usage_error(runner: CliRunner) -> None:
     result = runner.invoke(app, ["job", "list", "-o", "table"])
     assert result.exit_code == 2 and "'table' is not one of" in result.stderr
+    watching = runner.invoke(app, ["job", "list", "--watch", "--cursor", "abc"])
+    assert watching.exit_code == 2
+    assert watching.stderr == "error: --watch follows the newest jobs: it takes no --cursor\n"
 
 
 # ---------------------------------------------------------------------------------------------- watch
