@@ -14,13 +14,13 @@ Layout, under `<home>/artifacts/`:
 - `tmp/`: uploads being received; moved into `sha256/` only once complete and hashed.
 
 Writes are idempotent (a second upload of the same content changes nothing) and bounded
-(`artifact_max_bytes`). A stored artifact is never changed: it is only ever moved into place whole.
+(`artifact_max_bytes`; a folder's tar by what it decompresses to, its headers and `MAX_FOLDER_MEMBERS`, read
+through `ir.archive`). A stored artifact is never changed: it is only ever moved into place whole.
 """
 
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import re
 import shutil
@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Literal
 
+from ir.archive import ArchiveError, ArchiveLimits, ArchiveTooLarge, open_tar
 from scheduler.errors import InvalidInput, SchedulerError
 from scoring_services.artifacts import directory_sha256
 
@@ -44,6 +45,8 @@ __all__ = [
 SHA256_PATTERN: Final = r"^[0-9a-f]{64}$"
 _SHA256: Final = re.compile(SHA256_PATTERN)
 _CHUNK: Final = 1 << 20
+MAX_FOLDER_MEMBERS: Final = 10_000
+"""Members (files and folders) of one folder upload."""
 
 ArtifactKind = Literal["file", "folder"]
 
@@ -160,33 +163,40 @@ class ArtifactStore:
             shutil.rmtree(unpacked, ignore_errors=True)
 
     def _unpack(self, archive: Path, target: Path) -> None:
+        """Extract the tar at `archive` through `ir.archive`: at most `max_bytes` decompressed, headers and
+        member count bounded before they are read, files and folders only."""
+
+        def accept(member: tarfile.TarInfo) -> None:
+            if not (member.isfile() or member.isdir()):
+                raise InvalidInput(
+                    f"the folder archive holds {member.name!r}, which is not a file or a folder "
+                    "(links and devices are refused)",
+                    details={"member": member.name},
+                )
+
+        limits = ArchiveLimits(self.max_bytes, MAX_FOLDER_MEMBERS, "artifact_max_bytes")
         try:
-            with tarfile.open(archive) as tarred:
-                members = tarred.getmembers()
-                total = 0
-                for member in members:
-                    if not (member.isfile() or member.isdir()):
-                        raise InvalidInput(
-                            f"the folder archive holds {member.name!r}, which is not a file or a folder "
-                            "(links and devices are refused)",
-                            details={"member": member.name},
-                        )
-                    total += member.size
-                    if total > self.max_bytes:
-                        raise self.too_large()
-                tarred.extractall(target, members=members, filter="data")
-        except (tarfile.TarError, EOFError, OSError) as exc:
-            raise InvalidInput(f"the body is not a readable tar of a folder: {exc}") from exc
+            with archive.open("rb") as handle, open_tar(handle, limits) as tarred:
+                tarred.extract_all(target, accept)
+        except ArchiveTooLarge as exc:
+            raise ArtifactTooLarge(str(exc), details={f"limit_{exc.unit}": exc.limit}) from None
+        except ArchiveError as exc:
+            raise InvalidInput(f"the body is not a readable tar of a folder: {exc}") from None
         if not any(p.is_file() for p in target.rglob("*")):
             raise InvalidInput("the folder archive holds no files")
 
-    def tar(self, artifact: Artifact) -> bytes:
-        """A folder artifact as a gzip tar (its files at the top level), for clients that download it."""
-        buffer = io.BytesIO()
-        with tarfile.open(fileobj=buffer, mode="w:gz") as archive:
-            for item in sorted(p for p in artifact.path.rglob("*") if p.is_file()):
-                archive.add(item, arcname=item.relative_to(artifact.path).as_posix(), recursive=False)
-        return buffer.getvalue()
+    def tar(self, artifact: Artifact) -> Path:
+        """A folder artifact as a gzip tar (its files at the top level) in a new file of `tmp/`, for a client
+        that downloads it; the caller removes the file once sent."""
+        target = self.staged_file()
+        try:
+            with tarfile.open(target, mode="w:gz") as archive:
+                for item in sorted(p for p in artifact.path.rglob("*") if p.is_file()):
+                    archive.add(item, arcname=item.relative_to(artifact.path).as_posix(), recursive=False)
+        except BaseException:
+            target.unlink(missing_ok=True)
+            raise
+        return target
 
     def too_large(self) -> ArtifactTooLarge:
         return ArtifactTooLarge(

@@ -24,6 +24,7 @@ import anyio.to_thread
 from fastapi import APIRouter, Path, Query, Request, Response, status
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.background import BackgroundTask
 
 import ir
 from scheduler.api.deps import API_PREFIX, Service
@@ -157,8 +158,13 @@ async def _content(service: SchedulerService, artifact: Artifact) -> Response:
     headers = {KIND_HEADER: artifact.kind, "ETag": f'"{artifact.sha256}"'}
     if artifact.kind == "file":
         return FileResponse(artifact.path, media_type="application/octet-stream", headers=headers)
-    data = await anyio.to_thread.run_sync(_store(service).tar, artifact)
-    return Response(data, media_type="application/gzip", headers=headers)
+    packed = await anyio.to_thread.run_sync(_store(service).tar, artifact)
+    return FileResponse(
+        packed,
+        media_type="application/gzip",
+        headers=headers,
+        background=BackgroundTask(packed.unlink, missing_ok=True),
+    )
 
 
 @router.head(
