@@ -307,6 +307,27 @@ async def test_a_failed_install_without_a_report_ends_failed_with_pipelinerunfai
     assert current.message == f"PipelineRun {NS}/{name} Failed: Tasks Completed: 2 (Failed: 1, Cancelled 0), Skipped: 1"
 
 
+async def test_a_flow_whose_input_is_missing_ends_the_job_failed_with_invalid_input(
+    backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
+) -> None:
+    job, name = await started(backend, store, version, kube)
+    kube.start_task(name, "install")
+    kube.finish_task(name, "install", succeeded=True)
+    kube.start_task(name, "wait")
+    await synced(backend, kube)
+    message = "flow f1: file source 'rows-in': /data/in.csv does not exist"
+    await asyncio.to_thread(
+        store.record_completion, job.id, False, message, flow="f1", flows=["f1"], reason="InvalidInput"
+    )
+    kube.finish_task(name, "wait", succeeded=False)
+    kube.start_task(name, "uninstall")
+    kube.finish_task(name, "uninstall", succeeded=True)
+    kube.set_run_condition(name, "False", "Failed", "Tasks Completed: 3 (Failed: 1, Cancelled 0), Skipped: 0")
+    await synced(backend, kube)
+    current = await job_of(store, job.id)
+    assert (current.state, current.reason, current.message) == (JobState.FAILED, "InvalidInput", message)
+
+
 async def test_a_cancel_during_wait_patches_cancelledrunfinally_and_ends_cancelled_after_finally(
     backend: TektonBackend, store: JobStore, version: PipelineVersion, kube: FakeKube
 ) -> None:
