@@ -219,6 +219,25 @@ def test_wait_polls_until_the_flows_report_failure_and_exits_1_with_scoring_fail
     assert (found.state.value, found.reason, found.message) == ("RUNNING", "ScoringFailed", "sink unreachable")
 
 
+def test_wait_reports_invalid_input_when_a_flow_says_its_input_is_missing(
+    server: EmbeddedServer, job: tuple[str, str], env: dict[str, str | None]
+) -> None:
+    job_id, token = job
+    running(server, job_id, token)
+    outcome: list[Result] = []
+    waiting = threading.Thread(target=lambda: outcome.append(invoke(env, "wait", "--interval", "0.05")))
+    waiting.start()
+    while not any(e.message == "task wait started" for e in job_of(server, job_id).events):
+        assert waiting.is_alive()
+        time.sleep(0.02)
+    report = {"succeeded": False, "flow": "digits-batch", "message": "in.csv is gone", "reason": "InvalidInput"}
+    post(server, job_id, token, "complete", report)
+    waiting.join(60)
+    assert outcome[0].exit_code == 1, outcome[0].stdout
+    found = job_of(server, job_id)
+    assert (found.state.value, found.reason, found.message) == ("RUNNING", "InvalidInput", "in.csv is gone")
+
+
 def test_wait_exits_1_when_the_job_is_cancelled(
     server: EmbeddedServer, job: tuple[str, str], env: dict[str, str | None]
 ) -> None:
