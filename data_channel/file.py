@@ -42,6 +42,7 @@ import io
 import os
 import shutil
 import sys
+import threading
 from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -331,7 +332,8 @@ class FileSource(Source):
             raise ChannelError(self._header_lacks(info, names)) from exc
         except (pa.ArrowInvalid, OSError) as exc:
             raise self._cannot_read(info, exc) from exc
-        where = self._where(info, base, _CsvLines(info.path, _gzipped(self.options, Path(info.path)), self.dialect))
+        lines_of = _CsvLines(info.path, _gzipped(self.options, Path(info.path)), self.dialect)
+        where = self._where(info, base, lines_of)
         next_index = 0  # record index in the file of the next record the reader gives
         cursor = skip  # record index where the next batch starts
         pending: list[pa.RecordBatch] = []
@@ -377,50 +379,53 @@ class FileSource(Source):
             cursor = stop
             return batch
 
-        while True:
-            try:
-                block = reader.read_next_batch()
-            except StopIteration:
-                break
-            except (pa.ArrowInvalid, OSError, EOFError) as exc:
-                raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
-            if self._stopping:
-                return next_index
-            count = block.num_rows + len(invalid)
-            # Place the bad lines by their line numbers; the good rows fill the other record indices in order.
-            placed = sorted(
-                min(max((number or 0) - 1 - header_lines, next_index), next_index + count - 1)
-                if number is not None
-                else next_index + count - 1
-                for number, _ in invalid
-            )
-            taken = np.zeros(count, dtype=bool)
-            for index in placed:
-                position = index - next_index
-                while taken[position]:
-                    position += 1 if position + 1 < count else -count + 1
-                taken[position] = True
-            indices = np.flatnonzero(~taken) + next_index
-            for (_, text), index in zip(
-                sorted(invalid, key=lambda item: item[0] or 0), np.flatnonzero(taken) + next_index, strict=True
-            ):
-                if index >= skip:
-                    bad.append((int(index), text))
-            invalid.clear()
-            next_index += count
-            keep = indices >= skip
-            if not keep.all():
-                block = block.filter(pa.array(keep))
-                indices = indices[keep]
-            if block.num_rows:
-                pending.append(block)
-                pending_index.append(indices.astype(np.int64))
-                pending_rows += block.num_rows
-            while pending_rows >= max_records:
-                yield flush(max_records, None)
-        if pending_rows or bad or cursor < next_index:
-            yield flush(pending_rows, max(next_index, cursor))
-        return next_index
+        try:
+            while True:
+                try:
+                    block = reader.read_next_batch()
+                except StopIteration:
+                    break
+                except (pa.ArrowInvalid, OSError, EOFError) as exc:
+                    raise ChannelError(f"{self.describe()}: cannot read {info.path}: {exc}") from exc
+                if self._stopping:
+                    return next_index
+                count = block.num_rows + len(invalid)
+                # Place the bad lines by their line numbers; the good rows fill the other record indices in order.
+                placed = sorted(
+                    min(max((number or 0) - 1 - header_lines, next_index), next_index + count - 1)
+                    if number is not None
+                    else next_index + count - 1
+                    for number, _ in invalid
+                )
+                taken = np.zeros(count, dtype=bool)
+                for index in placed:
+                    position = index - next_index
+                    while taken[position]:
+                        position += 1 if position + 1 < count else -count + 1
+                    taken[position] = True
+                indices = np.flatnonzero(~taken) + next_index
+                for (_, text), index in zip(
+                    sorted(invalid, key=lambda item: item[0] or 0), np.flatnonzero(taken) + next_index, strict=True
+                ):
+                    if index >= skip:
+                        bad.append((int(index), text))
+                invalid.clear()
+                next_index += count
+                keep = indices >= skip
+                if not keep.all():
+                    block = block.filter(pa.array(keep))
+                    indices = indices[keep]
+                if block.num_rows:
+                    pending.append(block)
+                    pending_index.append(indices.astype(np.int64))
+                    pending_rows += block.num_rows
+                while pending_rows >= max_records:
+                    yield flush(max_records, None)
+            if pending_rows or bad or cursor < next_index:
+                yield flush(pending_rows, max(next_index, cursor))
+            return next_index
+        finally:
+            lines_of.close()  # its file; `where` still works later, opening it per call
 
     def _jsonl(self, info: _FileInfo, base: int, skip: int, max_records: int) -> Generator[SourceBatch, None, int]:
         names = [f.name for f in self.schema.fields]
@@ -807,8 +812,12 @@ def _csv_reader(lines: Iterator[str], dialect: CsvDialect) -> Iterator[list[str]
 class _CsvLines:
     """The line of a CSV file each record starts on, for error messages. pyarrow's reader does not say (a value
     may span lines, blank lines are skipped), so it is found when a record fails: a plain `csv` read of the file
-    up to that record, from the nearest record found before (remembered by its byte offset). Callable:
-    `lines(index)` is the line of the record at `index` (from 0, the header not counted), None if unreadable."""
+    up to that record, going on from the last one found (records fail in order, mostly), or from the nearest
+    record found before it (remembered by its byte offset). Callable: `lines(index)` is the line of the record
+    at `index` (from 0, the header not counted), None if the file cannot be read.
+
+    The file stays open between calls (a gzip file cannot seek cheaply) until `close()`; a call after it opens
+    and closes the file itself."""
 
     def __init__(self, path: str, gzipped: bool, dialect: CsvDialect) -> None:
         self.path = path
@@ -816,35 +825,69 @@ class _CsvLines:
         self.dialect = dialect
         # (record index, byte offset, line) of records whose start is known; the header is record -1
         self._marks: list[tuple[int, int, int]] = [(-1 if dialect.header else 0, 0, 1)]
+        self._handle: Any = None
+        self._rows: Iterator[list[str]] | None = None
+        self._next = 0  # the record index the open reader gives next
+        self._position = [0, 0]  # bytes and lines the open reader has consumed
+        self._open = True
+        self._lock = threading.Lock()  # the reading thread and the flow's loop (step errors) both ask
+
+    def close(self) -> None:
+        with self._lock:
+            self._open = False
+            self._drop()
+
+    def _drop(self) -> None:
+        if self._handle is not None:
+            self._handle.close()
+        self._handle, self._rows = None, None
+
+    def _start(self, index: int) -> None:
+        """Open the file at the nearest known record at or before `index`."""
+        self._drop()
+        current, offset, line = self._marks[bisect.bisect_right(self._marks, (index, sys.maxsize, sys.maxsize)) - 1]
+        handle = gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb")  # noqa: SIM115 - see _drop
+        self._handle = handle
+        handle.seek(offset)
+        self._position = [offset, line - 1]
+        position = self._position
+
+        def text() -> Iterator[str]:
+            for raw in handle:
+                position[0] += len(raw)
+                position[1] += 1
+                yield raw.decode("utf-8", errors="replace")
+
+        self._rows = _csv_reader(text(), self.dialect)
+        self._next = current
 
     def __call__(self, index: int) -> int | None:
-        mark = self._marks[bisect.bisect_right(self._marks, (index, sys.maxsize, sys.maxsize)) - 1]
-        current, offset, line = mark
+        with self._lock:
+            return self._line_of(index)
+
+    def _line_of(self, index: int) -> int | None:
         try:
-            with gzip.open(self.path, "rb") if self.gzipped else open(self.path, "rb") as handle:
-                handle.seek(offset)
-                position = [offset, line - 1]  # bytes and lines consumed so far
-
-                def text() -> Iterator[str]:
-                    for raw in handle:
-                        position[0] += len(raw)
-                        position[1] += 1
-                        yield raw.decode("utf-8", errors="replace")
-
-                reader = _csv_reader(text(), self.dialect)
-                while True:
-                    start = (position[0], position[1] + 1)
-                    row = next(reader, None)
-                    if row is None:
-                        return None
-                    if not row:  # a blank line: pyarrow skips it too, it is no record
-                        continue
-                    if current == index:
-                        bisect.insort(self._marks, (index, *start))
-                        return start[1]
-                    current += 1
+            if self._rows is None or index < self._next:
+                self._start(index)
+            assert self._rows is not None
+            while True:
+                start = (self._position[0], self._position[1] + 1)
+                row = next(self._rows, None)
+                if row is None:
+                    return None
+                if not row:  # a blank line: pyarrow skips it too, it is no record
+                    continue
+                found = self._next
+                self._next += 1
+                if found == index:
+                    bisect.insort(self._marks, (index, *start))
+                    return start[1]
         except (OSError, EOFError, csv.Error):
+            self._drop()
             return None
+        finally:
+            if not self._open:
+                self._drop()
 
 
 def _empty(sink: FileSink) -> pa.RecordBatch:

@@ -205,6 +205,23 @@ async def test_json_lines_are_read_strictly_with_an_error_per_bad_line(tmp_path:
     assert by_record[6].where == f"record 7 (line 7) of {path}"
 
 
+async def test_a_csv_records_line_is_still_found_once_the_source_is_read_and_closed(tmp_path: Path) -> None:
+    # A step may fail a record after its source moved on, or ended: the line is found all the same.
+    path = tmp_path / "in.csv.gz"
+    path.write_bytes(gzip.compress(b'id,x,y,name\n0,1,1,"a\nb"\n1,1,1,c\n\n2,1,1,d\n'))
+    src = source({"path": str(path), "format": "csv"}, SCHEMA, "file", context())
+    await src.open(0)
+    batches = []
+    while (batch := await src.read(2)) is not None:
+        batches.append(batch)
+    await src.close()
+    assert [b.where(o) for b, o in ((batches[1], 2), (batches[0], 0), (batches[0], 1))] == [
+        f"record 3 (line 6) of {path}",
+        f"record 1 (line 2) of {path}",
+        f"record 2 (line 4) of {path}",
+    ]
+
+
 async def test_a_json_lines_record_names_its_line_past_blank_lines(tmp_path: Path) -> None:
     path = tmp_path / "in.jsonl"
     path.write_bytes(b'{"id": 0, "x": 1, "y": 1}\n\n\n{"id": 1, "x": "one", "y": 1}\n')
