@@ -20,7 +20,7 @@ How a run ends (`Outcome.reason`, which becomes the job's reason):
 | `RenderFailed` | FAILED | the IR, the environment or the settings do not render into values |
 | `InstallFailed` | FAILED | deploying failed, or a component exited during install |
 | `InstallTimeout` | FAILED | not ready within min(settings.readiness_timeout_seconds, the pipeline's install timeout) |
-| `FlowFailed` | FAILED | a flow exited with a failure, or a service died while the flows ran |
+| `FlowFailed` | FAILED | a flow or service died and is not restarted (`scheduler.supervision`), or restarts ran out |
 | `NoCompletion` | FAILED | every flow exited with 0 but none reported `/complete` |
 | `WaitTimeout` | FAILED | the pipeline's wait timeout passed |
 | `Cancelled` | CANCELLED | the user cancelled (the job was CANCELLING) |
@@ -51,12 +51,13 @@ from typing import Any, Final, ParamSpec, TextIO, TypeVar
 import yaml
 
 import ir
-from scheduler.deployers.base import Deployer, DeployError, Deployment, ReadinessTimeout
+from scheduler.deployers.base import Deployer, DeployError, Deployment, Exited, ReadinessTimeout, Restarter, RunStatus
 from scheduler.errors import Conflict, IllegalTransition, StoreUnavailable
 from scheduler.joblogs import PhaseLog, run_dir, task_log_path
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
 from scheduler.store import Job, JobStore
+from scheduler.supervision import backoff, restart_reason, restartable, restarts_of, used_up
 from scheduler.tokens import job_token
 from scheduler.values import render_values
 
@@ -176,6 +177,8 @@ class Run:
     values: dict[str, Any] | None = None
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     """Set by whoever learns that the job's completion was recorded; the wait phase also polls the store."""
+    restarts_due: dict[str, tuple[float, int, float]] = field(default_factory=dict)
+    """Dead components waiting for their restart (supervision): label -> (when, the job's attempt, back-off)."""
 
 
 def _clip(message: str | None) -> str | None:
@@ -398,19 +401,20 @@ class Lifecycle:
             poll = self.settings.poll_interval_seconds
             log(f"wait: watching the flows (timeout {timeout:g}s, {elapsed_before:.0f}s used; polling every {poll:g}s)")
             started = time.monotonic()
-            outcome = await self._watch(run, deadline, timeout)
+            outcome = await self._watch(run, deadline, timeout, log)
             log(f"wait: ended after {time.monotonic() - started:.2f}s: {outcome.reason}")
             if outcome.message:
                 log(outcome.message)
             return outcome
 
-    async def _watch(self, run: Run, deadline: float, timeout: float) -> Outcome:
+    async def _watch(self, run: Run, deadline: float, timeout: float, log: PhaseLog) -> Outcome:
         while True:
             run.wake.clear()
             job = await self.db(self.store.get_job, run.job_id)
             found = _completion(job) or _interrupted(job)
             if found is not None:
                 return found
+            wake_in = self.settings.poll_interval_seconds
             if run.deployment is not None:
                 status = await self.deployer.status(run.deployment)
                 if status.state != "running":
@@ -420,18 +424,96 @@ class Lifecycle:
                     if found is not None:
                         return found
                     if status.state == "failed":
-                        return Outcome.failed(FLOW_FAILED, status.message)
-                    return Outcome.failed(
-                        NO_COMPLETION,
-                        f"{status.message or 'the flows exited'}, but no flow reported completion to "
-                        f"{self.settings.public_url}: a batch flow must report /complete when its source is "
-                        "exhausted",
-                    )
+                        supervised = await self._supervise(run, job, status, log)
+                        if isinstance(supervised, Outcome):
+                            return supervised
+                        wake_in = min(wake_in, supervised)
+                    else:
+                        return Outcome.failed(
+                            NO_COMPLETION,
+                            f"{status.message or 'the flows exited'}, but no flow reported completion to "
+                            f"{self.settings.public_url}: a batch flow must report /complete when its source is "
+                            "exhausted",
+                        )
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return Outcome.failed(WAIT_TIMEOUT, f"the scoring did not complete within {timeout:g}s")
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(run.wake.wait(), min(self.settings.poll_interval_seconds, remaining))
+                await asyncio.wait_for(run.wake.wait(), max(0.0, min(wake_in, remaining)))
+
+    # -- supervision (local processes; on Kubernetes, the Deployment and Job controllers) -----------
+
+    async def _supervise(self, run: Run, job: Job, status: RunStatus, log: PhaseLog) -> Outcome | float:
+        """A component died while the job runs: restart it after its back-off, or fail the job.
+
+        Returns the outcome to end `wait` with (FlowFailed: a death that is not restarted, or the job's restarts
+        are used up), or how long to wait at most before looking again (a restart is due then). See
+        `scheduler.supervision` for what is restarted."""
+        deployer = self.deployer
+        limit = self.settings.restart_limit
+        if run.deployment is None or not isinstance(deployer, Restarter) or limit == 0:
+            return Outcome.failed(FLOW_FAILED, status.message)
+        exited = deployer.exited(run.deployment)
+        permanent = [e for e in exited if not restartable(e)]
+        if permanent:
+            return Outcome.failed(FLOW_FAILED, permanent[0].message)
+        counts = restarts_of(job)
+        used = sum(counts.values()) + len(run.restarts_due)
+        now = time.monotonic()
+        wake_in = self.settings.poll_interval_seconds
+        for dead in exited:
+            due = run.restarts_due.get(dead.label)
+            if due is None:
+                if used >= limit:
+                    headline, _, tail = dead.message.partition("\n")
+                    spent = used_up(counts, limit)
+                    message = (
+                        f"{headline}; not restarted: the job's restarts are used up ({spent}; "
+                        f"MODELOPS_SCHEDULER_RESTART_LIMIT)"
+                    )
+                    return Outcome.failed(FLOW_FAILED, f"{message}\n{tail}" if tail else message)
+                used += 1
+                delay = backoff(counts.get(dead.label, 0), self.settings)
+                due = run.restarts_due[dead.label] = (now + delay, used, delay)
+                log(
+                    f"{_first_line(dead.message)}; restarting it in {delay:g}s (restart {used} of at most {limit} "
+                    "for this job)"
+                )
+            when, attempt, delay = due
+            if when > now:
+                wake_in = min(wake_in, when - now)
+                continue
+            failed = await self._restart(run, dead, attempt, delay, log)
+            if failed is not None:
+                return failed
+            del run.restarts_due[dead.label]
+        return wake_in
+
+    async def _restart(self, run: Run, dead: Exited, attempt: int, delay: float, log: PhaseLog) -> Outcome | None:
+        """Restart one dead component and record it (new reference and event together); a failure's outcome."""
+        deployer = self.deployer
+        assert isinstance(deployer, Restarter) and run.deployment is not None
+        deployment = run.deployment
+        limit = self.settings.restart_limit
+        message = (
+            f"{_first_line(dead.message)}; restarted after {delay:g}s (restart {attempt} of at most {limit} for "
+            "this job)"
+        )
+
+        async def restart_and_record() -> None:
+            restarted = await deployer.restart(deployment, dead.kind, dead.name, log)
+            run.deployment = restarted
+            await self.db(self.store.add_event, run.job_id, restart_reason(dead), message, backend_ref=restarted.ref)
+
+        try:
+            await _finish_even_if_cancelled(restart_and_record())
+        except DeployError as exc:
+            log(f"could not restart {dead.label}: {exc}")
+            return Outcome.failed(FLOW_FAILED, f"{_first_line(dead.message)}; could not restart it: {exc}")
+        except Conflict:
+            return None  # the job finished meanwhile: the next look at the store ends the wait
+        log(f"{dead.label}: restart {attempt} of at most {limit} for this job")
+        return None
 
     # -- uninstall ---------------------------------------------------------------------------------
 
@@ -515,6 +597,10 @@ class Lifecycle:
                 )
             except IllegalTransition:
                 continue  # a cancel got in between: look again
+
+
+def _first_line(text: str) -> str:
+    return text.split("\n", 1)[0]
 
 
 def _headline(outcome: Outcome) -> str:

@@ -1223,6 +1223,34 @@ class JobStore:
             self._update_row(conn, row, backend_ref=ref)
             return _job_of(row)
 
+    def add_event(
+        self,
+        job_id: uuid.UUID | str,
+        reason: str,
+        message: str | None = None,
+        *,
+        backend_ref: Mapping[str, Any] | None = None,
+    ) -> Job:
+        """Record something that happened to the job's run without changing its state, task, reason or message
+        (e.g. `ServiceRestarted`: the local backend restarted a dead component), as an event with `from_state ==
+        to_state`; with `backend_ref`, store the run's new reference in the same transaction. `Conflict` for a
+        finished job."""
+        uid = _parse_job_id(job_id)
+        _check_text(reason, "reason", _REASON_MAX, required=True)
+        ref = _json_document(backend_ref, "backend_ref") if backend_ref is not None else None
+        with self._conn(write=True) as conn:
+            row = self._locked_row(conn, uid)
+            if JobState(row["state"]) in TERMINAL:
+                raise Conflict(
+                    f"job {uid} is {row['state']}: no more events of its run",
+                    code="job_finished",
+                    details={"job_id": str(uid), "state": row["state"]},
+                )
+            if ref is not None:
+                self._update_row(conn, row, backend_ref=ref)
+            self._insert_event(conn, row, self._now(), row["state"], reason, message)
+            return _job_of(row)
+
     def record_phase(
         self,
         job_id: uuid.UUID | str,

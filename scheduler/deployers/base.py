@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, runtime_checkable
 
 LogFn = Callable[[str], None]
 """Where a phase writes its plain log lines (the task's log file, or stdout in a Tekton step)."""
@@ -30,6 +30,23 @@ class RunStatus:
     state: Literal["running", "succeeded", "failed"]
     message: str | None = None
     """For `failed`: which component failed, how, and its last log lines."""
+
+
+@dataclass(frozen=True)
+class Exited:
+    """A component of a deployment found not running while it should (a service, or a flow that did not end
+    with 0)."""
+
+    kind: Literal["service", "flow"]
+    name: str
+    code: int | None
+    """Its exit code; negative: killed by that signal; None: unknown (started before a scheduler restart)."""
+    message: str
+    """What happened, first line on its own (`service m1 was killed by SIGKILL`), then its last log lines."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.name}"
 
 
 class DeployError(Exception):
@@ -60,4 +77,20 @@ class Deployer(Protocol):
 
     def alive(self, deployment: Deployment) -> bool:
         """After a restart: whether the deployed work still runs (and is really ours)."""
+        ...
+
+
+@runtime_checkable
+class Restarter(Protocol):
+    """A deployer that can restart one dead component itself (local processes): the lifecycle supervises its
+    runs (`scheduler.supervision`). On Kubernetes the Deployment and the Job controllers do that instead."""
+
+    def exited(self, deployment: Deployment) -> list[Exited]:
+        """The components that are not running while they should: every service that ended, every flow that
+        ended other than with exit code 0."""
+        ...
+
+    async def restart(self, deployment: Deployment, kind: str, name: str, log: LogFn) -> Deployment:
+        """Start component `kind name` again as it was started first (a service on its port); the deployment's
+        new reference. Leftovers of the dead process (its process group) are killed first. Raises DeployError."""
         ...

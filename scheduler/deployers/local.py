@@ -44,7 +44,16 @@ from typing import Any, Final, Literal
 import httpx
 import yaml
 
-from scheduler.deployers.base import Deployer, DeployError, Deployment, LogFn, ReadinessTimeout, RunStatus
+from scheduler.deployers.base import (
+    Deployer,
+    DeployError,
+    Deployment,
+    Exited,
+    LogFn,
+    ReadinessTimeout,
+    Restarter,
+    RunStatus,
+)
 from scheduler.joblogs import LOG_TAIL_LINES, tail
 
 __all__ = [
@@ -579,6 +588,50 @@ class LocalProcessDeployer:
             await asyncio.sleep(_STOP_POLL_SECONDS)
         return True
 
+    def exited(self, deployment: Deployment) -> list[Exited]:
+        """The processes that ended while they should run: every service, and every flow but one that exited 0."""
+        found: list[Exited] = []
+        for proc in _procs(deployment):
+            running, code = self._exit_code(proc)
+            if running or (proc.kind == "flow" and code == 0):
+                continue
+            found.append(Exited(proc.kind, proc.name, code, _with_tail(f"{proc.label} {_describe_exit(code)}", proc)))
+        return found
+
+    async def restart(self, deployment: Deployment, kind: str, name: str, log: LogFn) -> Deployment:
+        """Start `kind name` of `deployment` again, as `deploy` started it: a service on the same port (the flows
+        keep calling that URL and retry meanwhile), a flow with the services' URLs (it resumes from its
+        checkpoint). What is left of the dead process's group is SIGKILLed first. The new reference is also
+        written to `<run dir>/deployment.json`, like every start."""
+        procs = _procs(deployment)
+        old = next((p for p in procs if p.kind == kind and p.name == name), None)
+        if old is None:
+            raise DeployError(f"job {deployment.job_id}: no {kind} {name} in its deployment")
+        if self._group_alive(old):
+            self._signal_group(old, signal.SIGKILL)  # e.g. workers of a service whose leader died: they hold its port
+            killed = time.monotonic()
+            while self._group_alive(old):
+                if time.monotonic() - killed >= _KILL_WAIT_SECONDS:
+                    raise DeployError(
+                        f"{old.label} (process group {old.pid}) still runs {_KILL_WAIT_SECONDS:g}s after SIGKILL"
+                    )
+                await asyncio.sleep(_STOP_POLL_SECONDS)
+        self._reported.add(old.key)
+        run = Path(str(deployment.ref.get("runDir") or self.run_dir(deployment.job_id)))
+        component = Component(old.kind, old.name, deployment.job_id, run / "values.yaml", run, old.port)
+        if old.kind == "service":
+            env = {"MODELOPS_SCORING_PORT": str(old.port), "MODELOPS_SCORING_HOST": self._host}
+        else:
+            urls = {p.name: f"http://{self._host}:{p.port}" for p in procs if p.kind == "service"}
+            env = {"MODELOPS_SERVICE_URLS": json.dumps(urls)}
+        try:
+            new = self._spawn(component, env, log)
+        except (OSError, ValueError) as exc:
+            raise DeployError(f"could not restart {old.label}: {exc}") from exc
+        ref = {**deployment.ref, "processes": [(new if p is old else p).to_json() for p in procs]}
+        self._record(deployment.job_id, ref)
+        return Deployment(job_id=deployment.job_id, ref=ref)
+
     def alive(self, deployment: Deployment) -> bool:
         """True when every recorded process still runs and is the one we started (pid *and* start time)."""
         try:
@@ -592,3 +645,7 @@ class LocalProcessDeployer:
 
 def _implements_deployer(deployer: LocalProcessDeployer) -> Deployer:
     return deployer  # mypy checks here that LocalProcessDeployer implements the Deployer protocol
+
+
+def _implements_restarter(deployer: LocalProcessDeployer) -> Restarter:
+    return deployer  # and the restarts of supervision (`scheduler.supervision`)
