@@ -1,6 +1,7 @@
 """Reading IR bundles: a folder of files, one multi-document YAML or JSON file, or a `.tar.gz` bundle.
 
-Input is untrusted (it arrives over REST), so parsing is defensive: size limits per file and per bundle, a
+Input is untrusted (it arrives over REST), so parsing is defensive: size limits per file and per bundle (for
+a `.tar.gz`, on the bytes it decompresses to and on its headers, see `ir.archive`), a
 limit on documents, on nesting depth and on the size a YAML document expands to through aliases (a "billion
 laughs" bomb is a few hundred bytes), duplicate mapping keys refused, binary content refused. Every problem
 becomes an `Issue` with its file, document and line; nothing here raises a traceback at the user.
@@ -13,7 +14,6 @@ from __future__ import annotations
 import gc
 import io
 import json
-import tarfile
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
@@ -24,12 +24,14 @@ from typing import Any, ParamSpec, TypeVar
 
 import yaml
 
+from ir.archive import GZIP_MAGIC, ArchiveError, ArchiveLimits, ArchiveTooLarge, open_tar
 from ir.errors import Issue, Loc
 from ir.fastyaml import Unsupported, construct_tree
 
 MAX_FILE_BYTES = 8 * 1024 * 1024
 MAX_BUNDLE_BYTES = 32 * 1024 * 1024
 MAX_FILES = 2_000
+MAX_ARCHIVE_MEMBERS = 10_000
 MAX_DOCUMENTS = 20_000
 MAX_DEPTH = 64
 MAX_NODES = 1_000_000
@@ -213,21 +215,28 @@ def load_path(path: str | Path) -> tuple[list[RawDocument], list[Issue]]:
 
 @with_gc_paused
 def load_tarball(data: bytes, name: str = "bundle.tar.gz") -> tuple[list[RawDocument], list[Issue]]:
-    """Read the IR files of a gzip-compressed tar archive, in memory, refusing anything but plain files."""
+    """Read the IR files of a gzip-compressed tar archive, in memory, refusing anything but plain files.
+
+    The archive is read through `ir.archive.open_tar`: at most `MAX_BUNDLE_BYTES` decompressed (headers
+    included), extended headers bounded before they are read, at most `MAX_ARCHIVE_MEMBERS` members.
+    """
     files: dict[str, bytes] = {}
     issues: list[Issue] = []
     total = 0
     unpacked = 0
+    limits = ArchiveLimits(MAX_BUNDLE_BYTES, MAX_ARCHIVE_MEMBERS, "the bundle limit")
+    if data[:2] != GZIP_MAGIC:
+        return [], [
+            Issue(name, "", "", f"not a readable .tar.gz archive ({'not a gzip file' if data else 'empty file'})")
+        ]
     try:
-        with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as archive:
+        with open_tar(io.BytesIO(data), limits) as archive:
             for member in archive:
                 # Every member is decompressed to reach the next one, IR file or not: bound the whole archive
-                # by its declared sizes before that happens (a small .tar.gz can hold gigabytes of zeros).
+                # by its declared sizes before that happens (the reader also counts what it decompresses).
                 unpacked += member.size
                 if unpacked > MAX_BUNDLE_BYTES:
-                    issues.append(
-                        Issue(name, "", "", f"the archive unpacks to more than {MAX_BUNDLE_BYTES // 2**20} MiB")
-                    )
+                    issues.append(Issue(name, "", "", str(limits.too_large())))
                     break
                 if member.isdir():
                     continue
@@ -248,10 +257,10 @@ def load_tarball(data: bytes, name: str = "bundle.tar.gz") -> tuple[list[RawDocu
                 if total > MAX_BUNDLE_BYTES or len(files) >= MAX_FILES:
                     issues.append(Issue(name, "", "", "the bundle is too large"))
                     break
-                handle = archive.extractfile(member)
-                if handle is not None:
-                    files[str(clean)] = handle.read()
-    except (tarfile.TarError, OSError, EOFError) as exc:
+                files[str(clean)] = archive.read(member)
+    except ArchiveTooLarge as exc:
+        return [], [Issue(name, "", "", str(exc))]
+    except ArchiveError as exc:
         return [], [Issue(name, "", "", f"not a readable .tar.gz archive ({exc})")]
     if not files:  # `load_files` would add "the bundle is empty" to what is said here already
         return [], issues or [Issue(name, "", "", "the archive holds no .yaml, .yml or .json files")]

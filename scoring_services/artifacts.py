@@ -3,7 +3,8 @@
 A model URI is a relative path (resolved against the model store, by default the working directory), a
 `file://` URI, or an `http(s)://` URL. Downloads land in the cache folder under their sha256 (or the hash of
 the URL when none is given) and are verified before they are used; an archive (`.tar.gz`, `.tgz`, `.zip`) is
-unpacked next to it, so folder artifacts (transformers models, python modules) can be served from a URL.
+unpacked next to it, so folder artifacts (transformers models, python modules) can be served from a URL;
+unpacking goes through `ir.archive`, bounded in what it decompresses to, its headers and its members.
 
 The sha256 of a folder is defined as the sha256 of its manifest: one line `<sha256 of file>  <relative path>`
 per file, sorted by path (what `sha256sum $(find . -type f | sort)` prints, with `./` removed).
@@ -15,15 +16,14 @@ import hashlib
 import logging
 import os
 import shutil
-import tarfile
 import tempfile
-import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import httpx
 
+from ir.archive import ArchiveError, ArchiveLimits, extract_archive
 from scoring_services.errors import ModelLoadError
 
 __all__ = ["ARCHIVE_SUFFIXES", "directory_sha256", "file_sha256", "read_verified", "resolve_uri", "verify"]
@@ -33,6 +33,9 @@ ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
 FOLDER_KIND_HEADER = "X-Artifact-Kind"
 """The scheduler's artifact routes say with this header whether they send a file or a folder (as a gzip tar)."""
 _CHUNK = 1 << 20
+DEFAULT_MAX_UNPACKED_BYTES = 16 * 2**30
+"""What a downloaded archive may decompress to (`ScoringSettings.max_unpacked_bytes`)."""
+MAX_ARCHIVE_MEMBERS = 10_000
 
 
 def file_sha256(path: Path) -> str:
@@ -88,32 +91,32 @@ def _store_base(model_store: str | None) -> Path:
     return Path(model_store)
 
 
-def _unpack(archive: Path, target: Path) -> Path:
+def _unpack(archive: Path, target: Path, max_bytes: int, source: str) -> Path:
+    """Unpack `archive` into the folder `target` (once: a folder already there is the earlier unpacking)
+    through `ir.archive`: at most `max_bytes` decompressed, headers and members bounded before they are read."""
     if target.is_dir():
         return target
     staging = Path(tempfile.mkdtemp(dir=target.parent, prefix=".unpack-"))
+    limits = ArchiveLimits(max_bytes, MAX_ARCHIVE_MEMBERS, "MODELOPS_SCORING_MAX_UNPACKED_BYTES")
     try:
-        if archive.name.endswith(".zip"):
-            with zipfile.ZipFile(archive) as zipped:
-                for member in zipped.namelist():
-                    if member.startswith("/") or ".." in Path(member).parts:
-                        raise ModelLoadError(f"archive {archive.name} has an unsafe member path {member!r}")
-                zipped.extractall(staging)
-        else:
-            with tarfile.open(archive) as tarred:
-                tarred.extractall(staging, filter="data")
+        extract_archive(archive, staging, limits)
         entries = list(staging.iterdir())
         root = entries[0] if len(entries) == 1 and entries[0].is_dir() else staging
         os.replace(root, target)
-    except (OSError, tarfile.TarError, zipfile.BadZipFile) as exc:
-        raise ModelLoadError(f"cannot unpack {archive.name}: {exc}") from exc
+    except (OSError, ArchiveError) as exc:
+        raise ModelLoadError(f"cannot unpack {source}: {exc}") from exc
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
 def _download(
-    url: str, sha256: str | None, cache_dir: Path, timeout_s: float, headers: Mapping[str, str] | None = None
+    url: str,
+    sha256: str | None,
+    cache_dir: Path,
+    timeout_s: float,
+    headers: Mapping[str, str] | None = None,
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
 ) -> Path:
     name = urlsplit(url).path.rsplit("/", 1)[-1] or "artifact"
     suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), "")
@@ -144,7 +147,7 @@ def _download(
             if stored_folder and not suffix:
                 # The scheduler's artifact store sends a folder as a gzip tar; its sha256 is the manifest's.
                 os.replace(tmp, cache_dir / f"{key}.tar.gz")
-                unpacked = _unpack(cache_dir / f"{key}.tar.gz", folder)
+                unpacked = _unpack(cache_dir / f"{key}.tar.gz", folder, max_unpacked_bytes, url)
                 verify(unpacked, sha256)
                 log.info("downloaded %s to %s", url, unpacked)
                 return unpacked
@@ -160,7 +163,7 @@ def _download(
             tmp.unlink(missing_ok=True)
         log.info("downloaded %s to %s", url, target)
     if suffix:
-        return _unpack(target, cache_dir / key)
+        return _unpack(target, cache_dir / key, max_unpacked_bytes, url)
     return target
 
 
@@ -172,16 +175,19 @@ def resolve_uri(
     cache_dir: Path,
     timeout_s: float = 120.0,
     headers: Mapping[str, str] | None = None,
+    max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
 ) -> tuple[Path, bool]:
     """A local path for `uri`, and whether its sha256 was already verified (downloads are checked on arrival).
 
     Archives downloaded over http(s) are verified as archives and returned unpacked; a folder from the
     scheduler's artifact store (answered with `X-Artifact-Kind: folder`) is unpacked and verified by its
-    manifest. `headers` go with a download (the `fetch-model` init container sends the job's token).
+    manifest. `headers` go with a download (the `fetch-model` init container sends the job's token). An
+    archive that decompresses to more than `max_unpacked_bytes`, or whose headers or member count are past
+    `ir.archive`'s bounds, is refused (`ModelLoadError` naming the limit) before it fills memory or disk.
     """
     scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
     if scheme in ("http", "https"):
-        return _download(uri, sha256, cache_dir, timeout_s, headers), True
+        return _download(uri, sha256, cache_dir, timeout_s, headers, max_unpacked_bytes), True
     if scheme == "file":
         path = Path(unquote(urlsplit(uri).path))
     elif scheme:

@@ -182,6 +182,7 @@ class ModelRepository:
                 model_store=self.settings.model_store,
                 cache_dir=self.settings.cache_dir,
                 timeout_s=self.settings.download_timeout_s,
+                max_unpacked_bytes=self.settings.max_unpacked_bytes,
             ),
         )
         runtime = cls(cfg, path, self.executor)

@@ -56,6 +56,12 @@ class ScoringSettings(BaseSettings):
         description="Base (a folder or file:// URI) that relative model URIs resolve against; default: the cwd.",
     )
     download_timeout_s: float = Field(default=120.0, gt=0, description="Timeout of one artifact download.")
+    max_unpacked_bytes: int = Field(
+        default=16 * 2**30,
+        ge=1,
+        description="What a downloaded model archive (.tar.gz, .zip, a stored folder) may decompress to; "
+        "past it the model fails to load, naming the limit.",
+    )
     batching: bool = Field(
         default=True, description="Master switch: false turns adaptive batching off for every model."
     )

@@ -394,5 +394,5 @@ def test_an_archive_that_unpacks_to_more_than_the_bundle_limit_stops_before_deco
     docs, issues = load_tarball(raw.getvalue(), "bomb.tar.gz")
     assert docs == []
     assert [str(i) for i in issues] == [
-        f"bomb.tar.gz: the archive unpacks to more than {MAX_BUNDLE_BYTES // 2**20} MiB"
+        f"bomb.tar.gz: the archive decompresses to more than {MAX_BUNDLE_BYTES // 2**20} MiB (the bundle limit)"
     ]

@@ -9,7 +9,7 @@ import hashlib
 import io
 import tarfile
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +17,8 @@ from api_kit import READ, WRITE, Api, as_yaml, assert_error, bearer, running, se
 
 import ir
 from scoring_services.artifacts import directory_sha256
+from tests import archive_bombs
+from tests.archive_bombs import long_header_bomb, tar_bomb
 
 ARTIFACTS = "/api/v1/artifacts"
 OCTETS = {"Content-Type": "application/octet-stream"}
@@ -179,3 +181,55 @@ async def test_a_stored_artifact_renders_to_the_store_folder_with_its_sha256_as_
     assert rendered["uri"] == (api.settings.home / "artifacts" / "sha256" / uploaded["sha256"]).resolve().as_uri()
     assert rendered["sha256"] == uploaded["sha256"]
     assert ir.artifact_digest(uploaded["uri"]) == uploaded["sha256"]
+
+
+@pytest.fixture
+async def roomy_api(api_database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
+    """A server whose artifact limit (4 MiB) lets a bomb's compressed body in, but not what it decompresses to."""
+    async with running(settings_for(tmp_path / "home", api_database_url, artifact_max_bytes=4 * 2**20)) as started:
+        yield started
+
+
+@pytest.mark.parametrize(
+    ("bomb", "refusal", "details"),
+    [
+        (tar_bomb, "the archive decompresses to more than 4 MiB (artifact_max_bytes)", {"limit_bytes": 4 * 2**20}),
+        (long_header_bomb, "extended headers are limited to 4 MiB per archive", {"limit_bytes": 4 * 2**20}),
+    ],
+    ids=["gzip-bomb", "pax-header"],
+)
+async def test_a_hostile_folder_tar_is_413_naming_the_limit_and_nothing_is_kept(
+    roomy_api: Api, bomb: Callable[[], bytes], refusal: str, details: dict[str, int]
+) -> None:
+    response = await roomy_api.client.post(ARTIFACTS, params={"kind": "folder"}, content=bomb(), headers=WRITE)
+    error = assert_error(response, 413, "payload_too_large")
+    assert refusal in error["message"] and error["details"] == details
+    assert list((roomy_api.settings.home / "artifacts" / "tmp").iterdir()) == []
+    assert list((roomy_api.settings.home / "artifacts" / "sha256").iterdir()) == []
+
+
+@pytest.mark.parametrize(
+    ("bomb", "refusal"),
+    [
+        ("tar_bomb", "the archive decompresses to more than 64 MiB (artifact_max_bytes)"),
+        ("long_header_bomb", "extended headers are limited to 4 MiB per archive"),
+    ],
+)
+def test_storing_a_hostile_folder_tar_keeps_the_memory_of_the_server_flat(
+    tmp_path: Path, bomb: str, refusal: str
+) -> None:
+    staged = tmp_path / "upload.tar.gz"
+    staged.write_bytes(getattr(archive_bombs, bomb)())
+    message, growth = archive_bombs.peak_growth_mb(
+        f"from pathlib import Path\nfrom scheduler.artifacts import ArtifactStore\n"
+        f"store = ArtifactStore(Path({str(tmp_path / 'home')!r}), 64 * 2**20)\nstore.staged_file()",
+        f"""
+        try:
+            store.put_folder(Path({str(staged)!r}))
+        except Exception as exc:
+            return str(exc)
+        return "stored"
+        """,
+    )
+    assert refusal in message
+    assert growth < 50

@@ -3,7 +3,7 @@ with locations, media types and size limits, listing, the stored IR and the valu
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from api_kit import (
 
 import ir
 from ir.load import MAX_BUNDLE_BYTES
+from tests.archive_bombs import long_header_bomb, tar_bomb
 
 
 @pytest.fixture
@@ -227,3 +228,24 @@ async def test_a_bad_preview_parameter_is_422_with_its_issue(api: Api, param: st
     response = await api.client.get(f"{PIPELINES}/tiny/versions/1/values", params={"param": param}, headers=READ)
     error = assert_error(response, 422, "invalid_ir")
     assert [issue["path"] for issue in error["details"]] == [where]
+
+
+@pytest.mark.parametrize(
+    ("bomb", "refusal"),
+    [
+        (
+            long_header_bomb,
+            "the archive has a pax extended header of 209,715,216 bytes; extended headers are limited to",
+        ),
+        (tar_bomb, "the archive decompresses to more than 32 MiB (the bundle limit)"),
+    ],
+    ids=["pax-header", "gzip-bomb"],
+)
+async def test_a_hostile_tarball_is_422_naming_the_limit_and_the_server_goes_on(
+    api: Api, bomb: Callable[[], bytes], refusal: str
+) -> None:
+    response = await api.client.post(PIPELINES, content=bomb(), headers={"Content-Type": "application/gzip", **WRITE})
+    error = assert_error(response, 422, "invalid_ir")
+    (issue,) = error["details"]
+    assert refusal in issue["message"]
+    assert (await api.client.get("/healthz")).status_code == 200

@@ -5,9 +5,10 @@ from __future__ import annotations
 import functools
 import hashlib
 import http.server
+import re
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ from scoring_kit import infer_body, model_config, served
 from scoring_services.artifacts import directory_sha256, resolve_uri, verify
 from scoring_services.errors import ModelLoadError
 from scoring_services.settings import ScoringSettings
+from tests.archive_bombs import long_header_bomb, tar_bomb, zip_bomb
 
 
 class _Handler(http.server.SimpleHTTPRequestHandler):
@@ -133,3 +135,37 @@ async def test_a_model_served_from_an_http_uri_answers(
         answer = (await http.post("/v2/models/digits/infer", json=infer_body("X", digits.features[:4], "FP32"))).json()
     assert answer["outputs"][0]["data"] == digits.forest.predict(digits.features[:4]).tolist()
     assert np.array(answer["outputs"][1]["data"]).shape == (40,)
+
+
+@pytest.mark.parametrize(
+    ("name", "bomb", "refusal"),
+    [
+        ("model.zip", zip_bomb, "decompresses to more than 64 MiB (MODELOPS_SCORING_MAX_UNPACKED_BYTES)"),
+        ("model.tar.gz", tar_bomb, "decompresses to more than 64 MiB (MODELOPS_SCORING_MAX_UNPACKED_BYTES)"),
+        ("model.tgz", long_header_bomb, "extended headers are limited to 4 MiB per archive"),
+    ],
+    ids=["zip-bomb", "gzip-bomb", "pax-header"],
+)
+def test_a_downloaded_archive_past_its_bounds_is_refused_naming_the_limit_and_nothing_is_unpacked(
+    file_server: tuple[str, Path, list[str]], tmp_path: Path, name: str, bomb: Callable[[], bytes], refusal: str
+) -> None:
+    base, root, _ = file_server
+    (root / name).write_bytes(bomb())
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelLoadError, match=re.escape(f"cannot unpack {base}/{name}: ")) as caught:
+        resolve_uri(f"{base}/{name}", sha256=None, model_store=None, cache_dir=cache, max_unpacked_bytes=64 * 2**20)
+    assert refusal in str(caught.value)
+    assert [p.name for p in cache.iterdir() if p.is_dir()] == []  # no folder, no staging left behind
+
+
+async def test_the_unpacked_limit_of_the_settings_applies_to_a_served_model(
+    file_server: tuple[str, Path, list[str]], scoring_settings: ScoringSettings
+) -> None:
+    base, root, _ = file_server
+    (root / "model.zip").write_bytes(zip_bomb())
+    settings = scoring_settings.model_copy(update={"max_unpacked_bytes": 2**20})
+    config = model_config("bomb", "python", f"{base}/model.zip")
+    async with served([config], settings) as (_, http):
+        entry = (await http.post("/v2/repository/index")).json()[0]
+    assert entry["state"] == "UNAVAILABLE"
+    assert "decompresses to more than 1 MiB (MODELOPS_SCORING_MAX_UNPACKED_BYTES)" in entry["reason"]
