@@ -18,16 +18,26 @@ Progress and completion reports (`/jobs/{id}/progress`, `/jobs/{id}/complete`) a
 - an API token with the `write` scope: an operator or a Tekton task may end a job by hand, and `write` may
   already cancel any job;
 - in open mode, no token at all. A job token that is presented is still checked, open mode or not.
+
+Credentials are checked before the body is read (`AuthFirstRoute`, the route class of every API router): a
+forged token with a malformed body is 401, not 422 — FastAPI parses a JSON body before it resolves the
+dependencies, so without it the body's problems would be answered to anyone. For a job token the check is
+against the job (`JobTokenChecker`, the app's service), so a forged `mjt_...` is 401 before the body too.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Final
+from typing import Annotated, Any, Final, Protocol
 
-from fastapi import Depends, Request
+from fastapi import Depends, Request, Response
+from fastapi.dependencies.models import Dependant
+from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security.utils import get_authorization_scheme_param
 
 from scheduler.errors import SchedulerError
 from scheduler.settings import SchedulerSettings, TokenScope
@@ -38,8 +48,10 @@ __all__ = [
     "LOCAL_USER_NAME",
     "LOOPBACK_HOSTS",
     "AdminPrincipal",
+    "AuthFirstRoute",
     "Authenticator",
     "Forbidden",
+    "JobTokenChecker",
     "OpenModeRefused",
     "Principal",
     "ReadPrincipal",
@@ -55,7 +67,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 OPEN_MODE_WARNING: Final = "no API tokens configured: accepting unauthenticated requests on loopback only"
-_RANK: Final[dict[str, int]] = {"read": 1, "write": 2, "admin": 3}
+_RANK: Final[dict[str, int]] = {"read": 1, "write": 2, "code": 3, "admin": 4}
 
 
 class Unauthorized(SchedulerError):
@@ -190,7 +202,72 @@ async def _admin(
 async def _reporter(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> ReporterCredential:
+    checked = getattr(request.state, "reporter", None)
+    if isinstance(checked, ReporterCredential):
+        return checked  # AuthFirstRoute checked it before the body was read
     return _authenticator(request).reporter(_token(credentials))
+
+
+class JobTokenChecker(Protocol):
+    """What checks a job token against its job (`SchedulerService.authorize_report`): raises 401 or 404."""
+
+    async def authorize_report(self, job_id: uuid.UUID, credential: ReporterCredential) -> object: ...
+
+
+_NEEDS: Final[dict[Callable[..., Any], TokenScope]] = {_read: "read", _write: "write", _admin: "admin"}
+
+
+def _auth_dependency(dependant: Dependant) -> Callable[..., Any] | None:
+    """The auth dependency (`_read`, `_write`, `_admin`, `_reporter`) a route declares, if any."""
+    stack = list(dependant.dependencies)
+    while stack:
+        each = stack.pop()
+        if each.call in _NEEDS or each.call is _reporter:
+            return each.call
+        stack.extend(each.dependencies)
+    return None
+
+
+def _header_token(request: Request) -> str | None:
+    scheme, value = get_authorization_scheme_param(request.headers.get("authorization"))
+    return (value.strip() or None) if scheme.lower() == "bearer" else None
+
+
+async def _check_first(request: Request, needs: Callable[..., Any]) -> None:
+    auth = _authenticator(request)
+    token = _header_token(request)
+    if needs is not _reporter:
+        auth.principal(token, _NEEDS[needs])
+        return
+    credential = auth.reporter(token)
+    if credential.job_token is not None:
+        service = getattr(request.app.state, "service", None)
+        raw = request.path_params.get("job_id")
+        try:
+            job_id = uuid.UUID(str(raw))
+        except ValueError:
+            return  # the route answers the bad path with 422; the token is checked against no job
+        if service is None:
+            return  # starting or stopping: the Service dependency answers 503
+        checker: JobTokenChecker = service
+        await checker.authorize_report(job_id, credential)
+    request.state.reporter = credential
+
+
+class AuthFirstRoute(APIRoute):
+    """An API route whose credentials are checked before its body is read or validated (see the module doc)."""
+
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        needs = _auth_dependency(self.dependant)
+        if needs is None:
+            return handler
+
+        async def checked(request: Request) -> Response:
+            await _check_first(request, needs)
+            return await handler(request)
+
+        return checked
 
 
 ReadPrincipal = Annotated[Principal, Depends(_read)]

@@ -360,6 +360,11 @@ class SchedulerService:
             flows = list(bundle_of(stored.ir).pipeline.spec.flows)
         return self.store.record_completion(job_id, succeeded, message, flow=flow, flows=flows, reason=reason)
 
+    async def authorize_report(self, job_id: uuid.UUID, credential: ReporterCredential) -> Job | None:
+        """Check a job token against the job (`scheduler.auth.AuthFirstRoute` does before a report's body is
+        read); returns the job read for it (None for an API token)."""
+        return await self._authorize_report(job_id, credential)
+
     async def _authorize_report(self, job_id: uuid.UUID, credential: ReporterCredential) -> Job | None:
         """Check a job token against the job; returns the job read for it (None for an API token)."""
         if credential.job_token is None:

@@ -26,7 +26,7 @@ from sqlalchemy.exc import ArgumentError
 
 __all__ = ["SchedulerSettings", "TokenScope", "TokenSpec", "default_home", "hash_token"]
 
-TokenScope = Literal["read", "write", "admin"]
+TokenScope = Literal["read", "write", "code", "admin"]
 """`read`: GET endpoints; `write`: deploy pipelines, start and cancel jobs; `admin`: everything."""
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")

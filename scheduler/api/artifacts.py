@@ -31,7 +31,7 @@ from scheduler.api.deps import API_PREFIX, Service
 from scheduler.api.errors import error_responses
 from scheduler.api.tasks import authorized_job
 from scheduler.artifacts import SHA256_PATTERN, Artifact, ArtifactStore
-from scheduler.auth import ReadPrincipal, Reporter, WritePrincipal
+from scheduler.auth import AuthFirstRoute, ReadPrincipal, Reporter, WritePrincipal
 from scheduler.errors import NotFound
 from scheduler.service import SchedulerService
 from scheduler.values import bundle_of
@@ -39,7 +39,7 @@ from scoring_services.artifacts import FOLDER_KIND_HEADER
 
 __all__ = ["ArtifactOut", "router"]
 
-router = APIRouter(tags=["artifacts"])
+router = APIRouter(tags=["artifacts"], route_class=AuthFirstRoute)
 
 KIND_HEADER: Final = FOLDER_KIND_HEADER
 _EXAMPLE_SHA: Final = "dd532423b8dfd0bbadb551419195829e3b34f19e47a60b6078bdfccc97a09991"

@@ -28,14 +28,14 @@ from scheduler.api.models import (
     LogComponentsOut,
     ProgressIn,
 )
-from scheduler.auth import ReadPrincipal, Reporter, WritePrincipal
+from scheduler.auth import AuthFirstRoute, ReadPrincipal, Reporter, WritePrincipal
 from scheduler.errors import SchedulerError
 from scheduler.states import JobState, Task
 from scheduler.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
 
 log = logging.getLogger(__name__)
 
-router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"])
+router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["jobs"], route_class=AuthFirstRoute)
 
 IDEMPOTENCY_KEY_PATTERN: Final = r"^[\x21-\x7e]{1,255}$"
 CURSOR_PATTERN: Final = r"^[A-Za-z0-9_-]+$"

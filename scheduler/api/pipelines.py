@@ -30,11 +30,11 @@ from scheduler.api.models import (
     ValuesOut,
     VersionOut,
 )
-from scheduler.auth import ReadPrincipal, WritePrincipal
+from scheduler.auth import AuthFirstRoute, ReadPrincipal, WritePrincipal
 from scheduler.service import BundleFormat
 from scheduler.values import PREVIEW_JOB_ID
 
-router = APIRouter(prefix=f"{API_PREFIX}/pipelines", tags=["pipelines"])
+router = APIRouter(prefix=f"{API_PREFIX}/pipelines", tags=["pipelines"], route_class=AuthFirstRoute)
 
 YAML_TYPES: Final = frozenset({"application/yaml", "text/yaml", "application/x-yaml", "text/x-yaml"})
 JSON_TYPES: Final = frozenset({"application/json"})

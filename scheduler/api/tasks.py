@@ -28,7 +28,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from scheduler.api.deps import API_PREFIX, Service
 from scheduler.api.errors import error_responses
 from scheduler.api.models import EXAMPLE_DIGEST, EXAMPLE_JOB_ID, MESSAGE_MAX, CleanText, JobOut
-from scheduler.auth import Reporter, ReporterCredential, Unauthorized
+from scheduler.auth import AuthFirstRoute, Reporter, ReporterCredential, Unauthorized
 from scheduler.lifecycle import FAILED_REASONS, completion_failure_reason
 from scheduler.service import SchedulerService
 from scheduler.states import JobState, Task
@@ -38,7 +38,7 @@ from scheduler.values import DOCUMENTS_KEY, globals_for
 
 __all__ = ["IR_FILE", "PhaseIn", "SpecOut", "StatusOut", "router"]
 
-router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["tasks"])
+router = APIRouter(prefix=f"{API_PREFIX}/jobs", tags=["tasks"], route_class=AuthFirstRoute)
 
 IR_FILE = "ir.json"
 """The name of the one file `/spec` puts the IR in: the canonical documents as a JSON list."""

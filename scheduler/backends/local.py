@@ -28,6 +28,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Final, Literal
 
+from scheduler.admission import Admission
 from scheduler.backends.base import Backend
 from scheduler.deployers.base import Deployer, Deployment
 from scheduler.deployers.local import LocalProcessDeployer
@@ -88,11 +89,16 @@ class LocalBackend:
         self._runs: dict[uuid.UUID, _LocalRun] = {}
         self._closing = False
 
+        self.admission = Admission(store, self.name, settings.max_running_jobs, self._start_admitted)
     # -- Backend ----------------------------------------------------------------------------------
 
     async def start(self, job_id: uuid.UUID) -> None:
-        """Begin install of a PENDING job in the background; a job already being run is left alone."""
-        if job_id not in self._runs:
+        """Begin install of a PENDING job in the background once admission has a slot for it (at once if one is
+        free, else when an earlier job ends: `scheduler.admission`); a job already being run is left alone."""
+        await self.admission.submit(job_id)
+
+    async def _start_admitted(self, job_id: uuid.UUID) -> None:
+        if job_id not in self._runs and not self._closing:
             self._launch(_LocalRun(job_id), "start")
 
     async def cancel(self, job_id: uuid.UUID) -> None:
@@ -158,8 +164,8 @@ class LocalBackend:
         - task `uninstall` already: resume it with the outcome it recorded.
         - RUNNING with its processes all alive (and really ours): re-attach and continue the wait phase.
         - RUNNING whose flows reported completion meanwhile: uninstall with that outcome.
-        - PENDING with nothing deployed: start it; it never began (a multi-worker server's API workers create
-          jobs while the engine restarts: `scheduler.dispatch`).
+        - PENDING with nothing deployed: start it if admission admitted it (it never began); a queued one stays
+          queued, and admission starts as many as have slots once every job has its runner.
         - anything else (INSTALLING, RUNNING with processes gone): uninstall whatever the reference
           names, then FAILED with reason `SchedulerRestarted`.
         """
@@ -177,12 +183,16 @@ class LocalBackend:
     async def close(self) -> None:
         """Cancel every runner; job states and deployed processes stay as they are, for `recover()`."""
         self._closing = True
+            if mode == "start" and job.admitted_at is None:
+                continue  # queued: admission starts it in its turn (below)
         runners = [run.runner for run in self._runs.values() if run.runner is not None]
         for runner in runners:
+        await self.admission.pump()
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
 
     # -- extras -----------------------------------------------------------------------------------
+        await self.admission.close()
 
     async def join(self, job_id: uuid.UUID) -> None:
         """Wait until this backend has nothing more to do for the job (returns at once if it has no runner)."""
@@ -270,6 +280,8 @@ class LocalBackend:
             current = asyncio.current_task()
             if self._closing or (current is not None and current.cancelling()):
                 phase.cancel()
+            if not self._closing:
+                self.admission.released()
                 raise
             return Outcome.cancelled()
         except JobNotRunnable as exc:
