@@ -25,7 +25,7 @@ import anyio.to_thread
 from fastapi import FastAPI
 from sqlalchemy.engine import Engine
 
-from scheduler.api import artifacts, health, jobs, pipelines, tasks
+from scheduler.api import artifacts, health, jobs, pipelines, tasks, usage
 from scheduler.api.docs import install_docs
 from scheduler.api.errors import install_error_handlers
 from scheduler.auth import OPEN_MODE_WARNING, Authenticator, OpenModeRefused
@@ -102,7 +102,7 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
                 await backend.recover()
                 app.state.engine = engine
                 app.state.service = SchedulerService(store, backend, settings, secret)
-                metrics.attach(store)
+                metrics.attach(store, settings.tokens)
                 if settings.gc_freeze:
                     # What exists now (modules, the app, the routes' models) lives as long as the server: keep
                     # it out of the collector's later full passes, which otherwise walk it all again each time.
@@ -143,6 +143,7 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
     app.include_router(jobs.router)
     app.include_router(tasks.router)
     app.include_router(artifacts.router)
+    app.include_router(usage.router)
     app.include_router(health.router)
     install_docs(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)

@@ -715,15 +715,36 @@ def db_check() -> None:
 def token_new(
     name: Annotated[str, typer.Argument(help="Who the token is for, e.g. ci or alice (recorded as created_by).")],
     scope: Annotated[str, typer.Option(help="read, write or admin.")] = "write",
+    max_concurrent_jobs: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Quota: at most this many unfinished jobs of this token (more: 429).", show_default=False
+        ),
+    ] = None,
+    max_rows_per_day: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Quota: no new job once its jobs of the day (UTC) wrote this many rows.", show_default=False
+        ),
+    ] = None,
 ) -> None:
-    """Make a random API token: prints it (for the client) and its hashed entry (for the server's settings)."""
+    """Make a random API token: prints it (for the client) and its hashed entry (for the server's settings),
+    with its quotas if given."""
     import secrets
 
     from scheduler.settings import TokenSpec, hash_token
 
     plaintext = f"mo_{secrets.token_urlsafe(32)}"
     try:
-        spec = TokenSpec.model_validate({"name": name, "scope": scope, "sha256": hash_token(plaintext)})
+        spec = TokenSpec.model_validate(
+            {
+                "name": name,
+                "scope": scope,
+                "sha256": hash_token(plaintext),
+                "max_concurrent_jobs": max_concurrent_jobs,
+                "max_rows_per_day": max_rows_per_day,
+            }
+        )
     except ValueError as exc:
         _fail(f"invalid token: {_first_error(exc)}", 2)
     out.print(f"{TOKEN_ENV}={plaintext}")
@@ -908,7 +929,7 @@ def _jobs_table(jobs: list[Job], *, wide: bool, no_headers: bool) -> Table:
             str(job.id),
             f"{job.pipeline} v{job.version}",
             _state(job.state.value),
-            job.task.value if job.task else "-",
+            _queued(job) or (job.task.value if job.task else "-"),
             job.created_at.astimezone().strftime("%m-%d %H:%M:%S"),
         ]
         if wide:
@@ -1000,6 +1021,8 @@ def job_show(
     grid.add_row("job", str(job.id))
     grid.add_row("pipeline", f"{job.pipeline} version {job.version}")
     grid.add_row("state", _state(job.state.value))
+    if job.queue_position is not None:
+        grid.add_row("queued", f"position {job.queue_position}: it starts when a running job ends (max_running_jobs)")
     grid.add_row("task", job.task.value if job.task else "-")
     grid.add_row("reason", job.reason or "-")
     grid.add_row("message", Text(job.message or "-"))
@@ -1398,7 +1421,7 @@ class _RunView:
     def _print_lines(self, now: float) -> None:
         job = self.job
         elapsed = _duration(now - self.started)
-        line = (job.state.value, job.task.value if job.task else "-", self._latest()[0] or "")
+        line = (job.state.value, job.task.value if job.task else "-", _queued(job) or self._latest()[0] or "")
         if line != self._last_line:
             self._last_line = line
             self._print(now, f"{elapsed} {line[0]:<10} task {line[1]:<9} {line[2]}".rstrip())
@@ -1462,6 +1485,9 @@ class _RunView:
         """The current task and what it does now (`_latest`)."""
         job = self.job
         reason, message = self._latest()
+        queued = _queued(job)
+        if queued:
+            return queued
         phase = f"task {job.task.value if job.task else '-'}"
         if reason:
             phase += f"  {reason}"
@@ -1520,6 +1546,11 @@ class _RunView:
         for note in self.notes:
             parts.append(Text(f"  {note}", style="yellow"))
         return Group(*parts)
+
+
+def _queued(job: Job) -> str | None:
+    """`queued: position N` for a job that waits for admission, else None."""
+    return f"queued: position {job.queue_position}" if job.queue_position is not None else None
 
 
 _FLOW_STYLE = {"starting": "cyan", "running": "blue", "done": "green", "failed": "red", "stopped": "yellow"}

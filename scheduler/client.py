@@ -241,6 +241,8 @@ class Job(_Model):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    queue_position: int | None = None
+    """Set while the job waits for admission: 1 is the next job to start."""
     progress: Progress
     completion: Completion | None
     flow_completions: dict[str, Completion] = Field(default_factory=dict)

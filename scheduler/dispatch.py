@@ -30,11 +30,11 @@ import anyio
 import psycopg
 from sqlalchemy.engine import make_url
 
+from scheduler.admission import START_FAILED_REASON
 from scheduler.backends.base import Backend
 from scheduler.db import create_engine
 from scheduler.errors import IllegalTransition, NotFound
 from scheduler.joblogs import LogItem
-from scheduler.service import START_FAILED_REASON
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
 from scheduler.store import ENGINE_CHANNEL, JobStore

@@ -79,3 +79,26 @@ class StoreUnavailable(SchedulerError):
 
     http_status = 503
     default_code = "store_unavailable"
+
+
+class QuotaExceeded(SchedulerError):
+    """A start over one of the caller's quotas (`max_concurrent_jobs`, `max_rows_per_day`): HTTP 429 with
+    `Retry-After` (`headers`), the details naming the quota, its limit and the usage."""
+
+    http_status = 429
+    default_code = "quota_exceeded"
+
+    def __init__(self, message: str, *, quota: str, limit: int, usage: int, token: str, retry_after: int) -> None:
+        super().__init__(
+            message,
+            details={
+                "quota": quota,
+                "limit": limit,
+                "usage": usage,
+                "token": token,
+                "retry_after_seconds": retry_after,
+            },
+        )
+        self.quota = quota
+        self.retry_after = retry_after
+        self.headers = {"Retry-After": str(retry_after)}

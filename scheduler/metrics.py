@@ -5,7 +5,11 @@
 - `modelops_scheduler_job_transitions_total{from,to}`: state transitions, read from the append-only
   `job_events` table at scrape time (`from="none"` counts job creations); a counter, since events are never
   removed. Both are one GROUP BY each, cheap next to a 15-60 s scrape interval;
-- `modelops_scheduler_store_up`: 1 when the scrape could read the database, else 0 (the two above are then
+- `modelops_scheduler_token_active_jobs{token}`, `modelops_scheduler_token_rows_today{token}`: each configured
+  API token's unfinished jobs and the rows its jobs created today (UTC) have written, and
+  `modelops_scheduler_token_quota{token,quota}` its limits (`max_concurrent_jobs`, `max_rows_per_day`; only those
+  set): what `GET /api/v1/usage` shows, read from the database at scrape time like the job figures;
+- `modelops_scheduler_store_up`: 1 when the scrape could read the database, else 0 (the figures above are then
   left out rather than failing the scrape);
 - `modelops_scheduler_http_request_duration_seconds{method,route,status}`: request latency by route
   *template* (`/api/v1/jobs/{job_id}`), never the raw path, so ids do not explode the label space.
@@ -27,7 +31,8 @@ from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler.errors import StoreUnavailable
-from scheduler.store import JobStore
+from scheduler.settings import TokenSpec
+from scheduler.store import JobStore, TokenUsage
 
 __all__ = ["CONTENT_TYPE", "Metrics", "RequestMetricsMiddleware"]
 
@@ -44,6 +49,7 @@ class _StoreCollector(Collector):
 
     def __init__(self) -> None:
         self.store: JobStore | None = None
+        self.tokens: tuple[TokenSpec, ...] = ()
 
     def describe(self) -> Iterable[Metric]:
         # Declared without samples so registering does not query the database.
@@ -61,6 +67,7 @@ class _StoreCollector(Collector):
         try:
             states = store.count_jobs_by_state()
             transitions = store.count_transitions()
+            usage = store.token_usage([token.name for token in self.tokens]) if self.tokens else {}
         except StoreUnavailable as exc:
             log.warning("metrics: %s", exc.message)
             up.add_metric([], 0)
@@ -80,6 +87,34 @@ class _StoreCollector(Collector):
         ):
             counter.add_metric([from_state.value if from_state is not None else "none", to_state.value], count)
         yield counter
+        if self.tokens:
+            yield from self._token_metrics(usage)
+
+    def _token_metrics(self, usage: dict[str, TokenUsage]) -> Iterable[Metric]:
+        active = GaugeMetricFamily(
+            "modelops_scheduler_token_active_jobs", "Unfinished jobs created by each API token.", labels=["token"]
+        )
+        rows = GaugeMetricFamily(
+            "modelops_scheduler_token_rows_today",
+            "Rows written today (UTC) by the jobs each API token created today.",
+            labels=["token"],
+        )
+        quotas = GaugeMetricFamily(
+            "modelops_scheduler_token_quota", "The quotas of each API token.", labels=["token", "quota"]
+        )
+        for token in self.tokens:
+            found = usage.get(token.name)
+            active.add_metric([token.name], found.active_jobs if found else 0)
+            rows.add_metric([token.name], found.rows_today if found else 0)
+            for quota, limit in (
+                ("max_concurrent_jobs", token.max_concurrent_jobs),
+                ("max_rows_per_day", token.max_rows_per_day),
+            ):
+                if limit is not None:
+                    quotas.add_metric([token.name, quota], limit)
+        yield active
+        yield rows
+        yield quotas
 
 
 class Metrics:
@@ -97,9 +132,11 @@ class Metrics:
         self._store_collector = _StoreCollector()
         self.registry.register(self._store_collector)
 
-    def attach(self, store: JobStore | None) -> None:
-        """Read job figures from `store` (None: the app is not started, report the store as down)."""
+    def attach(self, store: JobStore | None, tokens: Iterable[TokenSpec] = ()) -> None:
+        """Read job figures from `store` (None: the app is not started, report the store as down), and the
+        usage of each of `tokens`."""
         self._store_collector.store = store
+        self._store_collector.tokens = tuple(tokens)
 
     def render(self) -> bytes:
         """The Prometheus text exposition (queries the database: call it from a worker thread)."""

@@ -23,14 +23,15 @@ from typing import Any, Final, ParamSpec, TypeVar
 import anyio.to_thread
 
 import ir
+from scheduler.admission import START_FAILED_REASON
 from scheduler.auth import Principal, ReporterCredential, Unauthorized
 from scheduler.backends.base import Backend
 from scheduler.errors import Conflict, IllegalTransition, InvalidInput
 from scheduler.joblogs import PHASES, merge_logs
 from scheduler.paths import check_job_paths
-from scheduler.settings import SchedulerSettings
+from scheduler.settings import SchedulerSettings, TokenSpec
 from scheduler.states import TERMINAL, JobState
-from scheduler.store import DEFAULT_PAGE_SIZE, Job, JobPage, JobStore, Pipeline, PipelineVersion
+from scheduler.store import DEFAULT_PAGE_SIZE, Job, JobPage, JobStore, Pipeline, PipelineVersion, Quota, TokenUsage
 from scheduler.tokens import job_token, job_token_hash, verify_job_token
 from scheduler.values import bundle_of, render_values, stored_ir
 
@@ -38,6 +39,7 @@ __all__ = [
     "BundleFormat",
     "Deployment",
     "SchedulerService",
+    "TokenQuotaUsage",
     "json_object_problem",
     "text_problem",
 ]
@@ -54,7 +56,6 @@ MAX_JSON_ITEMS: Final = 10_000
 _INT64: Final = 2**63
 
 CANCEL_REASON: Final = "Cancelled"
-START_FAILED_REASON: Final = "BackendStartFailed"
 
 
 class BundleFormat(StrEnum):
@@ -63,6 +64,22 @@ class BundleFormat(StrEnum):
     YAML = "yaml"
     FILES = "files"
     TARBALL = "tarball"
+
+
+@dataclass(frozen=True)
+class TokenQuotaUsage:
+    """One creator's usage with its token's quotas (None: not a configured token, or no such quota)."""
+
+    usage: TokenUsage
+    token: TokenSpec | None
+
+    @property
+    def max_concurrent_jobs(self) -> int | None:
+        return self.token.max_concurrent_jobs if self.token is not None else None
+
+    @property
+    def max_rows_per_day(self) -> int | None:
+        return self.token.max_rows_per_day if self.token is not None else None
 
 
 @dataclass(frozen=True)
@@ -204,8 +221,12 @@ class SchedulerService:
         parameters: Mapping[str, Any] | None = None,
         environment: Mapping[str, Any] | None = None,
         idempotency_key: str | None = None,
+        by: Principal | None = None,
     ) -> tuple[Job, bool]:
         """Create a PENDING job and start it on the backend; `(job, created)`.
+
+        `by` is recorded as the job's `created_by`; when it is a configured token with quotas, a start over
+        one is `QuotaExceeded` (429 with `Retry-After`) and creates nothing (`JobStore.create_job`).
 
         The parameters are checked by rendering the values before anything is written, so a bad request
         creates nothing (`ir.IRValidationError`); on the local backend the rendered paths are checked too
@@ -218,7 +239,7 @@ class SchedulerService:
             problem = json_object_problem(document)
             if problem:
                 raise InvalidInput(f"{what} {problem}", details={"field": what})
-        job, created = await _in_thread(self._check_and_insert, pipeline, version, params, env, idempotency_key)
+        job, created = await _in_thread(self._check_and_insert, pipeline, version, params, env, idempotency_key, by)
         if not created:
             return job, False
         log.info("job %s: created for %s version %d", job.id, job.pipeline, job.pipeline_version)
@@ -245,6 +266,7 @@ class SchedulerService:
         params: dict[str, Any],
         env: dict[str, Any],
         idempotency_key: str | None,
+        by: Principal | None = None,
     ) -> tuple[Job, bool]:
         """`create_job`'s blocking part, in one worker thread: find the version, render, insert."""
         stored = self.store.get_version(pipeline, version)
@@ -260,7 +282,32 @@ class SchedulerService:
             token_hash=job_token_hash(self._secret, job_id),
             idempotency_key=idempotency_key,
             job_id=job_id,
+            created_by=by.name if by is not None else None,
+            quota=self._quota_of(by),
         )
+
+    def _token_of(self, by: Principal | None) -> TokenSpec | None:
+        if by is None or not by.authenticated:
+            return None
+        return next((token for token in self.settings.tokens if token.name == by.name), None)
+
+    def _quota_of(self, by: Principal | None) -> Quota | None:
+        token = self._token_of(by)
+        if token is None or (token.max_concurrent_jobs is None and token.max_rows_per_day is None):
+            return None
+        return Quota(token.max_concurrent_jobs, token.max_rows_per_day)
+
+    async def usage(self, by: Principal) -> list[TokenQuotaUsage]:
+        """What `by` uses of its quotas; for an `admin`, every configured token's (and any other creator's with
+        unfinished jobs or jobs today), sorted by name."""
+        configured = {token.name: token for token in self.settings.tokens}
+        if by.allows("admin"):
+            found = await _in_thread(self.store.token_usage, None)
+            zeros = await _in_thread(self.store.token_usage, [n for n in configured if n not in found])
+            found = {**found, **zeros}
+        else:
+            found = await _in_thread(self.store.token_usage, [by.name])
+        return [TokenQuotaUsage(usage, configured.get(name)) for name, usage in sorted(found.items())]
 
     async def list_jobs(
         self,
@@ -284,13 +331,21 @@ class SchedulerService:
     async def cancel_job(self, job_id: uuid.UUID, by: Principal) -> Job:
         """Ask for the job to stop: CANCELLING, then the backend runs uninstall and ends it CANCELLED.
 
-        Idempotent: a job already CANCELLING is returned as it is. A finished job is a `Conflict`.
+        Idempotent: a job already CANCELLING is returned as it is. A finished job is a `Conflict`. A job still
+        queued by admission is CANCELLED at once (`JobStore.cancel_queued`), its backend never involved.
         """
         job = await self.get_job(job_id, events=False)
         if job.state is JobState.CANCELLING:
             return job
         if job.state in TERMINAL:
             raise _finished(job, "cancelled")
+        if job.queue_position is not None:  # queued: nothing deployed, so it ends at once (no backend call)
+            queued = await _in_thread(
+                self.store.cancel_queued, job_id, reason=CANCEL_REASON, message=f"cancelled by {by.name}"
+            )
+            if queued is not None:
+                log.info("job %s: cancelled by %s while queued", job_id, by.name)
+                return await self.get_job(job_id, events=False)
         try:
             job = await _in_thread(
                 self.store.transition,

@@ -88,6 +88,12 @@ class TokenSpec(BaseModel):
     """What the token may do: `read`, `write` or `admin`."""
     sha256: str
     """The lowercase SHA-256 hex digest of the plaintext token (see `hash_token`)."""
+    max_concurrent_jobs: int | None = Field(default=None, ge=1)
+    """Quota: at most this many unfinished jobs (queued ones included) created with this token; a start over
+    it is 429. None: no limit."""
+    max_rows_per_day: int | None = Field(default=None, ge=1)
+    """Quota: once the jobs this token created today (UTC) have written this many rows, a start is 429 until
+    00:00 UTC. None: no limit."""
 
     @field_validator("name")
     @classmethod
@@ -113,15 +119,34 @@ class TokenSpec(BaseModel):
 
     @classmethod
     def parse(cls, text: str) -> TokenSpec:
-        """Parse `name:scope:sha256hex`."""
+        """Parse `name:scope:sha256hex`, optionally followed by quotas as `:max_concurrent_jobs=N` and
+        `:max_rows_per_day=N` (no commas or spaces: those separate tokens)."""
         parts = text.strip().split(":")
-        if len(parts) != 3:
-            raise ValueError(f"a token is configured as 'name:scope:sha256hex', got {len(parts)} field(s)")
-        name, scope, digest = parts
-        return cls.model_validate({"name": name, "scope": scope, "sha256": digest})
+        if len(parts) < 3:
+            raise ValueError(f"a token is configured as 'name:scope:sha256hex[:quota=N...]', got {len(parts)} field(s)")
+        name, scope, digest, *quotas = parts
+        document: dict[str, Any] = {"name": name, "scope": scope, "sha256": digest}
+        for quota in quotas:
+            key, equals, value = quota.partition("=")
+            if not equals or key not in _QUOTA_FIELDS:
+                raise ValueError(
+                    f"token {name!r}: {quota!r} is not a quota; known: "
+                    + ", ".join(f"{field}=N" for field in _QUOTA_FIELDS)
+                )
+            if key in document:
+                raise ValueError(f"token {name!r}: quota {key} is given twice")
+            document[key] = value
+        return cls.model_validate(document)
 
     def __str__(self) -> str:
-        return f"{self.name}:{self.scope}:{self.sha256}"
+        quotas = "".join(
+            f":{field}={getattr(self, field)}" for field in _QUOTA_FIELDS if getattr(self, field) is not None
+        )
+        return f"{self.name}:{self.scope}:{self.sha256}{quotas}"
+
+
+_QUOTA_FIELDS: Final = ("max_concurrent_jobs", "max_rows_per_day")
+"""The quotas a token entry may carry after its hash (`TokenSpec.parse`)."""
 
 
 class SchedulerSettings(BaseSettings):
@@ -164,8 +189,9 @@ class SchedulerSettings(BaseSettings):
     same limit before it creates a PipelineRun (set it to what the cluster's quota holds). 0: no limit."""
 
     tokens: Annotated[list[TokenSpec], NoDecode] = Field(default_factory=list)
-    """API bearer tokens as `name:scope:sha256hex`, separated by commas or whitespace. Hashes only: the
-    plaintext is never configured. Empty means no token is accepted for the protected endpoints."""
+    """API bearer tokens as `name:scope:sha256hex`, separated by commas or whitespace, each optionally with
+    quotas (`:max_concurrent_jobs=N`, `:max_rows_per_day=N`). Hashes only: the plaintext is never configured.
+    Empty means no token is accepted for the protected endpoints."""
 
     readiness_timeout_seconds: float = Field(default=300.0, gt=0)
     """How long install may wait for the scoring services and flows to become ready before the job fails."""

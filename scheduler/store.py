@@ -32,8 +32,8 @@ import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
-from datetime import UTC, datetime
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
 from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
@@ -44,7 +44,7 @@ from sqlalchemy.orm import Session, defer
 
 from scheduler.db.models import JobEventRow, JobRow, PipelineRow, PipelineVersionRow
 from scheduler.db.session import SQLITE_BEGIN_OPTION, make_sessionmaker
-from scheduler.errors import Conflict, InvalidInput, NotFound, StoreUnavailable
+from scheduler.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, StoreUnavailable
 from scheduler.states import TERMINAL, JobState, Task, check_transition
 
 __all__ = [
@@ -57,6 +57,8 @@ __all__ = [
     "JobStore",
     "Pipeline",
     "PipelineVersion",
+    "Quota",
+    "TokenUsage",
     "VersionInfo",
 ]
 
@@ -78,6 +80,9 @@ _IDEMPOTENCY_KEY_MAX = 255
 _BACKEND_MAX = 32
 _REASON_MAX = 64
 _TASK_ORDER: Final = {Task.INSTALL: 0, Task.WAIT: 1, Task.UNINSTALL: 2}
+QUOTA_RETRY_SECONDS: Final = 30
+"""`Retry-After` of a start refused by the concurrent-jobs quota: when a slot frees is not knowable, and a job
+rarely ends sooner than this (its install alone takes seconds)."""
 _VERSION_CACHE_SIZE: Final = 256
 """Pipeline versions (with their IR) kept in memory per store: versions are immutable once stored."""
 
@@ -177,11 +182,38 @@ class Job:
     reported as a whole)."""
     flow_progress: dict[str, Any] | None = None
     """The latest progress report of each flow that reports by name (see `JobStore.update_progress`)."""
+    admitted_at: datetime | None = None
+    """When admission let the job start (`scheduler.admission`); None while it is queued (or never was)."""
+    created_by: str | None = None
+    """The name of the API token (or the open-mode local user) that created the job."""
+    queue_position: int | None = field(default=None, compare=False)
+    """1 for the next job admission starts, 2 for the one after, ...: only for a queued job (PENDING, not yet
+    admitted), and only as `get_job` and `list_jobs` return it; None otherwise. A view of the queue when read, so
+    not part of a job's equality."""
     events: tuple[JobEvent, ...] | None = None
 
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class Quota:
+    """What one API token may have at once (`max_concurrent_jobs`: jobs not yet finished, queued ones included)
+    and per UTC day (`max_rows_per_day`: rows written by its jobs created that day); None: no limit."""
+
+    max_concurrent_jobs: int | None = None
+    max_rows_per_day: int | None = None
+
+
+@dataclass(frozen=True)
+class TokenUsage:
+    """What one creator (an API token's name) uses now: unfinished jobs, and rows written by its jobs created
+    since the start of the current UTC day."""
+
+    name: str
+    active_jobs: int
+    rows_today: int
 
 
 @dataclass(frozen=True)
@@ -350,6 +382,8 @@ def _job(row: JobRow, pipeline: str, version_number: int, events: tuple[JobEvent
         completion_message=row.completion_message,
         flow_completions=row.flow_completions,
         flow_progress=row.flow_progress,
+        admitted_at=row.admitted_at,
+        created_by=row.created_by,
         events=events,
     )
 
@@ -422,6 +456,33 @@ _LATEST_VERSION_KEY: Final = _VERSION_KEY_QUERY.order_by(_VERSIONS.c.number.desc
 _NUMBERED_VERSION_KEY: Final = _VERSION_KEY_QUERY.where(_VERSIONS.c.number == bindparam("modelops_number"))
 _VERSION_ROW: Final = select(*_VERSIONS.c).where(_VERSIONS.c.id == bindparam(_WANTED))
 
+_QUEUED: Final = and_(_JOBS.c.state == JobState.PENDING.value, _JOBS.c.admitted_at.is_(None))
+"""A queued job: PENDING and not yet admitted (`scheduler.admission`)."""
+_ADMITTED_ACTIVE: Final = and_(
+    _JOBS.c.state.not_in([s.value for s in TERMINAL]),
+    or_(_JOBS.c.state != JobState.PENDING.value, _JOBS.c.admitted_at.is_not(None)),
+)
+"""A job that holds one of admission's slots: admitted (or started before admission existed) and unfinished."""
+_QUEUE_RANKS: Final = (
+    select(
+        _JOBS.c.id,
+        func.row_number().over(partition_by=_JOBS.c.backend, order_by=(_JOBS.c.created_at, _JOBS.c.id)).label("rank"),
+    )
+    .where(_QUEUED)
+    .subquery()
+)
+"""Each queued job's position in its backend's queue, oldest first."""
+_ADMITTED_REASON: Final = "Admitted"
+_QUEUED_CANCEL_MESSAGE: Final = "nothing to tear down: the job was still queued"
+
+
+def _day_start(now: datetime) -> datetime:
+    return now.replace(hour=0, minute=0, second=0, microsecond=0)
+
+
+def _seconds_to_next_day(now: datetime) -> int:
+    return max(1, int((_day_start(now) + timedelta(days=1) - now).total_seconds()) + 1)
+
 
 def _event_of(row: RowMapping) -> JobEvent:
     p = _EVENT_PREFIX
@@ -485,6 +546,8 @@ def _job_of(row: Mapping[str, Any] | RowMapping, events: tuple[JobEvent, ...] | 
         completion_message=row["completion_message"],
         flow_completions=row.get("flow_completions"),
         flow_progress=row.get("flow_progress"),
+        admitted_at=row.get("admitted_at"),
+        created_by=row.get("created_by"),
         events=events,
     )
 
@@ -788,8 +851,15 @@ class JobStore:
         token_hash: str,
         idempotency_key: str | None = None,
         job_id: uuid.UUID | None = None,
+        created_by: str | None = None,
+        quota: Quota | None = None,
     ) -> tuple[Job, bool]:
         """Create a PENDING job for `version` and its first event; returns `(job, created)`.
+
+        `created_by` names who creates it (an API token's name). With a `quota`, the creator's unfinished jobs
+        and today's rows (`token_usage`) are checked in the same transaction as the insert (on PostgreSQL under
+        an advisory lock per creator, so parallel requests cannot both take the last slot): over a limit is
+        `QuotaExceeded` (HTTP 429) naming the quota, and nothing is written.
 
         `job_id` is the new job's id; a random UUID when None. Callers pass it when something derives from
         the id before the job exists (the per-job token whose hash is `token_hash`). An id that is already
@@ -805,6 +875,7 @@ class JobStore:
         _check_text(backend, "backend", _BACKEND_MAX, required=True)
         _check_sha256(token_hash, "token_hash")
         _check_text(idempotency_key, "idempotency_key", _IDEMPOTENCY_KEY_MAX, required=idempotency_key is not None)
+        _check_text(created_by, "created_by", 255)
         params = _json_document(parameters, "parameters")
         env = _json_document(environment, "environment")
         if idempotency_key is not None:
@@ -813,8 +884,10 @@ class JobStore:
                 return replay, False
         try:
             with self._conn(write=True) as conn:
+                if quota is not None and created_by is not None:
+                    self._check_quota(conn, created_by, quota)
                 return self._insert_job(
-                    conn, version, params, env, backend, token_hash, idempotency_key, job_id or uuid.uuid4()
+                    conn, version, params, env, backend, token_hash, idempotency_key, job_id or uuid.uuid4(), created_by
                 )
         except IntegrityError as exc:
             # Either another caller committed a job with this idempotency key between the replay check and
@@ -875,6 +948,7 @@ class JobStore:
         token_hash: str,
         idempotency_key: str | None,
         job_id: uuid.UUID,
+        created_by: str | None = None,
     ) -> tuple[Job, bool]:
         now = self._now()
         row: dict[str, Any] = dict(
@@ -898,6 +972,8 @@ class JobStore:
             records_failed=0,
             completion=None,
             completion_message=None,
+            admitted_at=None,
+            created_by=created_by,
         )
         conn.execute(_INSERT_JOB, row)
         self._insert_event(conn, row, now, None, CREATED_REASON, None)
@@ -910,10 +986,13 @@ class JobStore:
         uid = _parse_job_id(job_id)
         with self._read() as conn:
             rows = conn.execute(_SELECT_JOB_WITH_EVENTS, {_WANTED: uid}).mappings().all()
-        if not rows:
-            raise NotFound(f"no job {uid}", code="job_not_found", details={"job_id": str(uid)})
-        events = tuple(_event_of(row) for row in rows if row[_EVENT_PREFIX + "id"] is not None)
-        return _job_of(rows[0], events)
+            if not rows:
+                raise NotFound(f"no job {uid}", code="job_not_found", details={"job_id": str(uid)})
+            events = tuple(_event_of(row) for row in rows if row[_EVENT_PREFIX + "id"] is not None)
+            job = _job_of(rows[0], events)
+            if job.state is JobState.PENDING and job.admitted_at is None:
+                job = replace(job, queue_position=self._positions(conn, [job.id]).get(job.id))
+        return job
 
     def list_jobs(
         self,
@@ -948,6 +1027,10 @@ class JobStore:
         with self._read() as conn:
             rows = conn.execute(query).mappings().all()
             jobs = tuple(_job_of(row) for row in rows[:limit])
+            queued = [job.id for job in jobs if job.state is JobState.PENDING and job.admitted_at is None]
+            if queued:
+                positions = self._positions(conn, queued)
+                jobs = tuple(replace(job, queue_position=positions.get(job.id)) for job in jobs)
         next_cursor = _encode_cursor(jobs[-1].created_at, jobs[-1].id) if len(rows) > limit else None
         return JobPage(jobs, next_cursor)
 
@@ -960,6 +1043,128 @@ class JobStore:
         )
         with self._read() as conn:
             return tuple(_job_of(row) for row in conn.execute(query).mappings().all())
+
+    # -- admission (scheduler.admission) and per-token quotas -------------------------------------------
+
+    @staticmethod
+    def _positions(conn: Connection, job_ids: list[uuid.UUID]) -> dict[uuid.UUID, int]:
+        """The queue position of each of `job_ids` that is queued."""
+        query = select(_QUEUE_RANKS.c.id, _QUEUE_RANKS.c.rank).where(_QUEUE_RANKS.c.id.in_(job_ids))
+        return {row.id: int(row.rank) for row in conn.execute(query).all()}
+
+    def admit_queued(self, backend: str, limit: int) -> tuple[uuid.UUID, ...]:
+        """Admit the oldest queued jobs of `backend` into the free slots, in creation order; their ids.
+
+        A slot is held by every admitted job that has not finished (PENDING ones included: admitted, their start
+        is on its way); `limit` 0 means no limit. One transaction, with the queued rows locked on PostgreSQL, so
+        two callers never admit the same job. Each admitted job gets `admitted_at` and stays PENDING: the
+        backend's start moves it on.
+        """
+        with self._conn(write=True) as conn:
+            free: int | None = None
+            if limit > 0:
+                held = conn.execute(
+                    select(func.count()).select_from(_JOBS).where(_JOBS.c.backend == backend, _ADMITTED_ACTIVE)
+                ).scalar_one()
+                free = limit - int(held)
+                if free <= 0:
+                    return ()
+            query = (
+                select(_JOBS.c.id)
+                .where(_JOBS.c.backend == backend, _QUEUED)
+                .order_by(_JOBS.c.created_at, _JOBS.c.id)
+                .limit(free)
+                .with_for_update()
+            )
+            chosen = tuple(conn.execute(query).scalars().all())
+            if chosen:
+                conn.execute(update(_JOBS).where(_JOBS.c.id.in_(chosen)).values(admitted_at=self._now()))
+        for job_id in chosen:
+            log.debug("job %s: admitted", job_id)
+        return chosen
+
+    def running_count(self, backend: str) -> int:
+        """How many of `backend`'s jobs hold an admission slot (admitted and unfinished)."""
+        with self._read() as conn:
+            query = select(func.count()).select_from(_JOBS).where(_JOBS.c.backend == backend, _ADMITTED_ACTIVE)
+            return int(conn.execute(query).scalar_one())
+
+    def cancel_queued(self, job_id: uuid.UUID | str, *, reason: str, message: str | None) -> Job | None:
+        """Cancel a job that is still queued at once: PENDING -> CANCELLING, task uninstall (nothing to tear
+        down), -> CANCELLED, three events in one transaction; None (nothing changed) when it is not queued.
+
+        Safe against admission: both lock the row, so the job is either admitted first (None here: the backend
+        cancels it) or cancelled first (admission no longer sees it).
+        """
+        uid = _parse_job_id(job_id)
+        _check_text(reason, "reason", _REASON_MAX)
+        with self._conn(write=True) as conn:
+            row = self._locked_row(conn, uid)
+            if row["state"] != JobState.PENDING.value or row["admitted_at"] is not None:
+                return None
+            now = self._now()
+            self._update_row(conn, row, state=JobState.CANCELLING.value, reason=reason, message=message)
+            self._insert_event(conn, row, now, JobState.PENDING.value, reason, message)
+            self._update_row(conn, row, task=Task.UNINSTALL.value)
+            self._insert_event(conn, row, now, JobState.CANCELLING.value, reason, _QUEUED_CANCEL_MESSAGE)
+            self._update_row(conn, row, state=JobState.CANCELLED.value, finished_at=now)
+            self._insert_event(conn, row, now, JobState.CANCELLING.value, reason, message)
+            job = _job_of(row)
+        _log_transition(job, started=False)
+        return job
+
+    def _usage_rows(self, conn: Connection, names: Collection[str] | None) -> dict[str, TokenUsage]:
+        since = _day_start(self._now())
+        jobs = _JOBS.c
+        active = select(jobs.created_by, func.count()).where(
+            jobs.created_by.is_not(None), jobs.state.not_in([s.value for s in TERMINAL])
+        )
+        rows = select(jobs.created_by, func.coalesce(func.sum(jobs.records_written), 0)).where(
+            jobs.created_by.is_not(None), jobs.created_at >= since
+        )
+        if names is not None:
+            active = active.where(jobs.created_by.in_(list(names)))
+            rows = rows.where(jobs.created_by.in_(list(names)))
+        counts = {name: int(n) for name, n in conn.execute(active.group_by(jobs.created_by)).all()}
+        sums = {name: int(n) for name, n in conn.execute(rows.group_by(jobs.created_by)).all()}
+        return {
+            name: TokenUsage(name, counts.get(name, 0), sums.get(name, 0))
+            for name in sorted(set(counts) | set(sums) | set(names or ()))
+        }
+
+    def token_usage(self, names: Collection[str] | None = None) -> dict[str, TokenUsage]:
+        """Usage per creator name (`TokenUsage`): of `names` (each present, zeros included), or of every creator
+        that has unfinished jobs or jobs created today (None)."""
+        with self._read() as conn:
+            return self._usage_rows(conn, names)
+
+    def _check_quota(self, conn: Connection, name: str, quota: Quota) -> None:
+        if quota.max_concurrent_jobs is None and quota.max_rows_per_day is None:
+            return
+        if not self._sqlite:  # SQLite: the write transaction (BEGIN IMMEDIATE) already serialises creators
+            conn.execute(select(func.pg_advisory_xact_lock(func.hashtext(f"modelops-quota:{name}"))))
+        usage = self._usage_rows(conn, [name])[name]
+        if quota.max_concurrent_jobs is not None and usage.active_jobs >= quota.max_concurrent_jobs:
+            raise QuotaExceeded(
+                f"token {name!r} has {usage.active_jobs} unfinished job(s), its limit of concurrent jobs is "
+                f"{quota.max_concurrent_jobs}: start again once one has finished",
+                quota="max_concurrent_jobs",
+                limit=quota.max_concurrent_jobs,
+                usage=usage.active_jobs,
+                token=name,
+                retry_after=QUOTA_RETRY_SECONDS,
+            )
+        if quota.max_rows_per_day is not None and usage.rows_today >= quota.max_rows_per_day:
+            retry = _seconds_to_next_day(self._now())
+            raise QuotaExceeded(
+                f"token {name!r} has scored {usage.rows_today} rows today (UTC), its limit of rows per day is "
+                f"{quota.max_rows_per_day}: the count starts again at 00:00 UTC, in {retry} s",
+                quota="max_rows_per_day",
+                limit=quota.max_rows_per_day,
+                usage=usage.rows_today,
+                token=name,
+                retry_after=retry,
+            )
 
     # -- the hand-off from API workers to the lifecycle engine (scheduler.dispatch) ---------------------
 

@@ -196,7 +196,7 @@ async def _scheduler_error(request: Request, exc: Exception) -> Response:
     assert isinstance(exc, SchedulerError)
     if exc.http_status >= 500:
         log.warning("%s %s: %s", request.method, request.url.path, exc.message, exc_info=exc.__cause__ is not None)
-    return error_response(exc.http_status, exc.code, exc.message, exc.details)
+    return error_response(exc.http_status, exc.code, exc.message, exc.details, getattr(exc, "headers", None))
 
 
 async def _ir_error(_request: Request, exc: Exception) -> Response:

@@ -57,18 +57,21 @@ def _json(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
     summary="Start a job",
     description="Create a job of a pipeline version (the latest unless `version` is given) and start it. "
     "Parameters are checked first: a bad request creates nothing. With an `Idempotency-Key`, retrying the "
-    "same request returns the same job (200); the key with a different request is a 409.",
+    "same request returns the same job (200); the key with a different request is a 409. A token over one of "
+    "its quotas gets 429 with `Retry-After` (seconds) and the quota, its limit and the usage in the details. "
+    "When every running slot is taken (`max_running_jobs`) the job is created PENDING with its "
+    "`queue_position`.",
     status_code=status.HTTP_201_CREATED,
     response_model=JobOut,
     responses={
         200: {"model": JobOut, "description": "The Idempotency-Key replayed an earlier request: its job."},
-        **error_responses(401, 403, 404, 409, 422, 503),
+        **error_responses(401, 403, 404, 409, 422, 429, 503),
     },
 )
 async def create_job(
     body: JobCreate,
     service: Service,
-    _: WritePrincipal,
+    principal: WritePrincipal,
     idempotency_key: Annotated[
         str | None,
         Header(
@@ -79,7 +82,7 @@ async def create_job(
     ] = None,
 ) -> Response:
     job, created = await service.create_job(
-        body.pipeline, body.version, body.parameters, body.environment, idempotency_key
+        body.pipeline, body.version, body.parameters, body.environment, idempotency_key, principal
     )
     return _json(JobOut.of(job), status.HTTP_201_CREATED if created else status.HTTP_200_OK)
 

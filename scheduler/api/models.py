@@ -14,7 +14,7 @@ from typing import Annotated, Any, Final, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, StrictInt, model_validator
 
 from scheduler.api.examples import BUNDLE_FILES
-from scheduler.service import json_object_problem, text_problem
+from scheduler.service import TokenQuotaUsage, json_object_problem, text_problem
 from scheduler.states import JobState, Task
 from scheduler.store import Job, JobEvent, Pipeline, PipelineVersion, VersionInfo
 
@@ -373,6 +373,7 @@ _JOB_EXAMPLE: Final[dict[str, Any]] = {
     "created_at": EXAMPLE_TIME,
     "started_at": EXAMPLE_TIME,
     "finished_at": None,
+    "queue_position": None,
     "progress": {
         "read": 5000,
         "written": 4890,
@@ -430,6 +431,12 @@ class JobOut(BaseModel):
     created_at: datetime
     started_at: datetime | None
     finished_at: datetime | None
+    queue_position: int | None = Field(
+        default=None,
+        ge=1,
+        description="Only while the job waits for admission (PENDING, every running slot taken: "
+        "`max_running_jobs`): 1 for the next job to start, 2 for the one after, ...; null otherwise.",
+    )
     progress: ProgressOut
     completion: CompletionOut | None = Field(description="What the scoring flows reported at the end, if they did.")
     flow_completions: dict[str, CompletionOut] = Field(
@@ -454,6 +461,7 @@ class JobOut(BaseModel):
             "created_at": job.created_at,
             "started_at": job.started_at,
             "finished_at": job.finished_at,
+            "queue_position": job.queue_position,
             "progress": ProgressOut.of(job),
             "completion": (
                 CompletionOut(succeeded=job.completion == "succeeded", message=job.completion_message)
@@ -639,3 +647,45 @@ class LogComponentsOut(BaseModel):
         description="The job's log components, in the order the merged log breaks ties: its phases, then "
         "`service/<name>` per scoring service and `flow/<name>` per scoring flow."
     )
+
+
+class TokenUsageOut(BaseModel):
+    """What one API token (by name) uses of its quotas now; a limit of null is no limit."""
+
+    name: str = Field(description="The token's name (what jobs record as `created_by`).")
+    active_jobs: int = Field(description="Its unfinished jobs, queued ones included.")
+    rows_today: int = Field(description="Rows written by its jobs created since 00:00 UTC today.")
+    max_concurrent_jobs: int | None = Field(description="Its limit of unfinished jobs.")
+    max_rows_per_day: int | None = Field(description="Its limit of rows per UTC day.")
+
+    @classmethod
+    def of(cls, entry: TokenQuotaUsage) -> TokenUsageOut:
+        return cls(
+            name=entry.usage.name,
+            active_jobs=entry.usage.active_jobs,
+            rows_today=entry.usage.rows_today,
+            max_concurrent_jobs=entry.max_concurrent_jobs,
+            max_rows_per_day=entry.max_rows_per_day,
+        )
+
+
+class UsageOut(BaseModel):
+    """`GET /api/v1/usage`: the caller's own token, or for an `admin` every token."""
+
+    model_config = _examples(
+        {
+            "day": "2026-12-03",
+            "tokens": [
+                {
+                    "name": "ci",
+                    "active_jobs": 2,
+                    "rows_today": 120000,
+                    "max_concurrent_jobs": 4,
+                    "max_rows_per_day": 1000000,
+                }
+            ],
+        }
+    )
+
+    day: str = Field(description="The UTC day `rows_today` counts (YYYY-MM-DD).")
+    tokens: list[TokenUsageOut]

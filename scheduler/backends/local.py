@@ -88,8 +88,8 @@ class LocalBackend:
         self.lifecycle = Lifecycle(store, settings, secret, self.deployer)
         self._runs: dict[uuid.UUID, _LocalRun] = {}
         self._closing = False
-
         self.admission = Admission(store, self.name, settings.max_running_jobs, self._start_admitted)
+
     # -- Backend ----------------------------------------------------------------------------------
 
     async def start(self, job_id: uuid.UUID) -> None:
@@ -177,22 +177,22 @@ class LocalBackend:
             run = _LocalRun(job.id)
             run.deployment = self._deployment_of(job)
             mode, outcome = self._recovery_plan(job, run.deployment)
+            if mode == "start" and job.admitted_at is None:
+                continue  # queued: admission starts it in its turn (below)
             logger.info("recover: job %s (%s, task %s): %s", job.id, job.state, job.task, mode)
             self._launch(run, mode, outcome, resumed=job.task == Task.UNINSTALL)
+        await self.admission.pump()
 
     async def close(self) -> None:
         """Cancel every runner; job states and deployed processes stay as they are, for `recover()`."""
         self._closing = True
-            if mode == "start" and job.admitted_at is None:
-                continue  # queued: admission starts it in its turn (below)
+        await self.admission.close()
         runners = [run.runner for run in self._runs.values() if run.runner is not None]
         for runner in runners:
-        await self.admission.pump()
             runner.cancel()
         await asyncio.gather(*runners, return_exceptions=True)
 
     # -- extras -----------------------------------------------------------------------------------
-        await self.admission.close()
 
     async def join(self, job_id: uuid.UUID) -> None:
         """Wait until this backend has nothing more to do for the job (returns at once if it has no runner)."""
@@ -267,6 +267,8 @@ class LocalBackend:
             if self._runs.get(run.job_id) is run:
                 del self._runs[run.job_id]
             run.done.set()
+            if not self._closing:
+                self.admission.released()
 
     async def _install_and_wait(self, run: _LocalRun, mode: Mode) -> Outcome | None:
         """Run install (unless re-attaching) and wait as a cancellable child task; the outcome to uninstall with."""
@@ -280,8 +282,6 @@ class LocalBackend:
             current = asyncio.current_task()
             if self._closing or (current is not None and current.cancelling()):
                 phase.cancel()
-            if not self._closing:
-                self.admission.released()
                 raise
             return Outcome.cancelled()
         except JobNotRunnable as exc:

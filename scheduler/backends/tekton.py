@@ -47,6 +47,7 @@ from typing import Any, Final, ParamSpec, TypeVar
 
 import ir
 from ir.logformat import timestamp
+from scheduler.admission import Admission
 from scheduler.backends.base import Backend
 from scheduler.errors import Conflict, IllegalTransition, NotFound, StoreUnavailable
 from scheduler.joblogs import PHASES, Idle, LogItem, merge_logs
@@ -315,16 +316,21 @@ class TektonBackend:
         self._progress: asyncio.Event | None = None
         self.resource_version: str | None = None
         """The resourceVersion of the last watch event or list applied to the store."""
+        self.admission = Admission(store, self.name, settings.max_running_jobs, self._start_admitted)
 
     # -- Backend ----------------------------------------------------------------------------------
 
     async def start(self, job_id: uuid.UUID) -> None:
-        """Create the job's PipelineRun and token Secret; the job becomes INSTALLING (task install).
+        """Once admission has a slot for the job (`scheduler.admission`; at once if one is free, else when an
+        earlier job ends), create its PipelineRun and token Secret; the job becomes INSTALLING (task install).
 
         Idempotent: a job that is no longer PENDING is left alone, and a run already created for the job (a
         start interrupted by a restart) is taken over instead of creating a second one. Raises `K8sError` when
-        the cluster refuses; then nothing of the job is left on the cluster (the service fails the job).
+        the cluster refuses; then nothing of the job is left on the cluster and the job is FAILED.
         """
+        await self.admission.submit(job_id)
+
+    async def _start_admitted(self, job_id: uuid.UUID) -> None:
         async with self._lock(job_id):
             job = await self._db(self.store.get_job, job_id)
             if job.state is JobState.CANCELLING and not job.backend_ref:
@@ -500,6 +506,7 @@ class TektonBackend:
 
     async def close(self) -> None:
         """Stop the watch and the reconciler; job states stay as they are (the next `recover()` resumes)."""
+        await self.admission.close()
         self._stop.set()
         stream = self._stream
         if stream is not None:
@@ -857,6 +864,7 @@ class TektonBackend:
             except IllegalTransition:
                 continue
         await self._forget_secret(job_id)
+        self.admission.released()
 
     def _decide(self, job: Job, name: str, condition: _Condition) -> _Target:
         where = f"PipelineRun {self.namespace}/{name}"
@@ -898,6 +906,7 @@ class TektonBackend:
             except IllegalTransition:
                 continue
         await self._forget_secret(job_id)
+        self.admission.released()
 
     async def _forget_secret(self, job_id: uuid.UUID) -> None:
         """Delete the finished job's token Secret at once (the run may be kept for its logs: the token not)."""

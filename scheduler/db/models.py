@@ -139,6 +139,7 @@ class JobRow(Base):
         Index(None, "created_at", "id"),
         Index(None, "state"),
         Index(None, "pipeline_version_id"),
+        Index(None, "created_by", "created_at"),
         CheckConstraint(_in_list("state", STATE_VALUES), name="state_known"),
         CheckConstraint(f"task IS NULL OR {_in_list('task', TASK_VALUES)}", name="task_known"),
         CheckConstraint(
@@ -178,6 +179,10 @@ class JobRow(Base):
     flow_progress: Mapped[dict[str, Any] | None]
     """The latest progress report of each flow that reports by name (`{flow: {state, read, written, failed,
     filtered, total, unit, done, rate, outputs, services, at}}`, see `JobStore.update_progress`)."""
+    admitted_at: Mapped[datetime | None]
+    """When admission let the job start (`scheduler.admission`); a PENDING job without it is queued."""
+    created_by: Mapped[str | None] = mapped_column(String(255))
+    """The name of the API token that created the job (what the per-token quotas count); None in open mode."""
 
     version: Mapped[PipelineVersionRow] = relationship()
     events: Mapped[list[JobEventRow]] = relationship(

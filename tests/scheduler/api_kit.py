@@ -207,6 +207,8 @@ class FakeBackend:
 
     async def start(self, job_id: uuid.UUID) -> None:
         self.calls.append(("start", job_id))
+        # As a real backend's admission does with no limit: the job is no longer queued (`scheduler.admission`).
+        await self._db(self.store.admit_queued, self.name, 0)
         if self.fail_start:
             raise RuntimeError("no capacity left")
         self.lines[(job_id, Task.INSTALL)] = ["rendering values", "deploying 1 service, 1 flow"]
