@@ -18,6 +18,7 @@ length followed by the bytes.
 
 from __future__ import annotations
 
+import json
 import math
 import struct
 from collections.abc import Sequence
@@ -73,6 +74,20 @@ _INT_LIMITS: Final[dict[str, tuple[int, int]]] = {
 }
 #: Shapes beyond this many elements are refused before any allocation (2**31: far above any body limit).
 _MAX_ELEMENTS: Final = 1 << 31
+#: Dimensions of a tensor (numpy's own limit).
+_MAX_DIMS: Final = 64
+#: Nesting of a JSON body: orjson and simdjson both stop at 1024 levels of arrays and objects.
+_MAX_JSON_DEPTH: Final = 1024
+_NESTED_TOO_DEEP: Final = (
+    f"the request body is nested too deep (more than {_MAX_JSON_DEPTH} levels of arrays and objects)"
+)
+#: The largest finite value of the narrow float datatypes: a JSON number beyond it is refused, not made inf.
+_FLOAT_MAX: Final[dict[str, float]] = {
+    "FP16": float(np.finfo(np.float16).max),
+    "FP32": float(np.finfo(np.float32).max),
+}
+#: What the standard library's JSON reads and orjson and simdjson refuse: NaN and infinities.
+_NON_FINITE_TOKENS: Final = (b"NaN", b"Infinity")
 _LENGTH: Final = struct.Struct("<I")
 _JSON_NUMPY: Final = orjson.OPT_SERIALIZE_NUMPY
 #: Bodies from this size are parsed with simdjson (below it orjson is as fast and the lazy proxies cost more).
@@ -123,6 +138,8 @@ def _shape(raw: object, where: str) -> tuple[int, ...]:
         if type(dim) is not int or dim < 0:
             raise InvalidRequest(f"{where}: 'shape' must be a list of non-negative integers (got {dim!r})")
         shape.append(dim)
+    if len(shape) > _MAX_DIMS:
+        raise InvalidRequest(f"{where}: 'shape' has {len(shape)} dimensions; at most {_MAX_DIMS} are supported")
     if math.prod(shape) > _MAX_ELEMENTS:
         raise InvalidRequest(f"{where}: shape {shape} has more than {_MAX_ELEMENTS} elements")
     return tuple(shape)
@@ -158,9 +175,28 @@ def _load_simdjson(head: bytes) -> Any:
     try:
         return _from_simdjson(_simdjson.Parser().parse(head))
     except (ValueError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
-    except RuntimeError as exc:  # BIGINT_ERROR: an integer beyond 64 bits
+        document = _with_non_finite(head, str(exc))
+        if document is None:
+            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+        return document
+    except RuntimeError as exc:  # BIGINT_ERROR: an integer beyond 64 bits; DEPTH_ERROR: nested too deep
+        if "DEPTH_ERROR" in str(exc):
+            raise InvalidRequest(_NESTED_TOO_DEEP) from None
         raise InvalidRequest(f"the request body has a number out of range: {exc}") from None
+
+
+def _with_non_finite(head: bytes | memoryview, problem: str) -> Any:
+    """The document read by the standard library when the fast parsers refused it for NaN, Infinity or a number
+    beyond a double (which it reads as infinite), so that such values meet the one non-finite policy
+    (`decode_infer_request`) instead of a JSON syntax error; None when that was not the problem."""
+    raw = bytes(head)
+    about_numbers = "infinity" in problem.lower() or "NUMBER_ERROR" in problem
+    if not about_numbers and not any(token in raw for token in _NON_FINITE_TOKENS):
+        return None
+    try:
+        return json.loads(raw)
+    except (ValueError, RecursionError):
+        return None
 
 
 def _from_simdjson(document: Any) -> Any:
@@ -202,9 +238,61 @@ def _all_ints(data: list[Any], depth: int = 0) -> bool:
     return all(_all_ints(v, depth + 1) if isinstance(v, list) else type(v) is int for v in data)
 
 
+def _in_range(array: Array, source: object, datatype: str, where: str) -> Array:
+    """`array` (FP16/FP32 converted from JSON numbers), unless a finite number became infinite on the way: a
+    400 naming it and its place, rather than a silent inf."""
+    if datatype not in _FLOAT_MAX or not array.size:
+        return array
+    finite = np.isfinite(array)
+    if finite.all():
+        return array
+    wide = np.asarray(source, dtype=np.float64).reshape(-1)
+    overflowed = ~finite.reshape(-1) & np.isfinite(wide)
+    if overflowed.any():
+        index = int(np.argmax(overflowed))
+        raise InvalidRequest(
+            f"{where}: {float(wide[index])!r} at {_position(index, array.shape)} is out of the range of "
+            f"{datatype} (±{_FLOAT_MAX[datatype]:.8g})"
+        )
+    return array
+
+
+def _position(index: int, shape: tuple[int, ...]) -> str:
+    """The row-major `index` of a flattened tensor as its place in `shape`: `[1, 3]`."""
+    return str([int(i) for i in np.unravel_index(index, shape)]) if shape else "[]"
+
+
+def _refuse_non_finite(array: Array, where: str) -> None:
+    """A 400 naming the first NaN or infinity of a float tensor, and how a model allows them."""
+    if array.dtype.kind != "f" or not array.size:
+        return
+    finite = np.isfinite(array).reshape(-1)
+    if finite.all():
+        return
+    index = int(np.argmin(finite))
+    value = float(array.reshape(-1)[index])
+    raise InvalidRequest(
+        f"{where}: the value at {_position(index, array.shape)} is {value}, not a finite number; NaN and "
+        "infinities are refused unless the model's option allowNonFinite is true"
+    )
+
+
+def _first_depth(data: Any) -> int:
+    """How deep the first elements of a simdjson array nest (`[[[1, 2]]]`: 3), stopping past `_MAX_DIMS`."""
+    depth = 0
+    while isinstance(data, _simdjson.Array) and depth <= _MAX_DIMS:
+        depth += 1
+        if not len(data):
+            break
+        data = data[0]
+    return depth
+
+
 def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str) -> Array:
     if _simdjson is not None and isinstance(data, _simdjson.Array):
         dtype = DATATYPES[datatype]
+        if _first_depth(data) > _MAX_DIMS:  # as_buffer flattens any nesting; numpy (the other path) stops at 64
+            raise InvalidRequest(f"{where}: 'data' is nested more than {_MAX_DIMS} levels deep")
         numbers = _numbers(data, dtype) if dtype.kind in "fiu" else None
         if numbers is None:
             try:
@@ -227,11 +315,14 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
     dtype = DATATYPES[datatype]
     try:
         if dtype.kind == "f":
-            if data and not isinstance(data[0], list):
-                # flat data, the common case: fromiter skips np.array's nesting discovery (~20% faster)
-                array = np.fromiter(data, dtype=dtype, count=len(data))
-            else:
-                array = np.array(data, dtype=dtype)
+            with np.errstate(over="ignore", invalid="ignore"):  # an overflow is found and named below
+                if data and not isinstance(data[0], list):
+                    # flat data, the common case: fromiter skips np.array's nesting discovery (~20% faster)
+                    array = np.fromiter(data, dtype=dtype, count=len(data))
+                else:
+                    array = np.array(data, dtype=dtype)
+            if array.size == count:
+                array = _in_range(array, data, datatype, where)
         else:
             array = np.array(data)
             if array.dtype.kind in "fO" and dtype.kind in "iu" and _all_ints(data):
@@ -246,6 +337,8 @@ def _json_tensor(data: object, datatype: str, shape: tuple[int, ...], where: str
                     raise InvalidRequest(f"{where}: a value is out of the range of {datatype} [{low}, {high}]")
             array = array.astype(dtype, copy=False)
     except (ValueError, TypeError, OverflowError) as exc:
+        if "maximum supported dimension" in str(exc) or "maximum number of dimension" in str(exc):
+            raise InvalidRequest(f"{where}: 'data' is nested more than {_MAX_DIMS} levels deep") from None
         raise InvalidRequest(
             f"{where}: 'data' does not fit datatype {datatype} and shape {list(shape)}: {exc}"
         ) from None
@@ -265,7 +358,9 @@ def _checked_numbers(numbers: Array, datatype: str, shape: tuple[int, ...], wher
             raise InvalidRequest(f"{where}: a value is out of the range of {datatype} [{low}, {high}]")
     if datatype in ("INT64", "UINT64"):  # the buffer's own type already
         return numbers.reshape(shape)
-    return numbers.astype(dtype).reshape(shape)
+    with np.errstate(over="ignore", invalid="ignore"):  # an overflow is found and named below
+        array = numbers.astype(dtype).reshape(shape)
+    return _in_range(array, numbers, datatype, where)
 
 
 def _binary_tensor(blob: memoryview, datatype: str, shape: tuple[int, ...], where: str) -> Array:
@@ -310,8 +405,15 @@ def _parameters(raw: object, where: str) -> dict[str, Any]:
     return raw
 
 
-def decode_infer_request(body: bytes, header_length: int | None = None) -> DecodedRequest:
-    """Parse an inference request (JSON, or JSON header + binary tensors when `header_length` is given)."""
+def decode_infer_request(
+    body: bytes, header_length: int | None = None, *, allow_non_finite: bool = False
+) -> DecodedRequest:
+    """Parse an inference request (JSON, or JSON header + binary tensors when `header_length` is given).
+
+    One policy for NaN and infinities, in JSON (`NaN`, `Infinity`, numbers beyond a double) and in binary
+    tensors alike: refused with a 400 naming the input and the first place, unless `allow_non_finite` (the
+    model's option `allowNonFinite`). A JSON number beyond the range of FP16/FP32 is a 400 naming it either way.
+    """
     if header_length is not None:
         if header_length < 0 or header_length > len(body):
             raise InvalidRequest(
@@ -326,7 +428,11 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Decod
         try:
             document = orjson.loads(head)
         except orjson.JSONDecodeError as exc:
-            raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
+            if str(exc).startswith("depth limit exceeded"):
+                raise InvalidRequest(_NESTED_TOO_DEEP) from None
+            document = _with_non_finite(head, str(exc))
+            if document is None:
+                raise InvalidRequest(f"the request body is not valid JSON: {exc}") from None
     if not isinstance(document, dict):
         raise InvalidRequest("the request body must be a JSON object with 'inputs'")
     raw_inputs = document.get("inputs")
@@ -372,6 +478,8 @@ def decode_infer_request(body: bytes, header_length: int | None = None) -> Decod
             if "data" not in raw:
                 raise InvalidRequest(f"{where}: 'data' is missing")
             inputs[name] = _json_tensor(raw["data"], datatype, shape, where)
+        if not allow_non_finite:
+            _refuse_non_finite(inputs[name], where)
         datatypes[name] = datatype
     if offset != len(tail):
         raise InvalidRequest(f"the body has {len(tail) - offset} binary bytes that no input's binary_data_size covers")

@@ -1,7 +1,9 @@
 """The transport-neutral core of the Open Inference Protocol: what every route delegates to.
 
 `DataPlane` answers health, metadata and readiness, runs inference (decode, check against the served signature,
-submit to the model's batcher, encode) and the repository extension. It knows nothing about HTTP beyond
+submit to the model's batcher, encode) and the repository extension. Whatever the runtime, NaN and infinities
+are refused unless the model's option `allowNonFinite` is true, and an empty batch (0 rows) is answered 200
+with empty outputs of the declared shapes without calling the model. It knows nothing about HTTP beyond
 returning bodies and raising `ScoringError`s that carry their status; tests call it directly.
 """
 
@@ -35,7 +37,7 @@ from scoring_services.errors import (
     ScoringError,
 )
 from scoring_services.metrics import ScoringMetrics
-from scoring_services.repository import UNLOADED, ModelEntry, ModelRepository, ModelState
+from scoring_services.repository import ALLOW_NON_FINITE, UNLOADED, ModelEntry, ModelRepository, ModelState
 from scoring_services.settings import ScoringSettings
 from scoring_services.types import Array, ModelConfig, TensorSpec
 
@@ -92,6 +94,12 @@ def _output_shape(array: Array, spec: TensorSpec, model: str) -> Array:
         f"model '{model}' returned output '{spec.name}' with shape {list(array.shape)}; "
         f"its metadata declares {list(spec.shape)}"
     )
+
+
+def _empty_output(spec: TensorSpec) -> Array:
+    """The answer to an empty batch: no rows, the declared trailing dimensions (a variable one is 0)."""
+    shape = (0, *(max(dim, 0) for dim in spec.shape[1:]))
+    return np.empty(shape, dtype=DATATYPES[spec.datatype])
 
 
 def _output_array(array: Array, spec: TensorSpec, model: str) -> Array:
@@ -222,7 +230,8 @@ class DataPlane:
     async def _infer(self, entry: ModelEntry, body: bytes, header_length: int | None) -> InferResult:
         if not entry.ready:
             raise ModelNotReady(f"model '{entry.name}' is not ready ({entry.state.value.lower()})")
-        request = decode_infer_request(body, header_length)
+        allow_non_finite = entry.config.options.get(ALLOW_NON_FINITE) is True
+        request = decode_infer_request(body, header_length, allow_non_finite=allow_non_finite)
         given = request.inputs
         inputs: dict[str, Array] = {}
         rows = -1
@@ -261,8 +270,11 @@ class DataPlane:
         runtime, predictor = entry.runtime, entry.predictor
         if runtime is None or predictor is None:
             raise ModelNotReady(f"model '{entry.name}' is not ready")
-        runtime.check(inputs, request.parameters)
-        result = await predictor.submit(inputs, names, request.parameters, max(rows, 0))
+        if rows == 0:  # an empty batch: every runtime answers it alike, without calling (or checking) the model
+            result = {entry.output_names[spec.name]: _empty_output(spec) for spec, _ in wanted}
+        else:
+            runtime.check(inputs, request.parameters)
+            result = await predictor.submit(inputs, names, request.parameters, rows)
 
         encoded: list[EncodedOutput] = []
         for spec, binary in wanted:

@@ -27,7 +27,7 @@ from scoring_services.codecs import DATATYPES
 from scoring_services.errors import ModelLoadError, ModelNotFound, ScoringError
 from scoring_services.metrics import ModelMetrics, ScoringMetrics
 from scoring_services.runtimes import runtime_class
-from scoring_services.runtimes.base import ModelRuntime
+from scoring_services.runtimes.base import ModelRuntime, option
 from scoring_services.settings import ScoringSettings
 from scoring_services.signatures import bind
 from scoring_services.types import ModelConfig, TensorSpec
@@ -37,6 +37,8 @@ __all__ = ["ALLOWED", "UNLOADED", "ModelEntry", "ModelRepository", "ModelState",
 log = logging.getLogger(__name__)
 #: The reason of a model unloaded on purpose (it does not make the server unready).
 UNLOADED: Final = "unloaded"
+ALLOW_NON_FINITE: Final = "allowNonFinite"
+"""The model option (any runtime) that lets NaN and infinities reach the model; by default they are a 400."""
 
 
 class ModelState(StrEnum):
@@ -173,6 +175,7 @@ class ModelRepository:
     async def _load(self, entry: ModelEntry) -> None:
         cfg = entry.config
         cls = runtime_class(cfg.runtime)
+        option(cfg, ALLOW_NON_FINITE, False, bool)  # a load error when it is not true or false
         loop = asyncio.get_running_loop()
         path, _ = await loop.run_in_executor(
             self.executor,

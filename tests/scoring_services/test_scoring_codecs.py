@@ -216,3 +216,86 @@ def test_numpy_dtypes_map_to_v2_datatypes() -> None:
     assert datatype_of(np.dtype(object)) == "BYTES"
     with pytest.raises(InvalidRequest):
         datatype_of(np.dtype(np.complex64))
+
+
+# ---------------------------------------------------------------------------------------------- input hygiene
+
+NON_FINITE_REFUSED = (
+    "not a finite number; NaN and infinities are refused unless the model's option allowNonFinite is true"
+)
+
+
+@pytest.mark.parametrize("datatype", ["FP16", "FP32", "FP64"])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf], ids=["nan", "inf", "-inf"])
+def test_a_non_finite_value_in_a_binary_tensor_is_refused_naming_the_input_and_its_place(
+    datatype: str, bad: float
+) -> None:
+    values = np.array([[1.0, 2.0, 3.0], [4.0, bad, bad]], dtype=DATATYPES[datatype].newbyteorder("<"))
+    body, length = binary_request(datatype, values.tobytes(), [2, 3])
+    with pytest.raises(InvalidRequest) as caught:
+        decode_infer_request(body, length)
+    assert caught.value.message == f"input 'x': the value at [1, 1] is {float(bad)}, {NON_FINITE_REFUSED}"
+
+
+@pytest.mark.parametrize(
+    ("token", "shown"), [("NaN", "nan"), ("Infinity", "inf"), ("-Infinity", "-inf"), ("1e999", "inf")]
+)
+def test_json_nan_infinity_and_numbers_beyond_a_double_meet_the_same_policy(token: str, shown: str) -> None:
+    body = f'{{"inputs": [{{"name": "x", "datatype": "FP64", "shape": [3], "data": [1.5, 2, {token}]}}]}}'.encode()
+    with pytest.raises(InvalidRequest) as caught:
+        decode_infer_request(body)
+    assert caught.value.message == f"input 'x': the value at [2] is {shown}, {NON_FINITE_REFUSED}"
+
+
+def test_non_finite_values_reach_the_model_when_it_allows_them() -> None:
+    values = np.array([np.nan, np.inf, -np.inf, 1.0], dtype="<f4")
+    body, length = binary_request("FP32", values.tobytes(), [4])
+    binary = decode_infer_request(body, length, allow_non_finite=True).inputs["x"]
+    np.testing.assert_array_equal(binary, values)
+    json_body = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [4], "data": [NaN, Infinity, -Infinity, 1]}]}'
+    np.testing.assert_array_equal(decode_infer_request(json_body, allow_non_finite=True).inputs["x"], values)
+
+
+@pytest.mark.parametrize("allow", [False, True], ids=["default", "allowNonFinite"])
+@pytest.mark.parametrize(
+    ("datatype", "data", "message"),
+    [
+        ("FP32", [1.0, 1e39], "input 'x': 1e+39 at [1] is out of the range of FP32 (±3.4028235e+38)"),
+        ("FP32", [-3.5e38, 0.0], "input 'x': -3.5e+38 at [0] is out of the range of FP32 (±3.4028235e+38)"),
+        ("FP32", [0.0, 1e40], "input 'x': 1e+40 at [1] is out of the range of FP32 (±3.4028235e+38)"),
+        ("FP16", [70000.0, 1.0], "input 'x': 70000.0 at [0] is out of the range of FP16 (±65504)"),
+    ],
+)
+def test_a_json_number_beyond_a_narrow_float_is_refused_naming_it_not_made_infinite(
+    datatype: str, data: list[float], message: str, allow: bool
+) -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        decode_infer_request(json_request(datatype, data, [2]), allow_non_finite=allow)
+    assert caught.value.message == message
+
+
+def test_the_largest_fp32_value_is_accepted() -> None:
+    largest = float(np.finfo(np.float32).max)
+    decoded = decode_infer_request(json_request("FP32", [largest, -largest], [2])).inputs["x"]
+    assert decoded.tolist() == [largest, -largest]
+
+
+def test_a_json_body_nested_too_deep_is_reported_as_nested_too_deep() -> None:
+    deep = b'{"inputs": [{"name": "x", "datatype": "FP32", "shape": [1], "data": ' + b"[" * 1100 + b"1" + b"]" * 1100
+    with pytest.raises(InvalidRequest) as caught:
+        decode_infer_request(deep + b"}]}")
+    assert caught.value.message == ("the request body is nested too deep (more than 1024 levels of arrays and objects)")
+
+
+def test_data_nested_deeper_than_a_tensor_can_be_is_reported_as_such() -> None:
+    body = json_request("FP32", [[[[1.0]]]], [1])
+    nested = body.replace(b"[[[[1.0]]]]", b"[" * 100 + b"1.0" + b"]" * 100)
+    with pytest.raises(InvalidRequest) as caught:
+        decode_infer_request(nested)
+    assert caught.value.message == "input 'x': 'data' is nested more than 64 levels deep"
+
+
+def test_a_shape_with_more_dimensions_than_a_tensor_can_have_is_refused() -> None:
+    with pytest.raises(InvalidRequest) as caught:
+        decode_infer_request(json_request("FP32", [1.0], [1] * 100))
+    assert caught.value.message == "input 'x': 'shape' has 100 dimensions; at most 64 are supported"

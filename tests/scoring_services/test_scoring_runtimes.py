@@ -589,3 +589,169 @@ async def test_the_transformers_signature_read_from_config_json_is_the_one_the_r
     read = read_signature("transformers", path, options)
     assert read is not None
     assert (read.inputs, read.outputs) == await _loaded_signature("transformers", path, options)
+
+
+# ---------------------------------------------------------------------------------------------- input hygiene
+# The same answer whatever the runtime: an empty batch is 200 with empty outputs of the declared shapes (the
+# model is not called), NaN and infinities are a 400 unless the model's option allowNonFinite is true.
+
+
+def _python_folder(tmp_path: Path) -> Path:
+    folder = tmp_path / "user-model"
+    folder.mkdir(exist_ok=True)
+    (folder / "model.py").write_text(textwrap.dedent(MODULE))
+    (folder / "scale.txt").write_text("2.0")
+    return folder
+
+
+def _empty_batch_case(runtime: str, request: pytest.FixtureRequest, tmp_path: Path) -> tuple[Any, dict[str, Any]]:
+    """The model config of one runtime's tiny model, and a request of 0 rows for it."""
+    zero_rows: dict[str, Any]
+    if runtime in ("sklearn", "onnx"):
+        digits: Digits = request.getfixturevalue("digits")
+        path, sha = (digits.joblib_path, digits.joblib_sha) if runtime == "sklearn" else (digits.onnx_path, None)
+        name = "input" if runtime == "sklearn" else "X"
+        zero_rows = infer_body(name, np.zeros((0, 64), dtype=np.float32), "FP32")
+        return model_config("m", runtime, path, sha256=sha), zero_rows
+    if runtime.startswith("torch"):
+        _, scripted, exported = request.getfixturevalue("torch_models")
+        path = scripted if runtime == "torch-script" else exported
+        declared = dict(inputs=[spec("x", "FP32", -1, 4)], outputs=[spec("probabilities", "FP32", -1, 3)])
+        config = model_config("m", "torch", path, sha256=sha256_of(path), **(declared if path == scripted else {}))
+        return config, infer_body("x", np.zeros((0, 4), dtype=np.float32), "FP32")
+    if runtime.startswith("transformers"):
+        folder: Path = request.getfixturevalue("gpt_folder" if runtime.endswith("generation") else "bert_folder")
+        options = {"task": "feature-extraction"} if runtime.endswith("extraction") else {}
+        config = model_config("m", "transformers", folder, sha256=directory_sha256(folder), options=options)
+        return config, infer_body("text", np.array([], dtype=object), "BYTES")
+    if runtime == "pmml":
+        path = tmp_path / "tree.pmml"
+        path.write_text(PMML)
+        body = {"inputs": [{"name": n, "datatype": "FP64", "shape": [0], "data": []} for n in ("x1", "x2")]}
+        return model_config("m", "pmml", path, sha256=sha256_of(path)), body
+    folder = _python_folder(tmp_path)
+    return model_config("m", "python", folder, sha256=directory_sha256(folder)), infer_body(
+        "x", np.zeros((0, 2)), "FP64"
+    )
+
+
+@pytest.mark.parametrize(
+    "runtime",
+    [
+        "sklearn",
+        "onnx",
+        "torch-script",
+        "torch-export",
+        "transformers-classification",
+        "transformers-extraction",
+        "transformers-generation",
+        pytest.param("pmml", marks=pytest.mark.slow),
+        "python",
+    ],
+)
+async def test_every_runtime_answers_an_empty_batch_with_empty_outputs_of_the_declared_shapes(
+    runtime: str, request: pytest.FixtureRequest, tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    config, zero_rows = _empty_batch_case(runtime, request, tmp_path)
+    async with served([config], scoring_settings) as (_, http):
+        metadata = (await http.get("/v2/models/m")).json()
+        response = await http.post("/v2/models/m/infer", json=zero_rows)
+    assert response.status_code == 200, response.text
+    declared = {o["name"]: o for o in metadata["outputs"]}
+    outputs = response.json()["outputs"]
+    assert [o["name"] for o in outputs] == list(declared)
+    for output in outputs:
+        want = declared[output["name"]]
+        assert output["datatype"] == want["datatype"]
+        assert output["shape"] == [0, *(max(d, 0) for d in want["shape"][1:])]
+        assert output["data"] == []
+
+
+def _binary_body(name: str, rows: np.ndarray, datatype: str) -> tuple[bytes, dict[str, str]]:
+    import orjson
+
+    blob = rows.tobytes()
+    header = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": name,
+                    "datatype": datatype,
+                    "shape": list(rows.shape),
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ]
+        }
+    )
+    return header + blob, {"Inference-Header-Content-Length": str(len(header))}
+
+
+async def test_an_all_nan_row_in_a_binary_tensor_is_a_400_not_a_label(
+    digits: Digits, scoring_settings: ScoringSettings
+) -> None:
+    config = model_config("digits", "sklearn", digits.joblib_path, sha256=digits.joblib_sha)
+    rows = np.vstack([digits.features[:1], np.full((1, 64), np.nan, dtype=np.float32)])
+    content, headers = _binary_body("input", rows, "FP32")
+    async with served([config], scoring_settings) as (_, http):
+        response = await http.post("/v2/models/digits/infer", content=content, headers=headers)
+    assert response.status_code == 400
+    assert response.json()["error"] == (
+        "input 'input': the value at [1, 0] is nan, not a finite number; NaN and infinities are refused unless "
+        "the model's option allowNonFinite is true"
+    )
+
+
+NAN_MODULE = """
+import numpy as np
+
+INPUTS = [{"name": "x", "datatype": "FP64", "shape": [-1, 2]}]
+OUTPUTS = [{"name": "missing", "datatype": "INT64", "shape": [-1]}]
+
+
+def load(path):
+    pass
+
+
+def predict(batch):
+    return {"missing": np.isnan(batch["x"]).sum(axis=1)}
+"""
+
+
+@pytest.mark.parametrize("wire", ["json", "binary"])
+async def test_a_model_with_allow_non_finite_gets_nan_and_inf_in_json_and_binary_alike(
+    tmp_path: Path, scoring_settings: ScoringSettings, wire: str
+) -> None:
+    folder = tmp_path / "nan-model"
+    folder.mkdir()
+    (folder / "model.py").write_text(textwrap.dedent(NAN_MODULE))
+    allowed = model_config("allowed", "python", folder, options={"allowNonFinite": True})
+    refused = model_config("refused", "python", folder)
+    rows = np.array([[np.nan, 1.0], [np.inf, np.nan], [2.0, -np.inf]])
+    async with served([allowed, refused], scoring_settings) as (_, http):
+        answers = {}
+        for name in ("allowed", "refused"):
+            if wire == "json":  # as Python's json module writes them: NaN, Infinity, -Infinity
+                import json
+
+                body = json.dumps(
+                    {"inputs": [{"name": "x", "datatype": "FP64", "shape": [3, 2], "data": rows.ravel().tolist()}]}
+                )
+                answers[name] = await http.post(f"/v2/models/{name}/infer", content=body)
+            else:
+                content, headers = _binary_body("x", rows, "FP64")
+                answers[name] = await http.post(f"/v2/models/{name}/infer", content=content, headers=headers)
+    assert answers["allowed"].status_code == 200, answers["allowed"].text
+    assert answers["allowed"].json()["outputs"][0]["data"] == [1, 1, 0]
+    assert answers["refused"].status_code == 400
+    assert answers["refused"].json()["error"].startswith("input 'x': the value at [0, 0] is nan, not a finite number")
+
+
+async def test_an_allow_non_finite_option_that_is_not_true_or_false_fails_the_load(
+    tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    folder = _python_folder(tmp_path)
+    config = model_config("user", "python", folder, options={"allowNonFinite": "yes"})
+    async with served([config], scoring_settings) as (_, http):
+        index = (await http.post("/v2/repository/index")).json()
+    assert index[0]["state"] == "UNAVAILABLE"
+    assert "option 'allowNonFinite' must be a bool (got 'yes')" in index[0]["reason"]
