@@ -72,6 +72,7 @@ __all__ = [
     "INVALID_INPUT",
     "INVALID_PARAMETERS",
     "NO_COMPLETION",
+    "READY_REASON",
     "RENDER_FAILED",
     "SCHEDULER_RESTARTED",
     "SCORING_FAILED",
@@ -82,6 +83,7 @@ __all__ = [
     "Outcome",
     "Run",
     "completion_failure_reason",
+    "completion_outcome",
 ]
 
 logger = logging.getLogger(__name__)
@@ -465,20 +467,17 @@ class Lifecycle:
             due = run.restarts_due.get(dead.label)
             if due is None:
                 if used >= limit:
-                    headline, _, tail = dead.message.partition("\n")
+                    tail = dead.message.partition("\n")[2]
                     spent = used_up(counts, limit)
                     message = (
-                        f"{headline}; not restarted: the job's restarts are used up ({spent}; "
+                        f"{dead.headline}; not restarted: the job's restarts are used up ({spent}; "
                         f"MODELOPS_SCHEDULER_RESTART_LIMIT)"
                     )
                     return Outcome.failed(FLOW_FAILED, f"{message}\n{tail}" if tail else message)
                 used += 1
                 delay = backoff(counts.get(dead.label, 0), self.settings)
                 due = run.restarts_due[dead.label] = (now + delay, used, delay)
-                log(
-                    f"{_first_line(dead.message)}; restarting it in {delay:g}s (restart {used} of at most {limit} "
-                    "for this job)"
-                )
+                log(f"{dead.headline}; restarting it in {delay:g}s (restart {used} of at most {limit} for this job)")
             when, attempt, delay = due
             if when > now:
                 wake_in = min(wake_in, when - now)
@@ -495,10 +494,7 @@ class Lifecycle:
         assert isinstance(deployer, Restarter) and run.deployment is not None
         deployment = run.deployment
         limit = self.settings.restart_limit
-        message = (
-            f"{_first_line(dead.message)}; restarted after {delay:g}s (restart {attempt} of at most {limit} for "
-            "this job)"
-        )
+        message = f"{dead.headline}; restarted after {delay:g}s (restart {attempt} of at most {limit} for this job)"
 
         async def restart_and_record() -> None:
             restarted = await deployer.restart(deployment, dead.kind, dead.name, log)
@@ -509,7 +505,7 @@ class Lifecycle:
             await _finish_even_if_cancelled(restart_and_record())
         except DeployError as exc:
             log(f"could not restart {dead.label}: {exc}")
-            return Outcome.failed(FLOW_FAILED, f"{_first_line(dead.message)}; could not restart it: {exc}")
+            return Outcome.failed(FLOW_FAILED, f"{dead.headline}; could not restart it: {exc}")
         except Conflict:
             return None  # the job finished meanwhile: the next look at the store ends the wait
         log(f"{dead.label}: restart {attempt} of at most {limit} for this job")
@@ -596,11 +592,13 @@ class Lifecycle:
                     self.store.transition, job_id, target.state, reason=target.reason, message=target.message
                 )
             except IllegalTransition:
+                again = await self.db(self.store.get_job, job_id)
+                if again.state == job.state and target.reason != INTERNAL_ERROR:
+                    # Nobody got in between: the outcome does not fit the state (e.g. SUCCEEDED from INSTALLING).
+                    outcome = Outcome.failed(
+                        INTERNAL_ERROR, f"the run ended with {target.reason}, which a job {job.state} cannot enter"
+                    )
                 continue  # a cancel got in between: look again
-
-
-def _first_line(text: str) -> str:
-    return text.split("\n", 1)[0]
 
 
 def _headline(outcome: Outcome) -> str:
@@ -632,6 +630,13 @@ def _completion(job: Job) -> Outcome | None:
             completion_failure_reason(job), job.completion_message or "a flow reported that the scoring failed"
         )
     return None
+
+
+def completion_outcome(job: Job) -> Outcome | None:
+    """How the run ended by what its flows reported (`/complete`): SUCCEEDED once every flow succeeded, FAILED at
+    the first that failed; None while that is unknown. The same whether the job is installing, running or
+    re-attached after a scheduler restart."""
+    return _completion(job)
 
 
 def completion_failure_reason(job: Job) -> str:

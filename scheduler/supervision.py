@@ -15,6 +15,7 @@ What is restarted (the exit-code convention of `modelops flow`, `scoring_flows.c
 | flow | exit code 0 | no: done (the job's outcome comes from its completion report) |
 | flow | exit code 1 (failed, and reported it) or 2 (bad command line or values) | no: permanent, the job fails |
 | flow | killed by a signal (SIGKILL, SIGSEGV, an OOM kill), or an exit code >= 128 (a shell's report of one) | yes |
+| flow | exit code 75: done, but the scheduler did not accept its completion report in time | yes: it reports again |
 | flow | exit code unknown (started before a scheduler restart) | yes: a failure it reported would have ended the job |
 
 A restarted flow resumes from its checkpoint (a batch source) or its queue's unacknowledged messages, so no
@@ -47,14 +48,17 @@ FLOW_RESTARTED: Final = "FlowRestarted"
 RESTART_REASONS: Final = frozenset({SERVICE_RESTARTED, FLOW_RESTARTED})
 
 _SIGNAL_EXIT_CODES: Final = 128
-"""A shell reports a child killed by signal N as exit code 128 + N; `modelops flow` itself uses 0, 1 and 2."""
+"""A shell reports a child killed by signal N as exit code 128 + N; `modelops flow` itself uses 0, 1, 2 and 75."""
+NOT_RECORDED_EXIT: Final = 75
+"""`scoring_flows.runtime.NOT_RECORDED_EXIT`: the flow is done, but its completion report was not accepted."""
 
 
 def restartable(exited: Exited) -> bool:
     """Whether a dead component is started again (the module docstring's table)."""
     if exited.kind == "service":
         return True
-    return exited.code is None or exited.code < 0 or exited.code >= _SIGNAL_EXIT_CODES
+    code = exited.code
+    return code is None or code < 0 or code >= _SIGNAL_EXIT_CODES or code == NOT_RECORDED_EXIT
 
 
 def restart_reason(exited: Exited) -> str:

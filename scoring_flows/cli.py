@@ -5,7 +5,8 @@ of the scoring services in `MODELOPS_SERVICE_URLS` (JSON, name -> URL); `--servi
 overrides one. Settings come from `MODELOPS_FLOW_*` (`scoring_flows.settings`); `--checkpoint-dir` and
 `--metrics-port` override theirs. `--fresh` starts over instead of resuming from the flow's checkpoint. Exit
 codes: 0 done (or stopped by SIGTERM/SIGINT), 1 the flow failed (and said so to the scheduler), 2 a bad command
-line or values document.
+line or values document, 75 done but the scheduler did not accept the completion report (started again, the flow
+reports it again from its finished checkpoint).
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ from scoring_flows.metrics import FlowMetrics
 from scoring_flows.settings import FlowSettings
 from scoring_flows.steps import FlowBatch, FlowStep, StepError, build_steps
 
-__all__ = ["DEAD_LETTER_FIELDS", "Flow", "FlowFailed", "SchedulerLink"]
+__all__ = ["DEAD_LETTER_FIELDS", "NOT_RECORDED_EXIT", "Flow", "FlowFailed", "NotRecorded", "SchedulerLink"]
 
 DEAD_LETTER_FIELDS: Final = ("error", "errorField", "errorStep", "position", "ordinal", "record")
 _LOG_EVERY_SECONDS: Final = 10.0
@@ -88,6 +88,17 @@ Log = Callable[[str], None]
 
 class FlowFailed(Exception):
     """The flow cannot go on: the message says why (and which record, under the fail policy)."""
+
+
+class NotRecorded(Exception):
+    """The scoring is done and committed, but the scheduler did not accept the completion report in time.
+
+    Not a failure of the scoring (so not reported as one): the flow exits with `NOT_RECORDED_EXIT`, and a
+    restart (the local backend's supervision, or a Job's pod) finds its checkpoint finished and reports again."""
+
+
+NOT_RECORDED_EXIT: Final = 75
+"""Exit code of a flow whose completion the scheduler did not accept (EX_TEMPFAIL of sysexits.h: try again)."""
 
 
 @dataclass
@@ -347,7 +358,8 @@ class Flow:
         self.log(f"{reason} while exiting: already stopping")
 
     async def run(self) -> int:
-        """The exit code: 0 when done or stopped, 1 on failure (reported to the scheduler)."""
+        """The exit code: 0 when done or stopped, 1 on failure (reported to the scheduler), `NOT_RECORDED_EXIT`
+        when done but the scheduler did not accept the completion report."""
         loop = asyncio.get_running_loop()
         # CPU work of the steps (casts, tensors, encoding) runs in worker threads: one per core is enough, and
         # every extra thread costs a malloc arena of its own (tens of MB of resident memory).
@@ -380,6 +392,9 @@ class Flow:
             # it again) nor checkpointed (a batch source resumes before it). Nothing is lost; stop as asked.
             self.log(f"stopped with batches in flight unfinished: {exc}")
             return 0
+        except NotRecorded as exc:
+            self.log(f"{exc}: exiting with {NOT_RECORDED_EXIT}; started again, the flow reports it again")
+            return NOT_RECORDED_EXIT
         except (FlowFailed, ChannelError, StepError, CheckpointError) as exc:
             return await self._failed(str(exc), INVALID_INPUT if isinstance(exc, InputMissing) else None)
         except Exception as exc:
@@ -504,7 +519,7 @@ class Flow:
             self._resumed_from = self.counters.read
             await self._send_progress("done")  # the final counts, which the scheduler may never have received
             if not await self.reporter.complete(True, checkpoint.message):
-                raise FlowFailed("the scoring was done, but the scheduler did not record its completion")
+                raise NotRecorded("the scoring was done, but the scheduler did not record its completion")
             return
         # A fresh start is a new run: a sink that keeps its own watermark (SQL) must not resume the old one.
         fresh_id = uuid.uuid4().hex if self.fresh else (self.link.job_id or uuid.uuid4().hex)
@@ -765,7 +780,7 @@ class Flow:
         self.log(f"done: {message}")
         await self._send_progress("done")
         if not await self.reporter.complete(True, message):
-            raise FlowFailed("the scoring is done, but the scheduler did not record its completion")
+            raise NotRecorded("the scoring is done, but the scheduler did not record its completion")
 
     # -- progress ------------------------------------------------------------------------------------------------
 

@@ -30,17 +30,19 @@ from typing import Final, Literal
 
 from scheduler.admission import Admission
 from scheduler.backends.base import Backend
-from scheduler.deployers.base import Deployer, Deployment
+from scheduler.deployers.base import Deployer, Deployment, Restarter
 from scheduler.deployers.local import LocalProcessDeployer
 from scheduler.errors import NotFound
 from scheduler.joblogs import PHASES, LogItem, component_log_path, follow_lines, read_lines, task_log_path
 from scheduler.lifecycle import (
     INTERNAL_ERROR,
+    READY_REASON,
     SCHEDULER_RESTARTED,
     JobNotRunnable,
     Lifecycle,
     Outcome,
     Run,
+    completion_outcome,
 )
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
@@ -162,12 +164,17 @@ class LocalBackend:
 
         - CANCELLING: finish the cancel (uninstall, CANCELLED).
         - task `uninstall` already: resume it with the outcome it recorded.
+        - the flows reported their completion (every flow succeeded, or one failed), whatever the run's state:
+          uninstall with that outcome (SUCCEEDED `Completed` when they all succeeded). What the flows reported
+          decides, not whether they still run.
         - RUNNING with its processes all alive (and really ours): re-attach and continue the wait phase.
-        - RUNNING whose flows reported completion meanwhile: uninstall with that outcome.
+        - RUNNING with some of its processes gone, when the deployer supervises (`settings.restart_limit` > 0):
+          re-attach; the wait phase restarts what died (`scheduler.supervision`), e.g. a flow that finished
+          while no scheduler listened reports its completion again from its checkpoint.
         - PENDING with nothing deployed: start it if admission admitted it (it never began); a queued one stays
           queued, and admission starts as many as have slots once every job has its runner.
-        - anything else (INSTALLING, RUNNING with processes gone): uninstall whatever the reference
-          names, then FAILED with reason `SchedulerRestarted`.
+        - anything else (INSTALLING, RUNNING with processes gone and no supervision): uninstall whatever the
+          reference names, then FAILED with reason `SchedulerRestarted`.
         """
         jobs = await self.lifecycle.db(self.store.non_terminal_jobs)
         for listed in jobs:
@@ -177,6 +184,16 @@ class LocalBackend:
             run = _LocalRun(job.id)
             run.deployment = self._deployment_of(job)
             mode, outcome = self._recovery_plan(job, run.deployment)
+            if outcome is not None and outcome.state == JobState.SUCCEEDED and job.state == JobState.INSTALLING:
+                # Only a RUNNING job succeeds (`scheduler.states`): its flows ran, and said they are done.
+                await self.lifecycle.db(
+                    self.store.transition,
+                    job.id,
+                    JobState.RUNNING,
+                    task=Task.WAIT,
+                    reason=READY_REASON,
+                    message="the flows reported their completion while the scheduler was restarting",
+                )
             if mode == "start" and job.admitted_at is None:
                 continue  # queued: admission starts it in its turn (below)
             logger.info("recover: job %s (%s, task %s): %s", job.id, job.state, job.task, mode)
@@ -207,15 +224,19 @@ class LocalBackend:
     # -- internals --------------------------------------------------------------------------------
 
     def _deployment_of(self, job: Job) -> Deployment | None:
-        if job.backend_ref:
-            return Deployment(str(job.id), job.backend_ref)
-        # Processes may have been started before the reference reached the store.
+        # The deployer's own record first: it is written after every process start, before the reference
+        # reaches the store (a crash in between: a started or restarted process the store does not know yet).
         recorded = getattr(self.deployer, "recorded", None)
         if callable(recorded):
             found = recorded(str(job.id))
             if isinstance(found, Deployment):
                 return found
+        if job.backend_ref:
+            return Deployment(str(job.id), job.backend_ref)
         return None
+
+    def _supervises(self) -> bool:
+        return isinstance(self.deployer, Restarter) and self.settings.restart_limit > 0
 
     def _recovery_plan(self, job: Job, deployment: Deployment | None) -> tuple[Mode, Outcome | None]:
         if job.state == JobState.PENDING and deployment is None:
@@ -226,14 +247,18 @@ class LocalBackend:
             recorded = next((e for e in reversed(job.events or ()) if e.task == Task.UNINSTALL), None)
             if recorded is not None and recorded.reason:
                 return "uninstall", Outcome.from_reason(recorded.reason, recorded.message)
-            return "uninstall", Outcome.failed(
+            reported = completion_outcome(job) if job.state == JobState.RUNNING else None
+            return "uninstall", reported or Outcome.failed(
                 SCHEDULER_RESTARTED, f"the scheduler restarted while the job was uninstalling ({job.state})"
             )
+        reported = completion_outcome(job)
+        if reported is not None:
+            return "uninstall", reported  # the flows said how the scoring ended, e.g. while install still ran
         if job.state == JobState.RUNNING:
             if deployment is not None and self.deployer.alive(deployment):
                 return "reattach", None
-            if job.completion is not None:
-                return "reattach", None  # the wait phase reads the completion at once and ends
+            if deployment is not None and self._supervises():
+                return "reattach", None  # the wait phase restarts what died meanwhile
             return "uninstall", Outcome.failed(
                 SCHEDULER_RESTARTED,
                 "the scheduler restarted while the job was RUNNING and its processes are no longer all running",

@@ -41,8 +41,10 @@ class Exited:
     name: str
     code: int | None
     """Its exit code; negative: killed by that signal; None: unknown (started before a scheduler restart)."""
+    headline: str
+    """What happened, in one line: `service m1 was killed by SIGKILL`."""
     message: str
-    """What happened, first line on its own (`service m1 was killed by SIGKILL`), then its last log lines."""
+    """The headline (first line on its own) and then the component's last log lines."""
 
     @property
     def label(self) -> str:

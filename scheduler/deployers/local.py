@@ -595,7 +595,8 @@ class LocalProcessDeployer:
             running, code = self._exit_code(proc)
             if running or (proc.kind == "flow" and code == 0):
                 continue
-            found.append(Exited(proc.kind, proc.name, code, _with_tail(f"{proc.label} {_describe_exit(code)}", proc)))
+            headline = f"{proc.label} {_describe_exit(code)}"
+            found.append(Exited(proc.kind, proc.name, code, headline, _with_tail(headline, proc)))
         return found
 
     async def restart(self, deployment: Deployment, kind: str, name: str, log: LogFn) -> Deployment:

@@ -65,6 +65,7 @@ def supervising(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     home = tmp_path / "home"
     settings = SchedulerSettings(
         home=home,
+        data_root=tmp_path,
         readiness_timeout_seconds=120.0,
         uninstall_grace_seconds=15.0,
         poll_interval_seconds=0.2,

@@ -153,12 +153,14 @@ async def test_a_flow_killed_by_a_signal_is_restarted_and_its_second_run_complet
     assert any_running(processes_of(job)) == []
 
 
+@pytest.mark.parametrize("code", [137, 75])
 async def test_restarts_stop_at_the_jobs_limit_and_the_job_fails_naming_the_component_and_its_restarts(
-    kit: Supervised, receiver: CompletionReceiver, tmp_path: Path
+    kit: Supervised, receiver: CompletionReceiver, tmp_path: Path, code: int
 ) -> None:
     crash = tmp_path / "crash"
-    # Once `crash` exists the flow exits with 137 (what a shell reports for a SIGKILLed child), every run of it.
-    commands = FakeCommands(flow=["--until-file", str(crash), "--exit-code", "137"])
+    # Once `crash` exists the flow exits with `code`, every run of it: 137, what a shell reports for a SIGKILLed
+    # child; 75, what `modelops flow` exits with when the scheduler did not accept its completion report.
+    commands = FakeCommands(flow=["--until-file", str(crash), "--exit-code", str(code)])
     backend = kit.backend(commands, receiver.url, restart_limit=2)
     job = await kit.start(backend)
     crash.touch()
@@ -167,14 +169,14 @@ async def test_restarts_stop_at_the_jobs_limit_and_the_job_fails_naming_the_comp
     assert (job.state, job.reason) == (JobState.FAILED, "FlowFailed")
     assert job.message is not None
     assert job.message.splitlines()[0] == (
-        "flow f1 exited with code 137; not restarted: the job's restarts are used up (2 of at most 2: flow f1 2; "
+        f"flow f1 exited with code {code}; not restarted: the job's restarts are used up (2 of at most 2: flow f1 2; "
         "MODELOPS_SCHEDULER_RESTART_LIMIT)"
     )
-    assert "fake flow f1 exits with code 137" in job.message  # its log tail follows
+    assert f"fake flow f1 exits with code {code}" in job.message  # its log tail follows
     restarts = [e.message for e in job.events or () if e.reason == "FlowRestarted"]
     assert restarts == [  # the back-off doubles with each restart of the component
-        "flow f1 exited with code 137; restarted after 0.05s (restart 1 of at most 2 for this job)",
-        "flow f1 exited with code 137; restarted after 0.1s (restart 2 of at most 2 for this job)",
+        f"flow f1 exited with code {code}; restarted after 0.05s (restart 1 of at most 2 for this job)",
+        f"flow f1 exited with code {code}; restarted after 0.1s (restart 2 of at most 2 for this job)",
     ]
     assert any_running(processes_of(job)) == []
 

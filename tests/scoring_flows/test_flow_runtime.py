@@ -158,6 +158,19 @@ async def test_the_last_progress_report_and_the_completion_are_retried_until_a_r
     assert any("accepted the completion report after 4 attempts" in line for line in lines)
 
 
+async def test_a_flow_whose_completion_is_never_accepted_exits_75_without_reporting_a_failure(
+    tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
+) -> None:
+    write_digits_csv(workdir / "data" / "in.csv", digits_rows(digits, 600))
+    with StubScheduler(final_outage=1_000_000) as scheduler:
+        values = csv_flow(tmp_path, digits, scheduler=scheduler)
+        code, lines, _ = await run(values, digits_services.urls, workdir, complete_timeout_seconds=0.5)
+    assert code == 75, lines  # a restart reports it again: the scoring itself did not fail
+    assert scheduler.completions == [] and "complete" in scheduler.refused
+    assert "failed" not in [report["state"] for report in scheduler.progress]
+    assert any("the scheduler did not record its completion: exiting with 75" in line for line in lines)
+
+
 async def test_a_flow_restarted_after_it_finished_reports_the_final_counts_again_and_scores_nothing_twice(
     tmp_path: Path, workdir: Path, digits: Digits, digits_services: Services
 ) -> None:

@@ -3,7 +3,9 @@
 Used by test_local_restart.py, which SIGKILLs this process (no shutdown, no cleanup: a crash) and then lets a
 fresh `LocalBackend.recover()` deal with the job and the processes this one left behind.
 
-    python restart_driver.py DATABASE_URL HOME JOB_ID
+    python restart_driver.py DATABASE_URL HOME JOB_ID [PUBLIC_URL]
+
+PUBLIC_URL is where the job's flows report (`global.scheduler.url` of its values); default the settings' own.
 """
 
 from __future__ import annotations
@@ -24,10 +26,11 @@ from scheduler.states import JobState
 from scheduler.store import JobStore
 
 
-async def main(database_url: str, home: Path, job_id: uuid.UUID) -> None:
+async def main(database_url: str, home: Path, job_id: uuid.UUID, public_url: str | None) -> None:
     engine = create_engine(database_url)
     store = JobStore(engine)
-    backend = LocalBackend(store, settings_for(home), SECRET, LocalProcessDeployer(home / "jobs", FakeCommands()))
+    settings = settings_for(home, **({"public_url": public_url} if public_url else {}))
+    backend = LocalBackend(store, settings, SECRET, LocalProcessDeployer(home / "jobs", FakeCommands()))
     await backend.start(job_id)
     job = await wait_for(store, job_id, JobState.RUNNING)
     print(f"RUNNING {job.id}", flush=True)
@@ -35,4 +38,4 @@ async def main(database_url: str, home: Path, job_id: uuid.UUID) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], Path(sys.argv[2]), uuid.UUID(sys.argv[3])))
+    asyncio.run(main(sys.argv[1], Path(sys.argv[2]), uuid.UUID(sys.argv[3]), (sys.argv[4:] or [None])[0]))
