@@ -38,6 +38,7 @@ __all__ = [
     "ArchiveLimits",
     "ArchiveTooLarge",
     "TarReader",
+    "check_zip_directory",
     "extract_archive",
     "extract_zip",
     "format_bytes",
@@ -260,8 +261,10 @@ def _zip_directory(path: Path) -> tuple[int, int]:
     return entries, size
 
 
-def extract_zip(path: Path, target: Path, limits: ArchiveLimits) -> None:
-    """Extract the zip at `path` into the folder `target`, within `limits` (see the module docstring)."""
+def check_zip_directory(path: Path, limits: ArchiveLimits) -> None:
+    """Refuse (`ArchiveTooLarge`) the zip at `path` when its central directory, which `zipfile.ZipFile` loads
+    whole when it opens the archive, lists more than `max_members` entries or takes more than
+    `max_header_bytes`; read from the end record, before `zipfile` sees the archive."""
     entries, directory = _zip_directory(path)
     if entries > limits.max_members:
         raise limits.too_many()
@@ -270,6 +273,11 @@ def extract_zip(path: Path, target: Path, limits: ArchiveLimits) -> None:
             f"the zip's central directory is {directory:,} bytes; the limit is {format_bytes(limits.max_header_bytes)}",
             limits.max_header_bytes,
         )
+
+
+def extract_zip(path: Path, target: Path, limits: ArchiveLimits) -> None:
+    """Extract the zip at `path` into the folder `target`, within `limits` (see the module docstring)."""
+    check_zip_directory(path, limits)
     try:
         with zipfile.ZipFile(path) as zipped:
             infos = zipped.infolist()

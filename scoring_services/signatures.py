@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from ir.archive import ArchiveError, ArchiveLimits, check_zip_directory
 from scoring_services.errors import ModelLoadError
 from scoring_services.types import Scalar, TensorSpec
 
@@ -56,6 +57,8 @@ _TORCH_TYPES: Final = {
     12: "BOOL",
 }
 _MAX_SCHEMA_BYTES: Final = 256 * 2**20
+#: A `.pt2` is a zip whose central directory `zipfile` loads whole: bounded before it is opened (`ir.archive`).
+_PROGRAM_ARCHIVE: Final = ArchiveLimits(_MAX_SCHEMA_BYTES, 100_000, "a torch.export archive", 32 * 2**20)
 
 
 @dataclass(frozen=True)
@@ -232,6 +235,7 @@ def _output_names(count: int) -> list[str]:
 def _program_json(path: Path) -> dict[str, Any]:
     """The exported program's schema document from a `.pt2` archive, parsed as JSON (no unpickling)."""
     try:
+        check_zip_directory(path, _PROGRAM_ARCHIVE)
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
             # torch >= 2.8 writes <archive>/models/<name>.json; 2.7 wrote serialized_exported_program.json
@@ -243,7 +247,7 @@ def _program_json(path: Path) -> dict[str, Any]:
             if info.file_size > _MAX_SCHEMA_BYTES:
                 raise ModelLoadError(f"{path.name}: the program's schema is larger than 256 MiB")
             document = json.loads(archive.read(info))
-    except (OSError, zipfile.BadZipFile) as exc:
+    except (OSError, zipfile.BadZipFile, ArchiveError) as exc:
         raise ModelLoadError(f"cannot read {path.name} as a torch.export archive: {exc}") from exc
     except (ValueError, UnicodeDecodeError) as exc:
         raise ModelLoadError(f"{path.name}: the program's schema is not JSON: {exc}") from exc

@@ -169,3 +169,28 @@ async def test_the_unpacked_limit_of_the_settings_applies_to_a_served_model(
         entry = (await http.post("/v2/repository/index")).json()[0]
     assert entry["state"] == "UNAVAILABLE"
     assert "decompresses to more than 1 MiB (MODELOPS_SCORING_MAX_UNPACKED_BYTES)" in entry["reason"]
+
+
+def test_a_torch_export_archive_with_a_central_directory_past_the_bound_is_refused_before_zipfile_loads_it(
+    tmp_path: Path,
+) -> None:
+    import io
+    import struct
+    import zipfile
+
+    from scoring_services.signatures import read_signature
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        archive.writestr("net/models/model.json", "{}")
+    data = bytearray(buffer.getvalue())
+    end = data.rfind(b"PK\x05\x06")
+    struct.pack_into("<L", data, end + 12, 40 * 2**20)  # the end record's size of the central directory
+    path = tmp_path / "net.pt2"
+    path.write_bytes(bytes(data))
+    with pytest.raises(ModelLoadError) as caught:
+        read_signature("torch", path, {})
+    assert str(caught.value) == (
+        "cannot read net.pt2 as a torch.export archive: the zip's central directory is 41,943,040 bytes; "
+        "the limit is 32 MiB"
+    )
