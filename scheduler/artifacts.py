@@ -180,7 +180,7 @@ class ArtifactStore:
                 tarred.extract_all(target, accept)
         except ArchiveTooLarge as exc:
             raise ArtifactTooLarge(str(exc), details={f"limit_{exc.unit}": exc.limit}) from None
-        except ArchiveError as exc:
+        except (ArchiveError, OSError) as exc:  # OSError: a member the file system refuses (a name too long)
             raise InvalidInput(f"the body is not a readable tar of a folder: {exc}") from None
         if not any(p.is_file() for p in target.rglob("*")):
             raise InvalidInput("the folder archive holds no files")

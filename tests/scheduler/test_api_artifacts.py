@@ -233,3 +233,10 @@ def test_storing_a_hostile_folder_tar_keeps_the_memory_of_the_server_flat(
     )
     assert refusal in message
     assert growth < 50
+
+
+async def test_a_folder_tar_member_the_file_system_refuses_is_422_not_a_server_error(api: Api) -> None:
+    refused = tar_of({"n" * 300 + ".txt": b"x"})  # a name longer than any file system allows
+    response = await api.client.post(ARTIFACTS, params={"kind": "folder"}, content=refused, headers=WRITE)
+    assert "the body is not a readable tar of a folder: " in assert_error(response, 422)["message"]
+    assert list((api.settings.home / "artifacts" / "tmp").iterdir()) == []
