@@ -39,6 +39,7 @@ from scheduler.store import JobStore
 from scheduler.tokens import load_secret
 
 __all__ = [
+    "ENGINE_IDENTITY_ENV",
     "WORKER_SETTINGS_ENV",
     "BackendFactory",
     "StartupRefused",
@@ -71,11 +72,18 @@ def default_backend(store: JobStore, settings: SchedulerSettings, secret: bytes)
     raise StartupRefused(f"the {settings.backend!r} backend is not available in this version: use 'local'")
 
 
-def create_app(settings: SchedulerSettings | None = None, *, backend_factory: BackendFactory | None = None) -> FastAPI:
+def create_app(
+    settings: SchedulerSettings | None = None,
+    *,
+    backend_factory: BackendFactory | None = None,
+    engine_identity: str | None = None,
+) -> FastAPI:
     """The scheduling server as an ASGI app; serve it with uvicorn (the lifespan must run).
 
     `settings` default to `SchedulerSettings()` (the environment). Raises `StartupRefused` when no API token is
-    configured and the server would listen beyond loopback.
+    configured and the server would listen beyond loopback. `engine_identity`: the app hands its jobs to a
+    lifecycle engine elected among replicas (`scheduler.leader`), this one's; /metrics then says whether it
+    leads (without it, the app's own backend runs the jobs: it always leads).
     """
     settings = settings if settings is not None else SchedulerSettings()
     try:
@@ -100,6 +108,7 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
             backend = factory(store, settings, secret)
             try:
                 await backend.recover()
+                metrics.lead(engine, engine_identity)
                 app.state.engine = engine
                 app.state.service = SchedulerService(store, backend, settings, secret)
                 metrics.attach(store, settings.tokens)
@@ -116,6 +125,7 @@ def create_app(settings: SchedulerSettings | None = None, *, backend_factory: Ba
                 yield
             finally:
                 metrics.attach(None)
+                metrics.lead(None, None)
                 app.state.service = None
                 app.state.engine = None
                 await backend.close()
@@ -166,6 +176,8 @@ MIN_WORKER_THREADS = 4
 
 WORKER_SETTINGS_ENV = "MODELOPS_WORKER_SETTINGS"
 """Where `modelops serve --workers N` puts its settings (JSON) for the API worker processes it spawns."""
+ENGINE_IDENTITY_ENV = "MODELOPS_ENGINE_IDENTITY"
+"""Where it puts its lifecycle engine's identity in the leader election (`scheduler.leader`), for /metrics."""
 
 
 def create_worker_app() -> FastAPI:
@@ -187,4 +199,6 @@ def create_worker_app() -> FastAPI:
     # full count each would open N times the connections one server is meant to use.
     share = max(MIN_WORKER_THREADS, settings.worker_threads // settings.workers)
     settings = settings.model_copy(update={"worker_threads": share})
-    return create_app(settings, backend_factory=dispatching(default_backend))
+    return create_app(
+        settings, backend_factory=dispatching(default_backend), engine_identity=os.environ.get(ENGINE_IDENTITY_ENV)
+    )

@@ -534,22 +534,21 @@ def run_server(
     """What `modelops serve` does: take the port, hold the home, prepare the schema, serve with uvicorn until
     stopped.
 
+    On PostgreSQL the lifecycle engine runs under the leader lock (`scheduler.leader`), so several servers may
+    share the database: `_serve_with_engine`; a local-backend engine then holds the home only while it leads.
     The port is bound first, so a busy one is refused before anything else happens (no migration, no
     recovery of jobs). An SQLite database is this server's own: created and migrated here, as `modelops run`
     does; a PostgreSQL one is shared, so only checked unless `migrate` (`modelops db upgrade` otherwise).
     `backend_factory` is for the benchmark (the local backend deploying test programs); errors exit like
     every command (one line, exit code 1).
     """
-    import logging
-
-    import uvicorn
-
     from scheduler.app import StartupRefused, create_app
     from scheduler.embedded import EmbeddedServerError, HomeLock, prepare_database
     from scheduler.tokens import load_secret
 
     listener = _listen(settings.host, settings.port)
-    lock = HomeLock(settings.home) if settings.backend == "local" else None
+    elected = settings.database_url.startswith("postgresql")  # the engine leads or follows (scheduler.leader)
+    lock = HomeLock(settings.home) if settings.backend == "local" and not elected else None
     try:
         if lock is not None:
             try:
@@ -570,26 +569,11 @@ def run_server(
         if migrated_from is not None:  # before uvicorn sets up logging: a line in the same format, by hand
             note = f"migrated the database from {migrated_from} to this version's schema"
             sys.stderr.write(format_line(note, settings.log_format, logger="scheduler.cli") + "\n")
-        if settings.workers > 1:
+        if elected:
             del application  # built above only to refuse a bad configuration with one line
-            listener.close()  # uvicorn's supervisor binds the port for its workers itself
-            _serve_with_workers(settings, backend_factory, access_log)
+            _serve_with_engine(settings, backend_factory, access_log, listener)
         else:
-            config = uvicorn.Config(
-                application,
-                log_config=_serve_logging(settings.log_level.upper(), settings.log_format),
-                access_log=access_log,
-                lifespan="on",
-                timeout_graceful_shutdown=10,
-            )
-            # uvicorn says where it listens only for a socket it bound itself: say it (logging is set up now)
-            host = f"[{settings.host}]" if ":" in settings.host else settings.host
-            log = logging.getLogger(__name__)
-            log.info("listening on http://%s:%d (stop with Ctrl-C or SIGTERM)", host, settings.port)
-            server = uvicorn.Server(config)
-            server.run(sockets=[listener])
-            if not server.started:  # the lifespan refused to start: it logged why
-                raise typer.Exit(1)
+            _serve_one(application, settings, access_log, listener)
     finally:
         listener.close()
         if lock is not None:
@@ -614,23 +598,57 @@ def _listen(host: str, port: int) -> socket.socket:
     return listener
 
 
-def _serve_with_workers(settings: SchedulerSettings, backend_factory: BackendFactory | None, access_log: bool) -> None:
-    """`--workers N`: the lifecycle engine in this process, N uvicorn API workers beside it (scheduler.dispatch)."""
+def _serve_one(application: Any, settings: SchedulerSettings, access_log: bool, listener: socket.socket) -> None:
+    """Serve `application` with uvicorn in this process on `listener` until stopped."""
+    import logging
+
+    import uvicorn
+
+    config = uvicorn.Config(
+        application,
+        log_config=_serve_logging(settings.log_level.upper(), settings.log_format),
+        access_log=access_log,
+        lifespan="on",
+        timeout_graceful_shutdown=10,
+    )
+    # uvicorn says where it listens only for a socket it bound itself: say it (logging is set up now)
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    log = logging.getLogger(__name__)
+    log.info("listening on http://%s:%d (stop with Ctrl-C or SIGTERM)", host, settings.port)
+    server = uvicorn.Server(config)
+    server.run(sockets=[listener])
+    if not server.started:  # the lifespan refused to start: it logged why
+        raise typer.Exit(1)
+
+
+def _serve_with_engine(
+    settings: SchedulerSettings, backend_factory: BackendFactory | None, access_log: bool, listener: socket.socket
+) -> None:
+    """On PostgreSQL: the lifecycle engine in this process, leading or following (`scheduler.leader`), and the
+    API beside it, which hands jobs to whichever engine leads (`scheduler.dispatch`): in this process with one
+    worker, in N uvicorn worker processes with `--workers N`."""
     import json
     import logging.config
     import os
 
     import uvicorn
 
-    from scheduler.app import WORKER_SETTINGS_ENV, default_backend
-    from scheduler.dispatch import Engine
+    from scheduler.app import ENGINE_IDENTITY_ENV, WORKER_SETTINGS_ENV, create_app, default_backend
+    from scheduler.dispatch import Engine, dispatching
 
     log_config = _serve_logging(settings.log_level.upper(), settings.log_format)
     logging.config.dictConfig(log_config)
-    engine = Engine(settings, backend_factory or default_backend)
+    factory = backend_factory or default_backend
+    engine = Engine(settings, factory)
     engine.start()
-    os.environ[WORKER_SETTINGS_ENV] = json.dumps(settings.model_dump(mode="json"))
     try:
+        if settings.workers == 1:
+            application = create_app(settings, backend_factory=dispatching(factory), engine_identity=engine.identity)
+            _serve_one(application, settings, access_log, listener)
+            return
+        listener.close()  # uvicorn's supervisor binds the port for its workers itself
+        os.environ[WORKER_SETTINGS_ENV] = json.dumps(settings.model_dump(mode="json"))
+        os.environ[ENGINE_IDENTITY_ENV] = engine.identity
         uvicorn.run(
             "scheduler.app:create_worker_app",
             factory=True,

@@ -13,6 +13,14 @@ only) runs:
   it (`JobStore.engine_work`) so a notification lost while it reconnected costs seconds, not a stuck job.
 
 The database stays the only record: a notification says "look at this job", never what to do beyond that.
+
+On PostgreSQL every server runs this way, one worker or several (`modelops serve`), so several servers
+(replicas) may share one database: each serves the API, and only the one whose engine holds the leader lock
+(`scheduler.leader`: a PostgreSQL advisory lock on a connection of its own) runs the backend. The others' engines
+wait as followers and try the lock every `scheduler.leader.RETRY_SECONDS`; when the leader dies, the first to
+get the lock recovers its jobs (`Backend.recover`: re-attach, resume or fail them, as after a restart). A leader
+checks its lock every `CHECK_SECONDS` and stops its backend at once when the check fails (`LeadershipLost`).
+A local-backend leader also holds the home (`HomeLock`) while it leads, as a single server does.
 """
 
 from __future__ import annotations
@@ -24,7 +32,7 @@ import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator, Callable
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import anyio
 import psycopg
@@ -35,10 +43,14 @@ from scheduler.backends.base import Backend
 from scheduler.db import create_engine
 from scheduler.errors import IllegalTransition, NotFound
 from scheduler.joblogs import LogItem
+from scheduler.leader import CHECK_SECONDS, LeaderLock, engine_identity
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
 from scheduler.store import ENGINE_CHANNEL, JobStore
 from scheduler.tokens import load_secret
+
+if TYPE_CHECKING:
+    from scheduler.embedded import HomeLock
 
 __all__ = ["DispatchBackend", "Engine", "dispatching"]
 
@@ -102,10 +114,12 @@ def _libpq_url(database_url: str) -> str:
 
 
 class Engine:
-    """The one lifecycle engine of a multi-worker server: a backend driven by notifications and sweeps.
+    """The lifecycle engine of a PostgreSQL server: a backend driven by notifications and sweeps, run while this
+    engine holds the leader lock (`scheduler.leader`).
 
     `start()` runs it in a daemon thread with its own event loop and returns once the backend has recovered
-    the jobs a previous run left (or `start_timeout` passed: the engine keeps trying in the background);
+    the jobs a previous run left, or the engine found another leader and follows it (or `start_timeout`
+    passed: the engine keeps trying in the background);
     `stop()` ends the loop, closes the backend (job states untouched, like a single-process server's shutdown)
     and joins the thread.
     """
@@ -116,9 +130,16 @@ class Engine:
         backend_factory: BackendFactory,
         *,
         sweep_seconds: float = 2.0,
+        identity: str | None = None,
     ) -> None:
         if not settings.database_url.startswith("postgresql"):
             raise ValueError("the multi-worker engine needs PostgreSQL (LISTEN/NOTIFY)")
+        self.identity = identity or engine_identity()
+        """Who this engine is in the leader lock (`scheduler.leader.engine_identity`)."""
+        self.leading = False
+        """True while this engine holds the leader lock and runs the backend."""
+        self._leader: str | None = None
+        """The last leader this engine saw while following (logged when it changes)."""
         self._settings = settings
         self._factory = backend_factory
         self._sweep_seconds = sweep_seconds
@@ -158,7 +179,7 @@ class Engine:
         try:
             while not self._stopping.is_set():
                 try:
-                    await self._serve()
+                    await self._lead()
                 except Exception as exc:
                     delay = _RECONNECT_SECONDS[min(self._attempt, len(_RECONNECT_SECONDS) - 1)]
                     self._attempt += 1
@@ -169,9 +190,48 @@ class Engine:
         finally:
             self._ready.set()
 
+    # -- leadership -------------------------------------------------------------------------------------
+
+    async def _lead(self) -> None:
+        """Wait for the leader lock, then run the backend until stopped or the lock is lost (`LeadershipLost`)."""
+        lock = LeaderLock(_libpq_url(self._settings.database_url), self.identity)
+        try:
+            if not await lock.acquire(self._stopping, following=self._following):
+                return
+            log.info("engine: leading as %s (took the leader lock)", self.identity)
+            self._leader = None
+            home = self._hold_home()
+            try:
+                self.leading = True
+                await self._serve(lock)
+            finally:
+                self.leading = False
+                if home is not None:
+                    home.release()
+        finally:
+            await lock.release()
+
+    def _following(self, leader: str | None) -> None:
+        if leader != self._leader:
+            log.info("engine: following; %s leads", leader or "another scheduler")
+            self._leader = leader
+        self._attempt = 0
+        self._ready.set()  # a follower is as ready as it will be: its API serves
+
+    def _hold_home(self) -> HomeLock | None:
+        """A local-backend leader holds the home, as a single server does (`scheduler.embedded.HomeLock`):
+        nothing else (`modelops run`, a server on SQLite) may run jobs on it meanwhile."""
+        if self._settings.backend != "local":
+            return None
+        from scheduler.embedded import HomeLock
+
+        home = HomeLock(self._settings.home)
+        home.acquire(self._settings.public_url)  # HomeLocked: the caller backs off and tries again
+        return home
+
     # -- the engine proper ------------------------------------------------------------------------------
 
-    async def _serve(self) -> None:
+    async def _serve(self, lock: LeaderLock) -> None:
         settings = self._settings
         engine = create_engine(settings.database_url, pool_size=ENGINE_POOL_SIZE, max_overflow=ENGINE_POOL_SIZE)
         try:
@@ -197,13 +257,16 @@ class Engine:
                     self._attempt = 0
                     self._ready.set()
                     loop = asyncio.get_running_loop()
-                    next_sweep = loop.time()
+                    next_sweep = next_check = loop.time()
                     while not self._stopping.is_set():
+                        if loop.time() >= next_check:  # fencing: stop at once when the lock is gone
+                            await lock.check()
+                            next_check = loop.time() + CHECK_SECONDS
                         if loop.time() >= next_sweep:
                             await self._sweep(store, backend)
                             next_sweep = loop.time() + self._sweep_seconds
                         # Wake for notifications at once; look at `_stopping` at least every _STOP_CHECK_SECONDS.
-                        wait = min(_STOP_CHECK_SECONDS, max(next_sweep - loop.time(), 0.0))
+                        wait = min(_STOP_CHECK_SECONDS, max(min(next_sweep, next_check) - loop.time(), 0.0))
                         async for note in listener.notifies(timeout=wait):
                             await self._on_notification(store, backend, note.payload)
             finally:

@@ -11,6 +11,8 @@
   set): what `GET /api/v1/usage` shows, read from the database at scrape time like the job figures;
 - `modelops_scheduler_store_up`: 1 when the scrape could read the database, else 0 (the figures above are then
   left out rather than failing the scrape);
+- `modelops_scheduler_leader`: 1 when this server's lifecycle engine runs the jobs (on PostgreSQL: holds the
+  leader lock, `scheduler.leader`, asked of the database at scrape time), else 0;
 - `modelops_scheduler_http_request_duration_seconds{method,route,status}`: request latency by route
   *template* (`/api/v1/jobs/{job_id}`), never the raw path, so ids do not explode the label space.
 
@@ -28,9 +30,11 @@ from typing import Final
 from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
+from sqlalchemy.engine import Engine as SqlEngine
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from scheduler.errors import StoreUnavailable
+from scheduler.leader import current_leader
 from scheduler.settings import TokenSpec
 from scheduler.store import JobStore, TokenUsage
 
@@ -117,6 +121,29 @@ class _StoreCollector(Collector):
         yield quotas
 
 
+class _LeaderCollector(Collector):
+    """`modelops_scheduler_leader`: whether this server's engine is the one running the jobs."""
+
+    _HELP: Final = "1 if this server's lifecycle engine runs the jobs (holds the leader lock), else 0."
+
+    def __init__(self) -> None:
+        self.database: SqlEngine | None = None
+        self.identity: str | None = None
+
+    def describe(self) -> Iterable[Metric]:
+        yield GaugeMetricFamily("modelops_scheduler_leader", self._HELP)
+
+    def collect(self) -> Iterable[Metric]:
+        gauge = GaugeMetricFamily("modelops_scheduler_leader", self._HELP)
+        if self.database is None:
+            gauge.add_metric([], 0)
+        elif self.identity is None:
+            gauge.add_metric([], 1)  # the app's own backend runs the jobs
+        else:
+            gauge.add_metric([], 1 if current_leader(self.database) == self.identity else 0)
+        yield gauge
+
+
 class Metrics:
     """The metrics of one app: its registry, the request histogram, and the store-backed collector."""
 
@@ -131,12 +158,20 @@ class Metrics:
         )
         self._store_collector = _StoreCollector()
         self.registry.register(self._store_collector)
+        self._leader_collector = _LeaderCollector()
+        self.registry.register(self._leader_collector)
 
     def attach(self, store: JobStore | None, tokens: Iterable[TokenSpec] = ()) -> None:
         """Read job figures from `store` (None: the app is not started, report the store as down), and the
         usage of each of `tokens`."""
         self._store_collector.store = store
         self._store_collector.tokens = tuple(tokens)
+
+    def lead(self, database: SqlEngine | None, engine_identity: str | None) -> None:
+        """Say whether this server leads: its own backend runs the jobs (`engine_identity` None), or the engine
+        `engine_identity` must hold `database`'s leader lock (`scheduler.leader`). `database` None: stopped."""
+        self._leader_collector.database = database
+        self._leader_collector.identity = engine_identity
 
     def render(self) -> bytes:
         """The Prometheus text exposition (queries the database: call it from a worker thread)."""

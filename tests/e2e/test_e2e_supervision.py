@@ -53,7 +53,9 @@ PACE_STEP = {"name": "pace", "python": {"module": "pacing_supervision", "functio
 
 
 @pytest.fixture
-def supervising(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[SchedulerClient, Path]]:
+def supervising(
+    tmp_path: Path, digits: Digits, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[SchedulerClient, Path]]:
     """A scheduler with fast restarts; its flows run one batch at a time, checkpoint often and find the pacing
     step's module on PYTHONPATH (the components inherit the server's environment)."""
     modules = tmp_path / "modules"
@@ -62,6 +64,7 @@ def supervising(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[tup
     monkeypatch.setenv("PYTHONPATH", str(modules))
     monkeypatch.setenv("MODELOPS_FLOW_IN_FLIGHT", "1")
     monkeypatch.setenv("MODELOPS_FLOW_COMMIT_INTERVAL_SECONDS", "0.05")
+    monkeypatch.setenv("MODELOPS_SCHEDULER_ARTIFACT_ROOTS", str(digits.joblib_path.parent))  # the test models
     home = tmp_path / "home"
     settings = SchedulerSettings(
         home=home,

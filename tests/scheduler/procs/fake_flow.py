@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 import time
+import urllib.error
 import urllib.request
 from datetime import UTC, datetime
 
@@ -30,7 +31,13 @@ def main() -> int:
     parser.add_argument("--message", default="all records scored")
     parser.add_argument("--ignore-sigterm", action="store_true")
     parser.add_argument("--per-flow", action="store_true", help="report completion with this flow's name")
-    parser.add_argument("--complete-when-file", default=None, help="report completion once this file exists")
+    parser.add_argument(
+        "--complete-when-file", default=None, help="report completion once this file exists ({job}: the job's id)"
+    )
+    parser.add_argument("--starts-file", default=None, help="append the job's id to this file at start")
+    parser.add_argument(
+        "--report-retry-seconds", type=float, default=0.0, help="retry a completion report that finds no server"
+    )
     parser.add_argument("--stamp", action="store_true", help="start each line with the time, as real components do")
     parser.add_argument(
         "--progress", type=int, default=None, help="report this many records done, as a named flow, before completing"
@@ -45,6 +52,9 @@ def main() -> int:
     with open(args.values, encoding="utf-8") as handle:
         text = handle.read()
     print(f"fake flow {name} pid {os.getpid()} read {len(text)} bytes of values", flush=True)
+    if args.starts_file is not None:
+        with open(args.starts_file, "a", encoding="utf-8") as starts:
+            starts.write(f"{_scheduler(text)[2]} {name} {os.getpid()}\n")
     print(f"services: {os.environ.get('MODELOPS_SERVICE_URLS', '{}')}", flush=True)
     leaked = sorted(k for k in os.environ if k.startswith("MODELOPS_SCHEDULER_"))
     print(f"scheduler variables seen: {leaked}", flush=True)
@@ -75,9 +85,10 @@ def main() -> int:
             print(f"reported progress: HTTP {response.status}", flush=True)
 
     if args.complete is not None:
-        while args.complete_when_file is not None and not os.path.exists(args.complete_when_file):
-            time.sleep(0.02)
         url, token, job_id = _scheduler(text)
+        gate = args.complete_when_file.replace("{job}", job_id) if args.complete_when_file is not None else None
+        while gate is not None and not os.path.exists(gate):
+            time.sleep(0.02)
         report = {"succeeded": args.complete == "succeeded", "message": args.message}
         if args.per_flow:
             report["flow"] = name
@@ -88,8 +99,17 @@ def main() -> int:
             method="POST",
             headers={"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
         )
-        with urllib.request.urlopen(request, timeout=10) as response:
-            print(f"reported completion: HTTP {response.status}", flush=True)
+        deadline = time.monotonic() + args.report_retry_seconds
+        while True:
+            try:
+                with urllib.request.urlopen(request, timeout=10) as response:
+                    print(f"reported completion: HTTP {response.status}", flush=True)
+                break
+            except (urllib.error.URLError, ConnectionError) as exc:
+                if isinstance(exc, urllib.error.HTTPError) or time.monotonic() > deadline:
+                    raise
+                print(f"completion report failed ({exc}); trying again", flush=True)
+                time.sleep(0.2)
 
     if args.until_file is not None:
         while not os.path.exists(args.until_file):
