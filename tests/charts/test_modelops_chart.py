@@ -684,7 +684,7 @@ def test_the_sub_chart_is_off_in_per_job_releases_and_on_when_enabled() -> None:
     assert all(o["metadata"]["labels"]["app.kubernetes.io/name"] == "modelops-scheduler" for o in enabled)
 
 
-def test_the_platform_runs_one_server_with_several_api_workers_and_never_two_engines(
+def test_the_platform_runs_one_server_with_several_api_workers_replaced_not_doubled(
     platform: list[dict[str, Any]],
 ) -> None:
     (server,) = of_kind(platform, "Deployment")
@@ -692,9 +692,27 @@ def test_the_platform_runs_one_server_with_several_api_workers_and_never_two_eng
     assert server["spec"]["strategy"] == {"type": "Recreate"}
     (container,) = server["spec"]["template"]["spec"]["containers"]
     assert env_of(container)["MODELOPS_SCHEDULER_WORKERS"] == {"name": "MODELOPS_SCHEDULER_WORKERS", "value": "2"}
+
+
+def test_several_server_replicas_roll_and_need_a_shared_job_token_secret() -> None:
+    shared = ["server.jobTokenSecret.name=modelops-job-token", "server.jobTokenSecret.key=key"]
+    rendered = template(chart=SUBCHART, release="modelops", namespace="modelops", sets=["replicas=3", *shared])
+    server = by_name(rendered, "Deployment", "modelops-scheduler")
+    assert server["spec"]["replicas"] == 3
+    # Only the replica holding the leader lock runs the engine, so old and new pods may overlap.
+    assert server["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
+    validate(server)
     refused = helm("template", "modelops", str(SUBCHART), "--set", "replicas=2", check=False)
     assert refused.returncode != 0
-    assert "replicas" in refused.stderr
+    assert "replicas > 1 needs server.jobTokenSecret" in refused.stderr
+    negative = helm(
+        "template", "modelops", str(SUBCHART), "--set", "replicas=-1", *[f"--set={s}" for s in shared], check=False
+    )
+    assert negative.returncode != 0
+    assert "replicas" in negative.stderr
 
 
 def test_in_each_other_job_namespace_the_server_may_read_pods_and_their_logs_only() -> None:
