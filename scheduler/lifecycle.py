@@ -455,7 +455,9 @@ class Lifecycle:
         limit = self.settings.restart_limit
         if run.deployment is None or not isinstance(deployer, Restarter) or limit == 0:
             return Outcome.failed(FLOW_FAILED, status.message)
-        exited = deployer.exited(run.deployment)
+        reported = {name for name, report in (job.flow_completions or {}).items() if (report or {}).get("succeeded")}
+        # A flow that reported success is done, even when its exit code is unknown (re-attached after a restart).
+        exited = [e for e in deployer.exited(run.deployment) if not (e.kind == "flow" and e.name in reported)]
         permanent = [e for e in exited if not restartable(e)]
         if permanent:
             return Outcome.failed(FLOW_FAILED, permanent[0].message)

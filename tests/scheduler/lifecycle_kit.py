@@ -264,9 +264,11 @@ class CompletionReceiver:
     wakes the backend, like the real route does (in the test's event loop, via `on_complete`).
     """
 
-    def __init__(self, store: JobStore, on_complete: Callable[[uuid.UUID], None]) -> None:
+    def __init__(self, store: JobStore, on_complete: Callable[[uuid.UUID], None], *, flows: Sequence[str] = ()) -> None:
         self.store = store
         self.on_complete = on_complete
+        self.flows = list(flows)
+        """The pipeline's flows, for reports that name their flow (`--per-flow`)."""
         self.reports: list[tuple[str, int]] = []
         receiver = self
 
@@ -279,7 +281,13 @@ class CompletionReceiver:
                     body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                     token = self.headers.get("Authorization", "").removeprefix("Bearer ")
                     if verify_job_token(receiver.store.get_job(job_id).token_hash, token):
-                        receiver.store.record_completion(job_id, body["succeeded"], body.get("message"))
+                        receiver.store.record_completion(
+                            job_id,
+                            body["succeeded"],
+                            body.get("message"),
+                            flow=body.get("flow") if receiver.flows else None,
+                            flows=receiver.flows,
+                        )
                         receiver.on_complete(job_id)
                         status = 200
                     else:

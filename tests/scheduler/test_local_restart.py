@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 from lifecycle_kit import (
+    PIPELINE_YAML,
     PROCS,
     SECRET,
     CompletionReceiver,
@@ -35,6 +36,7 @@ from lifecycle_kit import (
     wait_until,
 )
 
+import ir
 from scheduler.backends.local import LocalBackend
 from scheduler.deployers.local import LocalProcessDeployer
 from scheduler.lifecycle import Outcome, Run
@@ -198,3 +200,58 @@ async def test_an_outcome_that_does_not_fit_the_jobs_state_fails_it_as_an_intern
     done = await backend.lifecycle.uninstall(Run(job.id), Outcome(JobState.SUCCEEDED, "Completed", "done"))
     assert (done.state, done.reason) == (JobState.FAILED, "InternalError")
     assert done.message == "the run ended with Completed, which a job INSTALLING cannot enter"
+
+
+def two_flow_pipeline(store: JobStore) -> Any:
+    """The lifecycle pipeline with a second flow `f2`, a copy of `f1`: the job completes once both reported."""
+    text = PIPELINE_YAML.replace("WAIT", "1h").replace("flows: [f1]", "flows: [f1, f2]")
+    flow = text[text.index("kind: ScoringFlow") : text.index("apiVersion: modelops/v1\nkind: Model")]
+    text += "---\napiVersion: modelops/v1\n" + flow.replace("name: f1", "name: f2")
+    bundle = ir.load_bundle_files({"pipeline.yaml": text})
+    version, _ = store.add_pipeline_version(bundle.name, {"documents": bundle.canonical()}, bundle.digest())
+    return version
+
+
+async def test_after_a_restart_a_flow_that_reported_success_and_exited_is_not_restarted(
+    store: JobStore, tmp_path: Path
+) -> None:
+    home = tmp_path / "home"
+    loop = asyncio.get_running_loop()
+    holder: list[LocalBackend] = []
+    receiver = CompletionReceiver(
+        store,
+        lambda job_id: asyncio.run_coroutine_threadsafe(holder[-1].completed(job_id), loop).result(),
+        flows=["f1", "f2"],
+    )
+    with receiver.running():
+        settings = settings_for(home, public_url=receiver.url, restart_backoff_seconds=0.05)
+        f2_done = tmp_path / "f2-done"
+        commands = FakeCommands(
+            by_name={
+                "f1": ["--complete", "succeeded", "--per-flow", "--run-for", "0"],
+                "f2": ["--complete", "succeeded", "--per-flow", "--complete-when-file", str(f2_done)],
+            }
+        )
+        first = LocalBackend(store, settings, SECRET, LocalProcessDeployer(home / "jobs", commands))
+        holder.append(first)
+        job = create_job(store, two_flow_pipeline(store))
+        await first.start(job.id)
+        job = await wait_for(store, job.id, JobState.RUNNING)
+        await first.close()  # as a server stop: f1 reports and exits while nobody watches it
+        await wait_until(lambda: "f1" not in any_running(processes_of(job)), what="f1 to exit")
+        assert "f1" in (store.get_job(job.id).flow_completions or {})
+
+        # A new deployer: the processes are not its children, their exit codes unknown to it.
+        second = LocalBackend(store, settings, SECRET, LocalProcessDeployer(home / "jobs", commands))
+        holder.append(second)
+        await second.recover()
+        try:
+            f2_done.touch()
+            job = await wait_for(store, job.id, FINAL)
+            await second.join(job.id)
+        finally:
+            await second.close()
+
+    assert (job.state, job.reason) == (JobState.SUCCEEDED, "Completed")
+    assert not [e for e in job.events or () if e.reason in ("FlowRestarted", "ServiceRestarted")]
+    assert any_running(processes_of(job)) == []
