@@ -392,6 +392,34 @@ def test_the_backend_reference_is_stored_and_can_be_cleared(store: JobStore, new
     assert store.get_job(job.id).backend_ref is None
 
 
+def test_an_event_of_the_run_is_recorded_with_its_new_reference_and_changes_neither_state_nor_reason(
+    store: JobStore, new_job: NewJob
+) -> None:
+    job = bring_to(store, new_job(), JobState.RUNNING)
+    before = store.get_job(job.id)
+    ref = {"kind": "local-processes", "processes": [{"name": "m1", "pid": 4242}]}
+    store.add_event(job.id, "ServiceRestarted", "service m1 was killed by SIGKILL; restarted", backend_ref=ref)
+    after = store.get_job(job.id)
+    assert (after.state, after.task, after.reason, after.message) == (
+        before.state,
+        before.task,
+        before.reason,
+        before.message,
+    )
+    assert after.backend_ref == ref
+    assert after.events is not None and before.events is not None
+    (event,) = after.events[len(before.events) :]
+    assert (event.from_state, event.to_state, event.task) == (JobState.RUNNING, JobState.RUNNING, before.task)
+    assert (event.reason, event.message) == ("ServiceRestarted", "service m1 was killed by SIGKILL; restarted")
+
+
+def test_a_finished_job_takes_no_more_events_of_its_run(store: JobStore, new_job: NewJob) -> None:
+    job = bring_to(store, new_job(), JobState.SUCCEEDED)
+    with pytest.raises(Conflict):
+        store.add_event(job.id, "FlowRestarted", "too late", backend_ref={"kind": "local-processes"})
+    assert store.get_job(job.id).backend_ref != {"kind": "local-processes"}
+
+
 def test_non_terminal_jobs_are_the_ones_left_to_reconcile_oldest_first(store: JobStore, new_job: NewJob) -> None:
     jobs = {state: bring_to(store, new_job(), state) for state in PATH_TO}
     active = store.non_terminal_jobs()
