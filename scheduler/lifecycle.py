@@ -28,6 +28,11 @@ How a run ends (`Outcome.reason`, which becomes the job's reason):
 | `UninstallFailed` | FAILED | teardown failed or timed out: something may be left running |
 | `InternalError` | FAILED | a bug or an unexpected error in the engine itself |
 
+With a deployer that can restart one component (`scheduler.deployers.base.Restarter`: the local processes),
+wait also supervises the run: a service or flow that dies is restarted after a back-off, up to the job's restart
+limit, each restart an event (`ServiceRestarted`, `FlowRestarted`); see `scheduler.supervision`. On Kubernetes
+the Deployment and Job controllers do that, and the Helm deployer is no `Restarter`.
+
 `NoCompletion` is a deliberate choice: SUCCEEDED claims that the scoring is done, and only a flow's report
 proves that. A flow that exits with 0 without reporting may have stopped early, or could not reach the
 scheduler (a wrong `public_url`); a false success hides lost records, a false failure costs a look at the logs.
