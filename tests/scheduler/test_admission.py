@@ -294,8 +294,8 @@ async def test_the_tekton_backend_creates_no_pipelinerun_past_the_limit(store: J
         assert (await asyncio.to_thread(store.get_job, jobs[0].id)).state is JobState.SUCCEEDED
 
         await wait_until(lambda: len(kube.pipelineruns) == 3, what="the queued job's PipelineRun")
-        third = await asyncio.to_thread(store.get_job, jobs[2].id)
-        assert third.state is JobState.INSTALLING and third.queue_position is None
+        third = await wait_for(store, jobs[2].id, JobState.INSTALLING)
+        assert third.queue_position is None
         assert str(jobs[2].id) in {run["metadata"]["labels"][JOB_LABEL] for run in kube.pipelineruns.values()}
     finally:
         await backend.close()
