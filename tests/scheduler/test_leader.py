@@ -20,16 +20,27 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
 import sqlalchemy
 from cli_kit import wait_job
-from lifecycle_kit import PIPELINE_YAML, add_pipeline, create_job, settings_for, wait_until, write_input
+from fake_k8s import FakeKube
+from lifecycle_kit import (
+    PIPELINE_YAML,
+    add_pipeline,
+    create_job,
+    settings_for,
+    wait_for,
+    wait_until,
+    write_input,
+)
 from store_kit import wipe_postgres
 from test_dispatch import RecordingBackend
 
 from scheduler.app import create_app
+from scheduler.backends.tekton import JOB_LABEL, TektonBackend
 from scheduler.client import SchedulerClient
 from scheduler.db import create_engine, upgrade
 from scheduler.dispatch import Engine, dispatching
@@ -38,6 +49,7 @@ from scheduler.leader import APPLICATION_PREFIX, current_leader
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState
 from scheduler.store import JobStore
+from scheduler.tokens import job_token_hash, load_secret
 
 pytestmark = pytest.mark.postgres
 
@@ -166,6 +178,64 @@ async def test_metrics_say_whether_this_server_leads(tmp_path: Path, pg_url: str
 
     assert await leader_gauge("replica-a") == "modelops_scheduler_leader 1.0"
     assert await leader_gauge("replica-b") == "modelops_scheduler_leader 0.0"
+
+
+async def test_a_new_tekton_leader_resumes_the_runs_the_old_one_started_and_starts_what_waited(
+    tmp_path: Path, pg_url: str, pg_store: JobStore, engines: list[Engine]
+) -> None:
+    settings = settings_for(tmp_path, database_url=pg_url, backend="tekton", poll_interval_seconds=0.02)
+    kube = FakeKube()  # one cluster for both replicas
+    backends: dict[str, TektonBackend] = {}
+
+    def engine(identity: str) -> Engine:
+        def build(store: JobStore, settings: SchedulerSettings, secret: bytes) -> TektonBackend:
+            backends[identity] = TektonBackend(store, settings, secret, kube=kube)
+            return backends[identity]
+
+        started = Engine(settings, build, sweep_seconds=0.1, identity=identity)
+        started.start(start_timeout=30)
+        engines.append(started)
+        return started
+
+    def tekton_job() -> uuid.UUID:
+        job_id = uuid.uuid4()
+        version = add_pipeline(pg_store, wait="2h")
+        secret = load_secret(tmp_path)
+        job, _ = pg_store.create_job(
+            version, parameters={}, backend="tekton", token_hash=job_token_hash(secret, job_id), job_id=job_id
+        )
+        pg_store.notify_engine("start", job.id)
+        return job.id
+
+    def runs_of(job_id: uuid.UUID) -> list[dict[str, Any]]:
+        items, _ = kube.list_pipelineruns("modelops", f"{JOB_LABEL}={job_id}")
+        return items
+
+    a = await asyncio.to_thread(engine, "replica-a")
+    b = await asyncio.to_thread(engine, "replica-b")
+    assert (a.leading, b.leading) == (True, False) and set(backends) == {"replica-a"}
+    live = await asyncio.to_thread(tekton_job)
+    await wait_until(lambda: len(runs_of(live)) == 1, what="the leader to create the job's PipelineRun")
+    name = runs_of(live)[0]["metadata"]["name"]
+    kube.start_run(name)
+    kube.start_task(name, "install")
+    kube.finish_task(name, "install", succeeded=True)
+    kube.start_task(name, "wait")
+    await wait_for(pg_store, live, JobState.RUNNING)  # the leader's reconciler followed the run
+
+    await asyncio.to_thread(a.stop)  # the run goes on in the cluster; a job comes while nobody leads
+    waiting = await asyncio.to_thread(tekton_job)
+    await wait_until(lambda: b.leading and "replica-b" in backends, what="the follower to take over")
+    await wait_until(lambda: len(runs_of(waiting)) == 1, what="the new leader to start the waiting job")
+
+    for task in ("wait", "uninstall"):
+        if task != "wait":
+            kube.start_task(name, task)
+        kube.finish_task(name, task, succeeded=True)
+    kube.set_run_condition(name, "True", "Succeeded", "Tasks Completed: 3 (Failed: 0, Cancelled 0), Skipped: 0")
+    done = await wait_for(pg_store, live, {JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+    assert (done.state, done.reason) == (JobState.SUCCEEDED, "Completed")
+    assert len(runs_of(live)) == 1 and len(runs_of(waiting)) == 1  # each job run once
 
 
 # ------------------------------------------------------------------------------- two servers, SIGKILLed
