@@ -62,7 +62,11 @@ def default_backend(store: JobStore, settings: SchedulerSettings, secret: bytes)
     """The backend `settings.backend` names. Imported here, at start, not when this module is imported."""
     if settings.backend == "local":
         module: Any = importlib.import_module("scheduler.backends.local")
-        return cast(Backend, module.LocalBackend(store, settings, secret))
+        runas: Any = importlib.import_module("scheduler.runas")
+        try:
+            return cast(Backend, module.LocalBackend(store, settings, secret))
+        except runas.RunAsRefused as exc:
+            raise StartupRefused(f"cannot start the local backend: {exc}") from exc
     if settings.backend == "tekton":
         tekton: Any = importlib.import_module("scheduler.backends.tekton")
         try:

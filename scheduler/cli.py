@@ -732,7 +732,7 @@ def db_check() -> None:
 @token_app.command("new")
 def token_new(
     name: Annotated[str, typer.Argument(help="Who the token is for, e.g. ci or alice (recorded as created_by).")],
-    scope: Annotated[str, typer.Option(help="read, write or admin.")] = "write",
+    scope: Annotated[str, typer.Option(help="read, write, code (write + code-running runtimes) or admin.")] = "write",
     max_concurrent_jobs: Annotated[
         int | None,
         typer.Option(
@@ -1170,7 +1170,7 @@ def run(
     code = 1
     try:
         if server is None:
-            embedded = _start_embedded()
+            embedded = _start_embedded(bundle_folder(path))
             server = embedded.url
         code = _run(path, parameters, server, token, embedded)
     except KeyboardInterrupt:  # before the job was followed: nothing to wait for (an embedded server cancels it)
@@ -1197,10 +1197,14 @@ EMBEDDED_BACKEND_FACTORY: BackendFactory | None = None
 """The backend the embedded server of `modelops run` uses; None: the default for its settings. Tests set it."""
 
 
-def _start_embedded() -> EmbeddedServer:
+def _start_embedded(folder: Path) -> EmbeddedServer:
+    """The embedded server of `modelops run`, with the bundle's `folder` as one more data root: the operator
+    (this command, running locally) widens the roots for its own run, not the IR (docs/security.md)."""
     from scheduler.embedded import EmbeddedServer, EmbeddedServerError
 
     settings = _settings()
+    default_roots = settings.data_roots or [settings.home / "data"]
+    settings = settings.model_copy(update={"data_roots": [*default_roots, folder.expanduser().resolve()]})
     embedded = EmbeddedServer(settings, backend_factory=EMBEDDED_BACKEND_FACTORY)
     try:
         embedded.start()

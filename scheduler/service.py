@@ -33,6 +33,7 @@ from scheduler.settings import SchedulerSettings, TokenSpec
 from scheduler.states import TERMINAL, JobState
 from scheduler.store import DEFAULT_PAGE_SIZE, Job, JobPage, JobStore, Pipeline, PipelineVersion, Quota, TokenUsage
 from scheduler.tokens import job_token, job_token_hash, verify_job_token
+from scheduler.trust import check_bundle, check_code_runtimes, check_values
 from scheduler.values import bundle_of, render_values, stored_ir
 
 __all__ = [
@@ -176,12 +177,24 @@ class SchedulerService:
 
     # -- pipelines ----------------------------------------------------------------------------------------
 
-    async def deploy(self, fmt: BundleFormat, payload: bytes | Mapping[str, str], created_by: str | None) -> Deployment:
+    async def deploy(
+        self,
+        fmt: BundleFormat,
+        payload: bytes | Mapping[str, str],
+        created_by: str | None,
+        by: Principal | None = None,
+    ) -> Deployment:
         """Validate an IR bundle and store it as the next version of its pipeline (or find the same one).
 
-        Raises `ir.IRValidationError` listing every problem with its location.
+        Raises `ir.IRValidationError` listing every problem with its location. The trust checks come next
+        (`scheduler.trust`, docs/security.md): a code-running runtime the deployer `by` may not deploy is
+        `CodeRuntimeForbidden` (403; None: an in-process caller, not checked), a literal model uri or file path
+        outside the roots or with a refused scheme is `OutsideRoots` (422).
         """
         bundle = await _in_thread(_load_bundle, fmt, payload)
+        if by is not None:
+            check_code_runtimes(bundle, by, self.settings)
+        await _in_thread(check_bundle, bundle, self.settings, local=self.backend.name == "local")
         version, created = await _in_thread(
             self.store.add_pipeline_version, bundle.name, stored_ir(bundle), bundle.digest(), created_by
         )
@@ -272,6 +285,7 @@ class SchedulerService:
         stored = self.store.get_version(pipeline, version)
         job_id = uuid.uuid4()
         values = render_values(stored.ir, params, self.settings, job_id, None, env)
+        check_values(values, env, self.settings, local=self.backend.name == "local")  # docs/security.md
         if self.backend.name == "local":  # its components run on this machine: their paths must resolve here
             check_job_paths(bundle_of(stored.ir), values)
         return self.store.create_job(

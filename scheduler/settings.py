@@ -27,7 +27,8 @@ from sqlalchemy.exc import ArgumentError
 __all__ = ["SchedulerSettings", "TokenScope", "TokenSpec", "default_home", "hash_token"]
 
 TokenScope = Literal["read", "write", "code", "admin"]
-"""`read`: GET endpoints; `write`: deploy pipelines, start and cancel jobs; `admin`: everything."""
+"""`read`: GET endpoints; `write`: deploy pipelines, start and cancel jobs; `code`: `write`, and deploy models
+whose runtime runs code (`python`, `sklearn`, `torch`; docs/security.md); `admin`: everything."""
 
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _TOKEN_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -85,7 +86,7 @@ class TokenSpec(BaseModel):
     name: str
     """A label for logs and audit (`created_by`), e.g. `ci` or `alice`."""
     scope: TokenScope
-    """What the token may do: `read`, `write` or `admin`."""
+    """What the token may do: `read`, `write`, `code` or `admin` (each includes the ones before it)."""
     sha256: str
     """The lowercase SHA-256 hex digest of the plaintext token (see `hash_token`)."""
     max_concurrent_jobs: int | None = Field(default=None, ge=1)
@@ -238,6 +239,33 @@ class SchedulerSettings(BaseSettings):
     "Paths"). Unset: the working directory `modelops serve` was started in (local backend); on the tekton
     backend unset leaves them relative, to the flow pod's working directory."""
 
+    # -- trust (docs/security.md): where jobs may read and write, what they may run -------------------------
+
+    data_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """Folders (separated by commas) that file sources and sinks may resolve into, after symlinks, besides the
+    data root (`data_root`, else the working directory); a job's `environment.dataRoot` must lie inside one of
+    them too. Empty (the default): `<home>/data`. Checked on the local backend, at deploy and at job start."""
+
+    artifact_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    """Folders (separated by commas) that local model uris (`file://`, or a relative path without a model
+    store) may resolve into, after symlinks, besides the artifact store (`<home>/artifacts`) and the model
+    store when it is a folder; a job's `environment.modelStore` must lie inside one of them too. Checked on
+    the local backend, at deploy and at job start."""
+
+    allowed_uri_schemes: Annotated[list[str], NoDecode] = Field(default_factory=lambda: ["https"])
+    """Remote model uri schemes (separated by commas) a deployer may use, besides the server's own model store
+    and artifact store: `https` by default; add `http` only on a network you trust (a plain-text download can
+    be changed on the way, and the sha256 is the deployer's). Empty: no remote model uris."""
+
+    allow_code_runtimes: bool = False
+    """Let any deployer (scope `write`) deploy models whose runtime runs code from its artifact (`python`,
+    `sklearn` and `torch`, which unpickle). Off by default: those need a token with the `code` or `admin`
+    scope (403 naming the model and the runtime). Open mode (no tokens, loopback) deploys them anyway."""
+
+    run_as_user: str | None = None
+    """Local backend: the OS user (name or uid) the scoring services and flows run as; the server must run as
+    root to switch. Unset: the server's own user (a server running as root says so at start)."""
+
     artifact_max_bytes: int = Field(default=2 * 2**30, ge=1)
     """The largest model artifact `POST /api/v1/artifacts` accepts (a file, or the tar of a folder, and the
     folder unpacked from it). Artifacts are stored under `<home>/artifacts/sha256/`."""
@@ -317,6 +345,47 @@ class SchedulerSettings(BaseSettings):
     @classmethod
     def _absolute_data_root(cls, value: Path | None) -> Path | None:
         return None if value is None else value.expanduser().resolve()
+
+    @field_validator("data_roots", "artifact_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("data_roots", "artifact_roots", mode="after")
+    @classmethod
+    def _absolute_roots(cls, value: list[Path]) -> list[Path]:
+        return [root.expanduser().resolve() for root in value]
+
+    @field_validator("allowed_uri_schemes", mode="before")
+    @classmethod
+    def _split_schemes(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in re.split(r"[,\s]+", value) if part]
+        if isinstance(value, list | tuple):
+            return [str(part).strip().lower().removesuffix("://").removesuffix(":") for part in value]
+        return value
+
+    @field_validator("allowed_uri_schemes", mode="after")
+    @classmethod
+    def _check_schemes(cls, value: list[str]) -> list[str]:
+        for scheme in value:
+            if scheme == "file":
+                raise ValueError("file is not a remote scheme: local model uris are bounded by artifact_roots")
+            if not re.match(r"^[a-z][a-z0-9+.-]*$", scheme):
+                raise ValueError(f"{scheme!r} is not a uri scheme such as https")
+        return value
+
+    @field_validator("run_as_user", mode="after")
+    @classmethod
+    def _check_run_as_user(cls, value: str | None) -> str | None:
+        if value is None or not value.strip():
+            return None
+        reason = _looks_like_placeholder(value)
+        if reason:
+            raise ValueError(f"run_as_user {reason}")
+        return value.strip()
 
     @field_validator("database_url", mode="after")
     @classmethod

@@ -123,11 +123,11 @@ async def deploy(request: Request, response: Response, service: Service, princip
     body = await _read_body(request, MAX_BUNDLE_BYTES)
     created_by = principal.name if principal.authenticated else None
     if media in JSON_TYPES:
-        deployment = await service.deploy(BundleFormat.FILES, _files_bundle(body), created_by)
+        deployment = await service.deploy(BundleFormat.FILES, _files_bundle(body), created_by, principal)
     elif media in GZIP_TYPES:
-        deployment = await service.deploy(BundleFormat.TARBALL, body, created_by)
+        deployment = await service.deploy(BundleFormat.TARBALL, body, created_by, principal)
     else:
-        deployment = await service.deploy(BundleFormat.YAML, body, created_by)
+        deployment = await service.deploy(BundleFormat.YAML, body, created_by, principal)
     if not deployment.created:
         response.status_code = status.HTTP_200_OK
     return DeploymentOut.of(deployment.version, deployment.created)

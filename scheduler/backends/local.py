@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -44,13 +45,19 @@ from scheduler.lifecycle import (
     Run,
     completion_outcome,
 )
+from scheduler.runas import resolve_run_as
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
 from scheduler.store import Job, JobStore
 
-__all__ = ["LocalBackend"]
+__all__ = ["ROOT_WARNING", "LocalBackend"]
 
 logger = logging.getLogger(__name__)
+
+ROOT_WARNING: Final = (
+    "the server runs as root and run_as_user is unset: the scoring services and flows of every job run as root; "
+    "set MODELOPS_SCHEDULER_RUN_AS_USER (e.g. nobody) to run them as another user (docs/security.md)"
+)
 
 _TASK_ORDER: Final = {Task.INSTALL: 0, Task.WAIT: 1, Task.UNINSTALL: 2}
 
@@ -86,7 +93,22 @@ class LocalBackend:
     ) -> None:
         self.store = store
         self.settings = settings
-        self.deployer: Deployer = deployer or LocalProcessDeployer(settings.home / "jobs")
+        run_as = resolve_run_as(settings.run_as_user)  # RunAsRefused: the server cannot become that user
+        if run_as is not None:
+            logger.info("local backend: the scoring services and flows of every job run as %s", run_as)
+            for needed in (settings.home / "jobs", settings.home / "artifacts"):
+                blocked = run_as.unreachable(needed.expanduser().resolve())
+                if blocked is not None:
+                    logger.warning(
+                        "run_as_user %s cannot reach %s: %s is not searchable by it; give the home another place "
+                        "(MODELOPS_HOME) or open that folder to it",
+                        run_as.name,
+                        needed,
+                        blocked,
+                    )
+        elif os.geteuid() == 0:
+            logger.warning(ROOT_WARNING)
+        self.deployer: Deployer = deployer or LocalProcessDeployer(settings.home / "jobs", run_as=run_as)
         self.lifecycle = Lifecycle(store, settings, secret, self.deployer)
         self._runs: dict[uuid.UUID, _LocalRun] = {}
         self._closing = False

@@ -55,6 +55,7 @@ from scheduler.deployers.base import (
     RunStatus,
 )
 from scheduler.joblogs import LOG_TAIL_LINES, tail
+from scheduler.runas import RunAs
 
 __all__ = [
     "REF_KIND",
@@ -300,8 +301,11 @@ class LocalProcessDeployer:
         *,
         host: str = "127.0.0.1",
         env: Mapping[str, str] | None = None,
+        run_as: RunAs | None = None,
     ) -> None:
         self.runs_root = runs_root
+        self.run_as = run_as
+        """The OS user the components run as (`run_as_user`); None: the server's own."""
         self._commands = commands
         self._host = host
         self._extra_env = dict(env or {})
@@ -390,6 +394,8 @@ class LocalProcessDeployer:
         if not values_path.exists():  # the lifecycle writes it first; this is for direct use of the deployer
             values_path.touch(mode=0o600)  # the values hold the job token
             values_path.write_text(yaml.safe_dump(values, sort_keys=True), encoding="utf-8")
+        if self.run_as is not None:  # its components read the values and write beside them as that user
+            self.run_as.own(run, run / "services", run / "flows", values_path)
         services = values.get("scoringServices") or {}
         flows = values.get("scoringFlows") or {}
         ref: dict[str, Any] = {"kind": REF_KIND, "runDir": str(run), "bootId": _boot_id(), "processes": []}
@@ -439,9 +445,12 @@ class LocalProcessDeployer:
             }
         )
         env.update(extra)
+        command = argv
+        if self.run_as is not None:
+            executable, command, env = self.run_as.wrap(executable, argv, env)
         pid = os.posix_spawn(
             executable,
-            argv,
+            command,
             env,
             file_actions=[
                 (os.POSIX_SPAWN_OPEN, 0, os.devnull, os.O_RDONLY, 0),
@@ -459,7 +468,8 @@ class LocalProcessDeployer:
         proc = _Proc(component.kind, component.name, pid, start_time, str(log_path), component.port)
         self._children.add(proc.key)
         where = f" on port {component.port}" if component.port is not None else ""
-        log(f"started {proc.label} (pid {pid}){where}: {' '.join(argv)}; log {log_path}")
+        user = f" as {self.run_as}" if self.run_as is not None else ""
+        log(f"started {proc.label} (pid {pid}){where}{user}: {' '.join(argv)}; log {log_path}")
         return proc
 
     async def wait_ready(self, deployment: Deployment, timeout: float, log: LogFn) -> None:

@@ -31,8 +31,12 @@ def scheduler(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SchedulerCli
     """A real scheduler (SQLite, the local backend starting real `modelops scoring-service` and `modelops flow`
     processes) on a loopback port, and a client of its REST API."""
     home = tmp_path_factory.mktemp("scheduler-home")
+    # The operator's roots (docs/security.md): the tests' models and data live under pytest's base folder.
+    base = tmp_path_factory.getbasetemp()
     settings = SchedulerSettings(
         home=home,
+        artifact_roots=[base],
+        data_roots=[base],
         readiness_timeout_seconds=120.0,
         uninstall_grace_seconds=15.0,
         poll_interval_seconds=0.2,

@@ -358,7 +358,9 @@ class Api:
 
 
 def settings_for(home: Path, database_url: str, **overrides: Any) -> SchedulerSettings:
-    values: dict[str, Any] = {"home": home, "database_url": database_url, "tokens": TOKENS}
+    # The tiny pipeline's model is an sklearn pickle, which the write token may deploy only with this setting
+    # (docs/security.md); tests of the setting itself pass allow_code_runtimes=False.
+    values: dict[str, Any] = {"home": home, "database_url": database_url, "tokens": TOKENS, "allow_code_runtimes": True}
     values.update(overrides)
     return SchedulerSettings(**values)
 

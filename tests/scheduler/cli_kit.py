@@ -59,7 +59,9 @@ def fake_backend_factory(commands: FakeCommands) -> Any:
 def running_server(home: Path, *, tokens: bool = False, **overrides: Any) -> Iterator[Server]:
     """A scheduler with the fake components under `home`; with `tokens`, it requires the api_kit tokens."""
     commands = FakeCommands()
-    settings = settings_for(home, **({"tokens": TOKENS} if tokens else {}), **overrides)
+    # with tokens, the write token deploys sklearn pickles: allowed by the setting (docs/security.md)
+    guarded = {"tokens": TOKENS, "allow_code_runtimes": True} if tokens else {}
+    settings = settings_for(home, **{**guarded, **overrides})
     embedded = EmbeddedServer(settings, backend_factory=fake_backend_factory(commands), keep_tokens=tokens)
     embedded.start()
     try:

@@ -19,6 +19,7 @@ from typer.testing import CliRunner
 from scheduler.cli import app
 from scheduler.client import Job, SchedulerClient
 from scheduler.embedded import EmbeddedServer, HomeLock
+from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -212,7 +213,10 @@ def test_an_embedded_run_cancels_what_an_earlier_killed_run_left_running(
         else:
             monkeypatch.setenv(name, value)
     # An earlier `modelops run` killed mid-job: its server stopped without cancelling, the flow still runs.
-    earlier = EmbeddedServer(backend_factory=fake_backend_factory(FakeCommands()))
+    # with the bundle's folder as a data root, as `run` starts it
+    earlier = EmbeddedServer(
+        SchedulerSettings(data_roots=[tmp_path / "old"]), backend_factory=fake_backend_factory(FakeCommands())
+    )
     earlier.start()
     with SchedulerClient(earlier.url) as client:
         client.deploy(write_bundle(tmp_path / "old", name="left-over"))
