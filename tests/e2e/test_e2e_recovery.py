@@ -1,9 +1,9 @@
 """Processes killed mid-batch: a flow SIGKILLed and started again writes every record exactly once (file and
 PostgreSQL sinks); a scoring service SIGKILLed and started again on its port costs retries, not records.
 
-Real `modelops flow` and `modelops scoring-service` processes; the scheduler is a stub that records reports
-(under the local backend a flow that dies fails its job, so restarting one is what Kubernetes does for a Job's
-pod, and what these tests do by hand)."""
+Real `modelops flow` and `modelops scoring-service` processes; the scheduler is a stub that records reports,
+and these tests restart the processes by hand, as Kubernetes does for pods (the local backend's supervision
+does it for its jobs: tests/e2e/test_e2e_supervision.py)."""
 
 from __future__ import annotations
 

@@ -209,3 +209,20 @@ async def test_with_a_restart_limit_of_zero_a_killed_service_fails_the_job_at_on
     assert job.message is not None
     assert job.message.startswith("service m1 was killed by SIGKILL while the flows were running")
     assert not [e for e in job.events or () if e.reason == "ServiceRestarted"]
+
+
+async def test_a_cancel_during_a_restarts_back_off_ends_the_job_cancelled_without_restarting(
+    kit: Supervised, receiver: CompletionReceiver
+) -> None:
+    backend = kit.backend(FakeCommands(), receiver.url, restart_backoff_seconds=3600, restart_backoff_max_seconds=3600)
+    job = await kit.start(backend)
+    os.kill(process(job, "m1")["pid"], signal.SIGKILL)
+    wait_log = kit.home / "jobs" / str(job.id) / "wait.log"
+    await wait_until(lambda: "restarting it in 3600s" in wait_log.read_text(), what="the restart to be scheduled")
+    await asyncio.to_thread(kit.store.transition, job.id, JobState.CANCELLING, reason="CancelRequested")
+    await backend.cancel(job.id)
+    job = await kit.finished(backend, job)
+
+    assert (job.state, job.reason) == (JobState.CANCELLED, "Cancelled")
+    assert not [e for e in job.events or () if e.reason == "ServiceRestarted"]
+    assert any_running(processes_of(job)) == []
