@@ -34,6 +34,7 @@ from scheduler.backends.tekton import JOB_LABEL, TektonBackend
 from scheduler.db import create_engine, upgrade
 from scheduler.deployers.local import LocalProcessDeployer
 from scheduler.dispatch import Engine
+from scheduler.k8s import K8sError
 from scheduler.service import SchedulerService
 from scheduler.settings import SchedulerSettings, default_max_running_jobs
 from scheduler.states import JobState, Task
@@ -344,3 +345,30 @@ def test_job_show_job_list_and_the_run_view_give_a_queued_job_s_position(tmp_pat
             assert client.get_job(queued.id).state is JobState.CANCELLED, "a queued job's cancel is immediate"
             client.cancel_job(first.id)
             wait_job(client, first.id, JobState.CANCELLED)
+
+
+async def test_a_queued_job_whose_start_fails_frees_its_slot_for_the_next(store: JobStore, tmp_path: Path) -> None:
+    settings = settings_for(
+        tmp_path, backend="tekton", public_url="http://scheduler.modelops.svc:8787", max_running_jobs=1
+    )
+    kube = FakeKube()
+    backend = TektonBackend(store, settings, SECRET, kube=kube)
+    await backend.recover()
+    try:
+        version = add_pipeline(store, wait="2h")
+        first, refused, last = [await asyncio.to_thread(tekton_job, store, version) for _ in range(3)]
+        for job in (first, refused, last):
+            await backend.start(job.id)
+        assert await positions(store, [refused, last]) == [1, 2]
+
+        kube.fail_next("create_pipelinerun", K8sError("pipelineruns is forbidden", 403))
+        await asyncio.to_thread(store.transition, first.id, JobState.FAILED, reason="Done")
+        backend.admission.released()  # what the reconciler does when a run ends
+
+        failed = await wait_for(store, refused.id, FINAL)
+        assert (failed.state, failed.reason) == (JobState.FAILED, "BackendStartFailed")
+        assert failed.message is not None and "pipelineruns is forbidden" in failed.message
+        started = await wait_for(store, last.id, JobState.INSTALLING)
+        assert started.backend_ref is not None, "the next job got the slot the failed start freed"
+    finally:
+        await backend.close()
