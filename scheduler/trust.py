@@ -227,9 +227,9 @@ def _environment_problems(environment: Mapping[str, Any], roots: Roots) -> list[
                 )
             )
     store = environment.get("modelStore")
-    if isinstance(store, str) and store and not store.startswith(roots.trusted_prefixes):
+    if isinstance(store, str) and store:
         uri = Path(store).as_uri() if store.startswith("/") else store
-        if uri.startswith("file://") or "://" not in uri:
+        if uri.startswith("file://") or "://" not in uri:  # a remote one: its models' uris are checked
             resolved = (_file_path(uri) if uri.startswith("file://") else Path(uri)).resolve()
             if not _inside(resolved, roots.artifacts):
                 problems.append(

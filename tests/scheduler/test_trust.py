@@ -196,6 +196,10 @@ async def test_a_job_environment_model_store_outside_the_roots_is_refused_at_sta
         body = {"pipeline": "tiny", "environment": {"modelStore": "file:///etc"}}
         error = assert_error(await client.post("/api/v1/jobs", json=body, headers=WRITE), 422, "outside_roots")
         assert "environment.modelStore file:///etc resolves to /etc, outside the artifact roots" in error["message"]
+        escape = folders["models"].as_uri() + "/../outside"  # under the server's model store, as written
+        body = {"pipeline": "tiny", "environment": {"modelStore": escape}}
+        error = assert_error(await client.post("/api/v1/jobs", json=body, headers=WRITE), 422, "outside_roots")
+        assert f"environment.modelStore {escape} resolves to {folders['outside'].resolve()}," in error["message"]
         assert (await client.get("/api/v1/jobs", headers=WRITE)).json()["items"] == []
 
 
