@@ -119,3 +119,5 @@ def test_an_input_deleted_after_the_job_started_fails_the_job_as_invalid_input(
     assert final.state is JobState.FAILED
     assert final.reason == "InvalidInput", f"{final.reason}: {final.message}"
     assert final.message is not None and str(source) in final.message
+    # Bad input is permanent: the flow that said so (exit code 1) is not restarted by the local backend.
+    assert not [e for e in final.events if e.reason in ("FlowRestarted", "ServiceRestarted")]
