@@ -1076,11 +1076,13 @@ def job_show(
     events.add_column("TASK", no_wrap=True)
     events.add_column("REASON")
     events.add_column("MESSAGE", overflow="fold", ratio=1)
+    previous_task = None
     for event in job.events:
         if event.from_state is None:
             change = Text.assemble("created ", _state(event.to_state.value))
         elif event.from_state == event.to_state:
-            change = Text("task change", style="dim")
+            # The same state and task: an event of the run, e.g. a component restarted (ServiceRestarted).
+            change = Text("task change" if event.task != previous_task else "event", style="dim")
         else:
             change = Text.assemble(_state(event.from_state.value), " -> ", _state(event.to_state.value))
         events.add_row(
@@ -1090,6 +1092,7 @@ def job_show(
             event.reason or "-",
             Text(_first_line(event.message) if event.message else "-"),
         )
+        previous_task = event.task
     _print_table(events)
 
 

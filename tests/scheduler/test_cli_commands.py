@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import signal
 import tarfile
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -251,6 +254,29 @@ def test_job_show_gives_state_reason_timestamps_progress_and_events(
     assert "INSTALLING -> RUNNING" in events and "RUNNING -> FAILED" in events
     detail = json.loads(ok(runner.invoke(app, ["job", "show", job_id, "--json"])).stdout)
     assert detail["events"][0]["from"] is None and detail["events"][-1]["to"] == "FAILED"
+
+
+def test_job_show_lists_a_restart_of_a_component_as_an_event_of_the_run(
+    runner: CliRunner, server: Server, deployed: str, tmp_path: Path
+) -> None:
+    done = tmp_path / "done"
+    job_id = start(runner, server, "--complete", "succeeded", "--complete-when-file", str(done))
+    with server.client() as client:
+        wait_job(client, job_id, JobState.RUNNING)
+        ref = client.get_job(uuid.UUID(job_id)).backend_ref
+        assert ref is not None
+        flow = next(p for p in ref["processes"] if p["name"] == "f1")
+        os.killpg(flow["pid"], signal.SIGKILL)
+        deadline = time.monotonic() + 30  # a safety net: the restart comes after a back-off of 1 s
+        while not any(e.reason == "FlowRestarted" for e in client.get_job(uuid.UUID(job_id)).events):
+            assert time.monotonic() < deadline, "the flow was not restarted"
+            time.sleep(0.05)
+        done.touch()
+        wait_job(client, job_id, JobState.SUCCEEDED)
+    shown = ok(runner.invoke(app, ["job", "show", job_id])).stdout
+    row = next(line for line in shown.splitlines() if "FlowRestarted" in line)
+    assert re.search(r"\sevent\s+wait\s+FlowRestarted\s+flow f1 was killed by SIGKILL; restarted after 1s", row), row
+    assert re.search(r"\stask change\s+uninstall\s", shown), shown  # a task change is still one
 
 
 def test_showing_a_job_that_does_not_exist_is_one_error_line(runner: CliRunner) -> None:
