@@ -139,7 +139,8 @@ class Pipeline:
 
 @dataclass(frozen=True)
 class JobEvent:
-    """One entry in a job's history: a state change, or a task change (then `from_state == to_state`)."""
+    """One entry in a job's history: a state change, or a task change (then `from_state == to_state`), or an
+    event of the run with neither (`add_event`: e.g. `ServiceRestarted`)."""
 
     id: int
     at: datetime

@@ -333,7 +333,9 @@ class CompletionOut(BaseModel):
 
 
 class JobEventOut(BaseModel):
-    """One entry of a job's history: a state change, or a task change (`from == to`)."""
+    """One entry of a job's history: a state change, or a task change (`from == to`), or an event of the run
+    with neither (`from == to`, the same task: e.g. `ServiceRestarted`, a component restarted by the local
+    backend)."""
 
     model_config = ConfigDict(populate_by_name=True)
 
