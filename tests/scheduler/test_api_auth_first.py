@@ -15,7 +15,6 @@ from api_kit import (
     UNKNOWN_TOKEN,
     WRITE,
     Api,
-    api_database_url,  # noqa: F401
     assert_error,
     bearer,
     running,
@@ -28,7 +27,7 @@ BAD_BODIES = [b"{not json", b'{"read": "many", "task": 7}', b"[]"]
 
 
 @pytest.fixture
-async def api(api_database_url: str, tmp_path: Path) -> AsyncIterator[Api]:  # noqa: F811
+async def api(api_database_url: str, tmp_path: Path) -> AsyncIterator[Api]:
     async with running(settings_for(tmp_path / "home", api_database_url)) as started:
         await started.deploy()
         yield started
