@@ -125,7 +125,7 @@ def test_a_presented_token_is_matched_by_its_hash_and_an_unknown_one_is_not() ->
 
 
 def test_a_plaintext_token_in_the_configuration_is_refused_with_a_hint() -> None:
-    with pytest.raises(ValidationError, match="hash_token"):
+    with pytest.raises(ValidationError, match="modelops token hash"):
         SchedulerSettings(tokens=["ci:write:my-plaintext-token"])
 
 
