@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import psycopg
 import pytest
 from cli_kit import wait_job
@@ -259,6 +260,10 @@ def test_a_two_worker_server_runs_cancels_and_logs_jobs(
     client, server = workers_server
     # The supervisor, with uvicorn's two workers beside the engine (plus multiprocessing's resource tracker).
     assert len(_children(server.pid)) >= 2
+    # Its engine holds the leader lock, and the API workers (other processes) say so in /metrics.
+    for _ in range(4):  # a few requests, so more than one worker is likely to answer
+        metrics = httpx.get(f"{client.server}/metrics", timeout=10).text.splitlines()
+        assert "modelops_scheduler_leader 1.0" in metrics
     client.deploy_bytes(PIPELINE_YAML.replace("WAIT", "1h").encode(), "application/yaml")
 
     done = client.create_job("scoring")
