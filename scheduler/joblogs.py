@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, TextIO
 
-from ir.logformat import line_timestamp, timestamp
+from ir.logformat import LogFormat, format_line, line_timestamp, timestamp
 from scheduler.states import Task
 
 __all__ = [
@@ -86,14 +86,25 @@ class PhaseLog:
     """Appends timestamped lines to one phase's log file (created with its folder), optionally echoing them.
 
     Call the instance (a `LogFn`) with a message; multi-line messages (log tails) are written line by line,
-    each with the timestamp, so every line stays self-describing. Every line is flushed at once: a follower
+    each with the timestamp, so every line stays self-describing; with `fmt="json"` a message is one JSON object
+    (`ir.logformat`, `logger` naming the phase) whatever its lines. Every line is flushed at once: a follower
     sees it immediately, and a crash loses nothing already logged. Without a `path`, lines only go to `echo`
     (the Tekton task commands print to stdout, which `tkn pipelinerun logs` shows). Every one of `secrets`
     is written as `***`.
     """
 
-    def __init__(self, path: Path | None, *, echo: TextIO | None = None, secrets: Sequence[str] = ()) -> None:
+    def __init__(
+        self,
+        path: Path | None,
+        *,
+        echo: TextIO | None = None,
+        secrets: Sequence[str] = (),
+        fmt: LogFormat = "text",
+        logger: str = "",
+    ) -> None:
         self.path = path
+        self._fmt: LogFormat = fmt
+        self._logger = logger
         self._file: TextIO | None = None
         if path is not None:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -104,9 +115,13 @@ class PhaseLog:
     def __call__(self, message: str) -> None:
         for secret in self._secrets:
             message = message.replace(secret, "***")
-        stamp = timestamp()
+        at = time.time()
         lines = message.splitlines() or [""]
-        text = "".join(f"{stamp} {line}\n" for line in lines)
+        if self._fmt == "json":  # one object per line: a multi-line message (a log tail) stays one record
+            text = format_line("\n".join(lines), "json", logger=self._logger, at=at) + "\n"
+        else:
+            stamp = timestamp(at)
+            text = "".join(f"{stamp} {line}\n" for line in lines)
         if self._file is not None:
             self._file.write(text)
             self._file.flush()

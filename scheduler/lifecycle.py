@@ -267,7 +267,12 @@ class Lifecycle:
         return run_dir(self.settings.home, job_id)
 
     def log_for(self, job_id: uuid.UUID, task: Task) -> PhaseLog:
-        return PhaseLog(task_log_path(self.settings.home, job_id, task), echo=self._echo)
+        return PhaseLog(
+            task_log_path(self.settings.home, job_id, task),
+            echo=self._echo,
+            fmt=self.settings.log_format,
+            logger=task.value,
+        )
 
     def values_path(self, job_id: uuid.UUID) -> Path:
         return self.run_dir(job_id) / "values.yaml"

@@ -39,6 +39,7 @@ import httpx
 import typer
 
 import ir
+from ir.logformat import LogFormat
 from scheduler.joblogs import PhaseLog
 from scheduler.states import TERMINAL, JobState
 
@@ -305,6 +306,14 @@ TokenOption = Annotated[
     ),
 ]
 HelmOption = Annotated[str, typer.Option("--helm", envvar="MODELOPS_HELM", help="The helm binary.")]
+LogFormatOption = Annotated[
+    LogFormat,
+    typer.Option(
+        "--log-format",
+        envvar="MODELOPS_TASK_LOG_FORMAT",
+        help="text: timestamped plain lines (what `tkn pipelinerun logs` shows best); json: one object a line.",
+    ),
+]
 
 
 @task_app.command("install")
@@ -324,6 +333,7 @@ def install(
     ] = False,
     token: TokenOption = None,
     helm: HelmOption = "helm",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Render the job's values and install them as the job's Helm release; report the phase."""
     from scheduler.lifecycle import RENDER_FAILED  # the server side is imported by the commands that need it
@@ -331,7 +341,13 @@ def install(
     uid = _job_uuid(job_id)
     seconds = _timeout_option(timeout)
     # With --dry-run stdout carries the manifests, so the step lines go to stderr.
-    log = PhaseLog(None, echo=sys.stderr if dry_run else sys.stdout, secrets=_secrets_of(token))
+    log = PhaseLog(
+        None,
+        echo=sys.stderr if dry_run else sys.stdout,
+        secrets=_secrets_of(token),
+        fmt=log_format,
+        logger="install",
+    )
     name = _blank_is_none(release) or f"modelops-{uid}"
     started = time.monotonic()
     log(
@@ -432,12 +448,13 @@ def wait(
     scheduler_url: SchedulerOption,
     interval: Annotated[float, typer.Option(min=0.01, help="Seconds between two looks at the job's status.")] = 2.0,
     token: TokenOption = None,
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Wait until the scoring flows report completion (exit 0 if they succeeded) or the job ends otherwise."""
     from scheduler.lifecycle import SCORING_FAILED
 
     uid = _job_uuid(job_id)
-    log = PhaseLog(None, echo=sys.stdout, secrets=_secrets_of(token))
+    log = PhaseLog(None, echo=sys.stdout, secrets=_secrets_of(token), fmt=log_format, logger="wait")
     started = time.monotonic()
     log(f"wait: job {uid}, scheduler {scheduler_url}, polling every {interval:g}s")
     api = TaskApi(scheduler_url, uid, token, log)
@@ -484,6 +501,7 @@ def uninstall(
     timeout: Annotated[str, typer.Option(help="How long helm waits for the resources to go, e.g. 10m.")] = "10m",
     token: TokenOption = None,
     helm: HelmOption = "helm",
+    log_format: LogFormatOption = "text",
 ) -> None:
     """Uninstall the job's Helm release (a release that does not exist counts as success); report the phase."""
     from scheduler.helm import HelmError
@@ -491,7 +509,7 @@ def uninstall(
 
     uid = _job_uuid(job_id)
     seconds = _timeout_option(timeout) or DEFAULT_UNINSTALL_TIMEOUT_SECONDS
-    log = PhaseLog(None, echo=sys.stdout, secrets=_secrets_of(token))
+    log = PhaseLog(None, echo=sys.stdout, secrets=_secrets_of(token), fmt=log_format, logger="uninstall")
     name = _blank_is_none(release) or f"modelops-{uid}"
     started = time.monotonic()
     log(f"uninstall: job {uid}, release {name}, scheduler {scheduler_url}")

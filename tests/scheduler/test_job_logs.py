@@ -213,6 +213,47 @@ def test_phase_log_lines_start_with_the_timestamp(tmp_path: Path) -> None:
         assert STAMP.match(stamp), line
 
 
+def test_a_json_phase_log_writes_one_object_per_message_that_the_merge_orders_by_its_ts(tmp_path: Path) -> None:
+    with PhaseLog(tmp_path / "install.log", fmt="json", logger="install", secrets=["s3cr3t"]) as log:
+        log("rendering values with token s3cr3t")
+        log("service m1 exited with code 1\nlast 2 log line(s) of service m1:\nTraceback")
+    lines = (tmp_path / "install.log").read_text().splitlines()
+    assert len(lines) == 2  # the multi-line message (a log tail) stays one record
+    records = [json.loads(line) for line in lines]
+    assert [r["logger"] for r in records] == ["install", "install"]
+    assert records[0]["message"] == "rendering values with token ***"
+    assert records[1]["message"].splitlines()[1] == "last 2 log line(s) of service m1:"
+    assert all(STAMP.match(r["ts"]) and line_timestamp(line) == r["ts"] for r, line in zip(records, lines, strict=True))
+
+
+def test_a_task_command_with_log_format_json_prints_json_step_lines() -> None:
+    import subprocess
+
+    command = [str(Path(sys.executable).parent / "modelops"), "task", "wait", "--job-id", str(uuid.uuid4())]
+    command += ["--scheduler-url", "http://127.0.0.1:9", "--token", "mjt_x", "--log-format", "json"]
+    # No scheduler answers at port 9: the command logs its start and its retries, which is all this test reads.
+    with subprocess.Popen(command, stdout=subprocess.PIPE, text=True) as process:
+        try:
+            assert process.stdout is not None
+            first, second = process.stdout.readline(), process.stdout.readline()
+        finally:
+            process.kill()
+    records = [json.loads(first), json.loads(second)]
+    assert records[0]["logger"] == "wait" and records[0]["message"].startswith("wait: job ")
+    assert "no answer from the scheduler" in records[1]["message"]
+    assert all(STAMP.match(r["ts"]) for r in records)
+
+
+def test_a_task_command_refuses_an_unknown_log_format() -> None:
+    from typer.testing import CliRunner
+
+    from scheduler.taskcmd import task_app
+
+    arguments = ["wait", "--job-id", str(uuid.uuid4()), "--scheduler-url", "http://127.0.0.1:9"]
+    refused = CliRunner().invoke(task_app, [*arguments, "--log-format", "xml"])
+    assert refused.exit_code == 2 and "'xml' is not one of 'text', 'json'" in refused.output
+
+
 def test_a_component_name_that_could_leave_the_run_directory_is_refused(tmp_path: Path) -> None:
     job = "2b1e0c6e-36a4-4a59-9a3f-0b0e9c7a6c11"
     assert component_log_path(tmp_path, job, "flow/f1") == tmp_path / "jobs" / job / "flows" / "f1.log"
