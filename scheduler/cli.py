@@ -1054,7 +1054,7 @@ def job_show(
     records = f"read {progress.read:,}  written {progress.written:,}  failed {progress.failed:,}"
     records += f"  filtered {progress.filtered:,}"
     if progress.total is not None and progress.done is not None:
-        size = f"{_amount(progress.total, progress.unit)} {progress.unit}"
+        size = _sized(progress.total, progress.unit)
         records += f"  ({_percent(progress.done, progress.total)} of {size})"
     grid.add_row("records", records)
     for name, reported in progress.flows.items():
@@ -1353,6 +1353,11 @@ def _amount(count: int, unit: str | None) -> str:
     return filesize.decimal(count) if unit == "bytes" else f"{count:,}"
 
 
+def _sized(count: int, unit: str | None) -> str:
+    """`153.2 MB` for bytes (the size says its unit), `3,000 records` otherwise."""
+    return _amount(count, unit) if unit == "bytes" else f"{count:,} {unit}".rstrip()
+
+
 def _percent(done: int | None, total: int | None) -> str:
     if done is None or not total:
         return ""
@@ -1482,7 +1487,7 @@ class _RunView:
             return ""
         text = f" read {flow.read:,}, written {flow.written:,}, failed {flow.failed:,}, filtered {flow.filtered:,}"
         if flow.total is not None and flow.state != "done":
-            text += f" of {_amount(flow.total, flow.unit)} {flow.unit}"
+            text += f" of {_sized(flow.total, flow.unit)}"
         return text
 
     # -- on a terminal: the live panel ------------------------------------------------------------------------
@@ -1491,7 +1496,7 @@ class _RunView:
         progress = self.job.progress
         if progress.total is None or progress.done is None:
             return
-        amount = f"{_amount(progress.done, progress.unit)}/{_amount(progress.total, progress.unit)} {progress.unit}"
+        amount = f"{_amount(progress.done, progress.unit)}/{_sized(progress.total, progress.unit)}"
         if self._bar_task is None:
             self._bar_task = self._bar.add_task("", total=progress.total, completed=progress.done, amount=amount)
         else:
@@ -1549,7 +1554,7 @@ class _RunView:
             for name, flow in progress.flows.items():
                 size = ""
                 if flow.total is not None and flow.done is not None and flow.state != "done":
-                    size = f"{_percent(flow.done, flow.total)} of {_amount(flow.total, flow.unit)} {flow.unit}"
+                    size = f"{_percent(flow.done, flow.total)} of {_sized(flow.total, flow.unit)}"
                 rate = f"{flow.rate:,.0f} rows/s" if flow.rate is not None else ""
                 lines.add_row(
                     f"  flow {name}",
