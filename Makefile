@@ -81,6 +81,8 @@ $(HELM_STAMP): scripts/fetch-helm.sh | $(PY_STAMP)
 
 services:
 	scripts/ensure-services.sh
+	@# the runnable docs (tests/test_docs_commands.py) use jq in their curl examples
+	command -v jq >/dev/null || (apt-get update -qq && apt-get install -y -qq jq)
 
 # ---------------------------------------------------------------------------------------------
 # lint + test
