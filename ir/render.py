@@ -22,7 +22,7 @@ from pathlib import PurePosixPath
 from typing import Any, Final, Literal, TypeVar
 
 import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator
+from pydantic import BaseModel, Field, ValidationError, ValidationInfo, field_validator
 from pydantic_core import PydanticCustomError
 
 from ir.bundle import Bundle
@@ -75,6 +75,10 @@ class SchedulerLink(StrictModel):
     token: str | None = Field(default=None, description="Per-job token flows present to the scheduler.")
 
 
+_STORE_KEYS: Final = {"model_store": "modelStore", "artifact_store": "artifactStore"}
+"""The values key of each store setting, as its error names it."""
+
+
 class Globals(StrictModel):
     """Settings of the installation rather than of the pipeline: step 4 of the pre-processing."""
 
@@ -93,18 +97,19 @@ class Globals(StrictModel):
         "paths are resolved against.",
     )
 
-    @field_validator("model_store")
+    @field_validator("model_store", "artifact_store")
     @classmethod
-    def _store_uri(cls, value: str | None) -> str | None:
+    def _store_uri(cls, value: str | None, info: ValidationInfo) -> str | None:
         if value is None:
             return None
         if value.startswith("/"):
             return PurePosixPath(value).as_uri()
         scheme = value.split("://", 1)[0] if "://" in value else ""
         if scheme not in ("file", "http", "https"):
+            key = _STORE_KEYS[str(info.field_name)]
             raise PydanticCustomError(
-                "model_store",
-                "modelStore must be an absolute path or a file://, http:// or https:// URI (got '{value}')",
+                str(info.field_name),
+                key + " must be an absolute path or a file://, http:// or https:// URI (got '{value}')",
                 {"value": value},
             )
         return value
@@ -120,22 +125,6 @@ class Globals(StrictModel):
         description="Absolute path that relative file channel paths are resolved against; unset leaves them "
         "relative (to the flow's working directory).",
     )
-
-    @field_validator("artifact_store")
-    @classmethod
-    def _artifact_store_uri(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if value.startswith("/"):
-            return PurePosixPath(value).as_uri()
-        scheme = value.split("://", 1)[0] if "://" in value else ""
-        if scheme not in ("file", "http", "https"):
-            raise PydanticCustomError(
-                "artifact_store",
-                "artifactStore must be an absolute path or a file://, http:// or https:// URI (got '{value}')",
-                {"value": value},
-            )
-        return value
 
     @field_validator("data_root")
     @classmethod
