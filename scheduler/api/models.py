@@ -360,6 +360,30 @@ class JobEventOut(BaseModel):
         )
 
 
+_FLOW_REPORT_EXAMPLE: Final[dict[str, Any]] = {
+    "state": "running",
+    "read": 5000,
+    "written": 4890,
+    "failed": 10,
+    "filtered": 100,
+    "total": 20000,
+    "unit": "records",
+    "done": 5000,
+    "rate": 2480.5,
+    "outputs": ["file sink 'scores' (/data/scores.csv)"],
+    "services": {
+        "digits": {
+            "requests": 20,
+            "rows": 5000,
+            "errors": 0,
+            "retries": 1,
+            "latency_ms": {"mean": 12.5, "p50": 11.0, "p99": 30.2},
+        }
+    },
+}
+"""One flow's progress report: what a flow sends (with its name) and what the job shows per flow (with `at`)."""
+
+
 _JOB_EXAMPLE: Final[dict[str, Any]] = {
     "id": EXAMPLE_JOB_ID,
     "pipeline": "digits",
@@ -385,28 +409,7 @@ _JOB_EXAMPLE: Final[dict[str, Any]] = {
         "unit": "records",
         "done": 5000,
         "flows": {
-            "digits-batch": {
-                "state": "running",
-                "read": 5000,
-                "written": 4890,
-                "failed": 10,
-                "filtered": 100,
-                "total": 20000,
-                "unit": "records",
-                "done": 5000,
-                "rate": 2480.5,
-                "outputs": ["file sink 'scores' (/data/scores.csv)"],
-                "services": {
-                    "digits": {
-                        "requests": 20,
-                        "rows": 5000,
-                        "errors": 0,
-                        "retries": 1,
-                        "latency_ms": {"mean": 12.5, "p50": 11.0, "p99": 30.2},
-                    }
-                },
-                "at": EXAMPLE_TIME,
-            }
+            "digits-batch": {**_FLOW_REPORT_EXAMPLE, "at": EXAMPLE_TIME},
         },
     },
     "completion": None,
@@ -531,28 +534,7 @@ class ProgressIn(BaseModel):
         json_schema_extra={
             "examples": [
                 {"read": 5000, "written": 4990, "failed": 10},
-                {
-                    "flow": "digits-batch",
-                    "state": "running",
-                    "read": 5000,
-                    "written": 4890,
-                    "failed": 10,
-                    "filtered": 100,
-                    "total": 20000,
-                    "unit": "records",
-                    "done": 5000,
-                    "rate": 2480.5,
-                    "outputs": ["file sink 'scores' (/data/scores.csv)"],
-                    "services": {
-                        "digits": {
-                            "requests": 20,
-                            "rows": 5000,
-                            "errors": 0,
-                            "retries": 1,
-                            "latency_ms": {"mean": 12.5, "p50": 11.0, "p99": 30.2},
-                        }
-                    },
-                },
+                {"flow": "digits-batch", **_FLOW_REPORT_EXAMPLE},
             ]
         },
     )
