@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -184,7 +185,8 @@ async def test_a_flow_stopped_while_a_service_hangs_gives_up_its_batches_in_flig
     assert code == 0, text
     assert "stopping (SIGTERM): finishing the batches in flight (at most 0.3s)" in text
     assert "giving up the batches in flight (not done within 0.3s): they are not committed" in text
-    assert "stopped (SIGTERM) with batches in flight uncommitted: read 300, written 0, failed 0" in text
+    # How many of the 3 batches were read when the stop came depends on the read-ahead: none was written.
+    assert re.search(r"stopped \(SIGTERM\) with batches in flight uncommitted: read [123]00, written 0, failed 0", text)
     saved = CheckpointStore(tmp_path / "run" / "checkpoints" / "digits-flow.json").load()
     assert saved is not None and saved.ordinal == 0  # nothing committed: a restart reads every record again
     assert scheduler.completions == []
