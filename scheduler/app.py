@@ -34,9 +34,11 @@ from scheduler.db import check_schema, create_engine
 from scheduler.errors import StoreUnavailable
 from scheduler.metrics import Metrics, RequestMetricsMiddleware
 from scheduler.service import SchedulerService
+from scheduler.sessions import SessionSigner, derive_key
 from scheduler.settings import SchedulerSettings
 from scheduler.store import JobStore
 from scheduler.tokens import load_secret
+from scheduler.ui import install_ui
 
 __all__ = [
     "ENGINE_IDENTITY_ENV",
@@ -109,6 +111,7 @@ def create_app(
                 secret = await anyio.to_thread.run_sync(load_secret, settings.home)
             except (OSError, ValueError) as exc:
                 raise StartupRefused(f"cannot start: the job-token secret is unusable: {exc}") from exc
+            auth.sessions = SessionSigner(derive_key(secret), settings)
             backend = factory(store, settings, secret)
             try:
                 await backend.recover()
@@ -160,6 +163,7 @@ def create_app(
     app.include_router(usage.router)
     app.include_router(health.router)
     install_docs(app)
+    install_ui(app)
     app.add_middleware(RequestMetricsMiddleware, metrics=metrics)
     return app
 

@@ -5,6 +5,10 @@ plaintext as `Authorization: Bearer <token>`. Scopes nest: `admin` âŠ‡ `write` â
 changes (deploy, start, cancel) need `write`. No token or an unknown one is 401 (with `WWW-Authenticate:
 Bearer`), a token without the scope is 403.
 
+A browser signs in once (`POST /ui/login`) and then sends a session cookie instead (`scheduler.sessions`): the
+same scopes as the token it was minted from, and every unsafe request made with it must carry its CSRF token.
+A bearer header, when present, wins over the cookie.
+
 Open mode: with no API token configured the server accepts unauthenticated requests, but only when it binds to
 loopback (`SchedulerSettings.host` 127.0.0.1, ::1 or localhost); `check_open_mode` refuses anything else at
 start. In open mode every caller acts as the local user (`ANONYMOUS`, named "local user (loopback, no tokens
@@ -27,6 +31,7 @@ against the job (`JobTokenChecker`, the app's service), so a forged `mjt_...` is
 
 from __future__ import annotations
 
+import hmac
 import logging
 import uuid
 from collections.abc import Callable, Coroutine
@@ -40,6 +45,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
 
 from scheduler.errors import SchedulerError
+from scheduler.sessions import CSRF_HEADER, SESSION_COOKIE, Session, SessionSigner
 from scheduler.settings import SchedulerSettings, TokenScope
 from scheduler.tokens import PREFIX as JOB_TOKEN_PREFIX
 
@@ -67,6 +73,7 @@ log = logging.getLogger(__name__)
 
 LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 OPEN_MODE_WARNING: Final = "no API tokens configured: accepting unauthenticated requests on loopback only"
+SAFE_METHODS: Final = frozenset({"GET", "HEAD", "OPTIONS"})
 _RANK: Final[dict[str, int]] = {"read": 1, "write": 2, "code": 3, "admin": 4}
 
 
@@ -131,11 +138,49 @@ def check_open_mode(settings: SchedulerSettings) -> bool:
 
 
 class Authenticator:
-    """Checks bearer credentials against the configured tokens."""
+    """Checks bearer credentials (or a browser session, `scheduler.sessions`) against the configured tokens."""
 
     def __init__(self, settings: SchedulerSettings) -> None:
         self._settings = settings
         self.open_mode = check_open_mode(settings)
+        self.sessions: SessionSigner | None = None
+        """Set by the app's lifespan once the secret the sessions are signed with is loaded."""
+
+    def request_principal(self, request: Request, needed: TokenScope) -> Principal:
+        """The caller of `request`: its bearer token, else its session cookie (whose unsafe requests must carry
+        the session's CSRF token in `X-CSRF-Token`). A browser's cross-site unsafe request is refused in every
+        mode, open mode included: another site's page must not cancel a laptop's jobs."""
+        unsafe = request.method not in SAFE_METHODS
+        if unsafe and request.headers.get("sec-fetch-site", "").lower() == "cross-site":
+            raise Forbidden("a cross-site request may not change anything", code="cross_site_refused")
+        token = _header_token(request)
+        if self.open_mode or token is not None:
+            return self.principal(token, needed)
+        session = self.session_of(request)
+        if session is None:
+            return self.principal(None, needed)
+        if unsafe and not hmac.compare_digest(request.headers.get(CSRF_HEADER, ""), session.csrf):
+            raise Forbidden(
+                f"a request made with a session cookie must carry its CSRF token in {CSRF_HEADER}", code="csrf_failed"
+            )
+        return self.scoped(Principal(session.token.name, session.token.scope), needed)
+
+    def session_of(self, request: Request) -> Session | None:
+        """The verified session of `request`'s cookie, if any (never in open mode)."""
+        if self.open_mode or self.sessions is None:
+            return None
+        return self.sessions.verify(request.cookies.get(SESSION_COOKIE))
+
+    @staticmethod
+    def scoped(principal: Principal, needed: TokenScope) -> Principal:
+        """`principal` if its scope covers `needed`; `Forbidden` otherwise."""
+        if not principal.allows(needed):
+            raise Forbidden(
+                f"token {principal.name!r} has the {principal.scope!r} scope; this needs {needed!r}",
+                code="insufficient_scope",
+                details={"token": principal.name, "scope": principal.scope, "needed": needed},
+            )
+        return principal
 
     def principal(self, token: str | None, needed: TokenScope) -> Principal:
         """The caller behind `token` if it may do what needs `needed`; else `Unauthorized` or `Forbidden`."""
@@ -146,14 +191,7 @@ class Authenticator:
         found = self._settings.find_token(token)
         if found is None:
             raise Unauthorized("the bearer token is not valid", code="invalid_token")
-        principal = Principal(found.name, found.scope)
-        if not principal.allows(needed):
-            raise Forbidden(
-                f"token {found.name!r} has the {found.scope!r} scope; this needs {needed!r}",
-                code="insufficient_scope",
-                details={"token": found.name, "scope": found.scope, "needed": needed},
-            )
-        return principal
+        return self.scoped(Principal(found.name, found.scope), needed)
 
     def reporter(self, token: str | None) -> ReporterCredential:
         """The credential of a progress/completion report (the job token is checked by the service)."""
@@ -184,19 +222,19 @@ def _token(credentials: HTTPAuthorizationCredentials | None) -> str | None:
 async def _read(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    return _authenticator(request).principal(_token(credentials), "read")
+    return _authenticator(request).request_principal(request, "read")
 
 
 async def _write(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    return _authenticator(request).principal(_token(credentials), "write")
+    return _authenticator(request).request_principal(request, "write")
 
 
 async def _admin(
     request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 ) -> Principal:
-    return _authenticator(request).principal(_token(credentials), "admin")
+    return _authenticator(request).request_principal(request, "admin")
 
 
 async def _reporter(
@@ -237,7 +275,7 @@ async def _check_first(request: Request, needs: Callable[..., Any]) -> None:
     auth = _authenticator(request)
     token = _header_token(request)
     if needs is not _reporter:
-        auth.principal(token, _NEEDS[needs])
+        auth.request_principal(request, _NEEDS[needs])
         return
     credential = auth.reporter(token)
     if credential.job_token is not None:
