@@ -372,6 +372,7 @@ class _Reader(Protocol):
         limit: int | None = None,
         cursor: str | None = None,
         id_prefix: str | None = None,
+        q: str | None = None,
     ) -> JobPage: ...
 
     def get_job(self, job_id: uuid.UUID | str) -> JobDetail: ...
@@ -892,6 +893,13 @@ def job_list(
         typer.Option(case_sensitive=False, help="Only jobs in this state (any case).", show_default=False),
     ] = None,
     pipeline: Annotated[str | None, typer.Option(help="Only jobs of this pipeline.")] = None,
+    search: Annotated[
+        str | None,
+        typer.Option(
+            help="Only jobs whose id starts with this text, or whose pipeline, creator, reason or message contains "
+            "it (any case)."
+        ),
+    ] = None,
     limit: Annotated[int, typer.Option(min=1, help="At most this many jobs (newest first).")] = 20,
     cursor: Annotated[str | None, typer.Option(help="Continue after a previous page (its printed cursor).")] = None,
     watch: Annotated[
@@ -909,9 +917,11 @@ def job_list(
     output = _output_of(output, as_json)
     with _reader(server, token, "listing jobs") as client:
         if watch:
-            _watch_jobs(lambda: client.list_jobs(state=state, pipeline=pipeline, limit=limit), output, no_headers)
+            _watch_jobs(
+                lambda: client.list_jobs(state=state, pipeline=pipeline, limit=limit, q=search), output, no_headers
+            )
             return
-        page = client.list_jobs(state=state, pipeline=pipeline, limit=limit, cursor=cursor)
+        page = client.list_jobs(state=state, pipeline=pipeline, limit=limit, cursor=cursor, q=search)
     if output in (OutputFormat.JSON, OutputFormat.YAML):
         _print_data(page.model_dump(mode="json"), output)
         return
@@ -919,7 +929,7 @@ def job_list(
         for job in page.items:
             out.print(str(job.id))
     elif not page.items:
-        err.print("no jobs" + (" match" if state or pipeline or cursor else " yet"))
+        err.print("no jobs" + (" match" if state or pipeline or search or cursor else " yet"))
         return
     else:
         _print_table(_jobs_table(page.items, wide=output is OutputFormat.WIDE, no_headers=no_headers))

@@ -484,10 +484,13 @@ class SchedulerClient:
         limit: int | None = None,
         cursor: str | None = None,
         id_prefix: str | None = None,
+        q: str | None = None,
     ) -> JobPage:
         params: dict[str, str | int] = {}
         if id_prefix is not None:
             params["id_prefix"] = id_prefix
+        if q is not None:
+            params["q"] = q
         if state is not None:
             params["state"] = state.value
         if pipeline is not None:

@@ -106,10 +106,16 @@ class HomeReader:
         limit: int | None = None,
         cursor: str | None = None,
         id_prefix: str | None = None,
+        q: str | None = None,
     ) -> JobPage:
         page = self._call(
             self._service.list_jobs(
-                state=state, pipeline=pipeline, cursor=cursor, limit=limit or DEFAULT_PAGE_SIZE, id_prefix=id_prefix
+                state=state,
+                pipeline=pipeline,
+                cursor=cursor,
+                limit=limit or DEFAULT_PAGE_SIZE,
+                id_prefix=id_prefix,
+                q=q,
             )
         )
         out = JobPageOut(items=[JobOut.of(job) for job in page.items], next_cursor=page.next_cursor)

@@ -331,10 +331,12 @@ class SchedulerService:
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         id_prefix: str | None = None,
+        q: str | None = None,
     ) -> JobPage:
+        """A page of jobs, newest first (`JobStore.list_jobs`; `q` is its text search)."""
         return await _in_thread(
             lambda: self.store.list_jobs(
-                state=state, pipeline=pipeline, cursor=cursor, limit=limit, id_prefix=id_prefix
+                state=state, pipeline=pipeline, cursor=cursor, limit=limit, id_prefix=id_prefix, q=q
             )
         )
 

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
-from sqlalchemy import Select, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "ENGINE_CHANNEL",
     "MAX_PAGE_SIZE",
+    "TEXT_SEARCH_MAX",
     "Job",
     "JobEvent",
     "JobPage",
@@ -60,6 +61,7 @@ __all__ = [
     "Quota",
     "TokenUsage",
     "VersionInfo",
+    "job_matches_text",
 ]
 
 log = logging.getLogger(__name__)
@@ -280,6 +282,41 @@ def _id_range(prefix: str) -> tuple[uuid.UUID, uuid.UUID]:
     if not 1 <= len(digits) <= 32 or any(c not in "0123456789abcdef" for c in digits):
         raise InvalidInput(f"not a job id prefix: {prefix!r} (hex digits of a job id)", details={"id_prefix": prefix})
     return uuid.UUID(hex=digits.ljust(32, "0")), uuid.UUID(hex=digits.ljust(32, "f"))
+
+
+TEXT_SEARCH_MAX: Final = 200
+"""The longest text `list_jobs(q=...)` searches for (a longer one is refused)."""
+
+
+def _text_match(text: str) -> ColumnElement[bool]:
+    """The jobs `text` finds: id starting with it (when it is hex digits, hyphens as in the id), or pipeline
+    name, creator, reason or message containing it, case-insensitively (`%` and `_` match themselves).
+
+    One condition on the page's own query: the database walks the (created_at, id) index newest first and
+    stops at the page's end, so a common word costs one page of rows and a rare one at most one pass over the
+    jobs (no `%text%` index serves both databases; measured in bench/README.md, Jobs page)."""
+    if len(text) > TEXT_SEARCH_MAX:
+        raise InvalidInput(f"the search text is longer than {TEXT_SEARCH_MAX} characters", details={"q": text[:50]})
+    found: list[ColumnElement[bool]] = [
+        column.icontains(text, autoescape=True)
+        for column in (_PIPELINES.c.name, _JOBS.c.created_by, _JOBS.c.reason, _JOBS.c.message)
+    ]
+    digits = text.replace("-", "").lower()
+    if 1 <= len(digits) <= 32 and all(c in "0123456789abcdef" for c in digits):
+        low, high = _id_range(digits)
+        found.append(_JOBS.c.id.between(low, high))
+    return or_(*found)
+
+
+def job_matches_text(job: Job, text: str) -> bool:
+    """Whether `list_jobs(q=text)` would find `job` (`_text_match` in Python: for jobs seen by a change feed)."""
+    needle = text.strip().lower()
+    if not needle:
+        return True
+    digits = needle.replace("-", "")
+    if digits and len(digits) <= 32 and job.id.hex.startswith(digits):
+        return True
+    return any(needle in (value or "").lower() for value in (job.pipeline, job.created_by, job.reason, job.message))
 
 
 def _state(value: JobState | str) -> JobState:
@@ -1003,11 +1040,14 @@ class JobStore:
         cursor: str | None = None,
         limit: int = DEFAULT_PAGE_SIZE,
         id_prefix: str | None = None,
+        q: str | None = None,
     ) -> JobPage:
         """Jobs newest first (by creation time, then id), optionally filtered, `limit` per page.
 
         `id_prefix` keeps the jobs whose id starts with these hex digits (hyphens ignored, any case), as
-        `modelops job show 274541d4` needs. The cursor is opaque: pass back `next_cursor` unchanged. Pages are
+        `modelops job show 274541d4` needs. `q` is a text search (see `_text_match`): the jobs whose id starts
+        with it, or whose pipeline name, creator, reason or message contains it, in any case; blank is no filter.
+        The cursor is opaque: pass back `next_cursor` unchanged. Pages are
         stable under inserts (new jobs appear before the first page, never inside a later one) and jobs created
         at the same instant are neither skipped nor repeated.
         """
@@ -1021,6 +1061,8 @@ class JobStore:
         if id_prefix is not None:
             low, high = _id_range(id_prefix)
             query = query.where(_JOBS.c.id.between(low, high))
+        if q is not None and q.strip():
+            query = query.where(_text_match(q.strip()))
         if cursor is not None:
             at, last_id = _decode_cursor(cursor)
             query = query.where(or_(_JOBS.c.created_at < at, and_(_JOBS.c.created_at == at, _JOBS.c.id < last_id)))

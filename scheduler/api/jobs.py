@@ -31,7 +31,7 @@ from scheduler.api.models import (
 from scheduler.auth import AuthFirstRoute, ReadPrincipal, Reporter, WritePrincipal
 from scheduler.errors import SchedulerError
 from scheduler.states import JobState, Task
-from scheduler.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE
+from scheduler.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, TEXT_SEARCH_MAX
 
 log = logging.getLogger(__name__)
 
@@ -90,8 +90,10 @@ async def create_job(
 @router.get(
     "",
     summary="List jobs",
-    description="Newest first, filtered by state, pipeline and id prefix, one page at a time. `id_prefix` is how "
-    "a short id such as `274541d4` is resolved: no item means no such job, more than one means it is ambiguous.",
+    description="Newest first, filtered by state, pipeline, id prefix and text, one page at a time. `id_prefix` is "
+    "how a short id such as `274541d4` is resolved: no item means no such job, more than one means it is ambiguous. "
+    "`q` searches: the jobs whose id starts with it, or whose pipeline name, creator, reason or message contains "
+    "it, in any case.",
     response_model=JobPageOut,
     responses=error_responses(401, 403, 422, 503),
 )
@@ -118,8 +120,17 @@ async def list_jobs(
             examples=["274541d4"],
         ),
     ] = None,
+    q: Annotated[
+        str | None,
+        Query(
+            max_length=TEXT_SEARCH_MAX,
+            description="Text search: jobs whose id starts with it, or whose pipeline name, creator (token name), "
+            "reason or message contains it; case-insensitive; blank is no filter.",
+            examples=["timeout"],
+        ),
+    ] = None,
 ) -> Response:
-    page = await service.list_jobs(state=state, pipeline=pipeline, cursor=cursor, limit=limit, id_prefix=id_prefix)
+    page = await service.list_jobs(state=state, pipeline=pipeline, cursor=cursor, limit=limit, id_prefix=id_prefix, q=q)
     return _json(JobPageOut(items=[JobOut.of(job) for job in page.items], next_cursor=page.next_cursor))
 
 

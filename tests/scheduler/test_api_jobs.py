@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from api_kit import (
+    ADMIN,
     READ,
     WRITE,
     Api,
@@ -233,6 +234,29 @@ async def test_the_state_filter_takes_any_case_and_jobs_are_found_by_the_start_o
     assert (await api.client.get(JOBS, params={"id_prefix": missing}, headers=READ)).json()["items"] == []
 
 
+async def test_jobs_are_found_by_text_in_their_pipeline_creator_reason_message_or_id(api: Api) -> None:
+    await api.deploy(tiny_documents("other"))
+    failed = await api.start_job()
+    api.store.transition(failed["id"], JobState.FAILED, reason="ScoringFailed", message="Disk 100%_full on /data")
+    other = (await api.client.post(JOBS, json={"pipeline": "other"}, headers=ADMIN)).json()
+
+    async def found(**params: str) -> list[str]:
+        response = await api.client.get(JOBS, params=params, headers=READ)
+        assert response.status_code == 200, response.text
+        return [item["id"] for item in response.json()["items"]]
+
+    assert await found(q="OTHER") == [other["id"]]  # pipeline name, any case
+    assert await found(q="roo") == [other["id"]]  # created by the admin token "root"
+    assert await found(q="scoringfailed") == [failed["id"]]  # reason
+    assert await found(q="0%_full") == [failed["id"]]  # message; % and _ are themselves
+    assert await found(q="1_0") == [] and await found(q="Disk%data") == []  # ... not wildcards
+    assert await found(q=failed["id"][:6].upper()) == [failed["id"]]  # the start of the id
+    assert await found(q=failed["id"][9:18]) == []  # the middle of an id is not its start
+    assert await found(q="  ") == [other["id"], failed["id"]]  # blank: no filter
+    assert await found(q="tiny", state="FAILED") == [failed["id"]]
+    assert await found(q="tiny", state="RUNNING") == []
+
+
 BAD_LIST_PARAMS: list[dict[str, str | int]] = [
     {"state": "SLEEPING"},
     {"limit": 0},
@@ -243,6 +267,7 @@ BAD_LIST_PARAMS: list[dict[str, str | int]] = [
     {"pipeline": "Bad Name"},
     {"id_prefix": "274"},
     {"id_prefix": "not-hex"},
+    {"q": "x" * 201},
 ]
 
 
