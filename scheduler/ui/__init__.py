@@ -19,6 +19,7 @@ from starlette.exceptions import HTTPException
 
 from scheduler.errors import SchedulerError
 from scheduler.ui.deps import UI_PREFIX, SignInRequired, sign_in_url
+from scheduler.ui.security import UiSecurityHeaders
 from scheduler.ui.templating import STATIC_DIR, render
 
 __all__ = ["UI_PREFIX", "install_ui"]
@@ -29,6 +30,7 @@ AREAS: Final = ("login", "pipelines", "deploy", "jobs", "job_detail")
 
 def install_ui(app: FastAPI) -> None:
     """Serve the UI from `app`: static assets, the pages, `/` → `/ui`, HTML errors under `/ui`."""
+    app.add_middleware(UiSecurityHeaders)  # CSP, no framing, no-store pages: scheduler/ui/security.py
     app.mount(f"{UI_PREFIX}/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
     for area in AREAS:
         module = importlib.import_module(f"scheduler.ui.{area}")
@@ -65,7 +67,7 @@ def _html_errors_under_ui(app: FastAPI, kind: type[Exception]) -> None:
             return answer if isinstance(answer, Response) else await answer
         status, code, message = _describe(exc)
         fragment = request.headers.get("hx-request") == "true"
-        context = {"status": status, "code": code, "message": message, "fragment": fragment}
+        context = {"status": status, "code": code, "message": message, "fragment": fragment, "nav": None}
         page = render(request, "error_fragment.html" if fragment else "error.html", context, status_code=status)
         if fragment:
             page.headers["HX-Retarget"] = "#flash"
