@@ -39,6 +39,10 @@ __all__ = [
 class ArtifactError(Exception):
     """A relative model artifact of the bundle cannot be used; the message names the model and the path."""
 
+    def __init__(self, message: str, model: str | None = None) -> None:
+        super().__init__(message)
+        self.model = model
+
 
 @dataclass(frozen=True)
 class LocalArtifact:
@@ -89,7 +93,8 @@ def local_artifacts(bundle: ir.Bundle, folder: Path) -> tuple[list[LocalArtifact
         declared = model.spec.sha256
         if declared is not None and declared != digest:
             raise ArtifactError(
-                f"model {name}: sha256 mismatch for {path}: the Model declares {declared}, the {kind} has {digest}"
+                f"model {name}: sha256 mismatch for {path}: the Model declares {declared}, the {kind} has {digest}",
+                model=name,
             )
         found.append(LocalArtifact(name, uri, path, kind, digest))
     return found, missing

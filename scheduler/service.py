@@ -15,23 +15,38 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
+from pathlib import Path
 from typing import Any, Final, ParamSpec, TypeVar
 
 import anyio.to_thread
 
 import ir
 from scheduler.admission import START_FAILED_REASON
+from scheduler.artifacts import Artifact, ArtifactStore
 from scheduler.auth import Principal, ReporterCredential, Unauthorized
 from scheduler.backends.base import Backend
-from scheduler.errors import Conflict, IllegalTransition, InvalidInput
+from scheduler.bundle_folder import FolderBundle, read_folder, store_artifacts
+from scheduler.changes import JobChangeFeed
+from scheduler.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from scheduler.irtext import ir_files, unified_diff
 from scheduler.joblogs import PHASES, merge_logs
 from scheduler.paths import check_job_paths
 from scheduler.settings import SchedulerSettings, TokenSpec
 from scheduler.states import TERMINAL, JobState
-from scheduler.store import DEFAULT_PAGE_SIZE, Job, JobPage, JobStore, Pipeline, PipelineVersion, Quota, TokenUsage
+from scheduler.store import (
+    DEFAULT_PAGE_SIZE,
+    Job,
+    JobPage,
+    JobStore,
+    Pipeline,
+    PipelineVersion,
+    ProgressSample,
+    Quota,
+    TokenUsage,
+)
 from scheduler.tokens import job_token, job_token_hash, verify_job_token
 from scheduler.trust import check_bundle, check_code_runtimes, check_values
 from scheduler.values import bundle_of, render_values, stored_ir
@@ -39,8 +54,12 @@ from scheduler.values import bundle_of, render_values, stored_ir
 __all__ = [
     "BundleFormat",
     "Deployment",
+    "FolderDeployment",
+    "FolderValidation",
     "SchedulerService",
     "TokenQuotaUsage",
+    "Validation",
+    "VersionDiff",
     "json_object_problem",
     "text_problem",
 ]
@@ -84,11 +103,47 @@ class TokenQuotaUsage:
 
 
 @dataclass(frozen=True)
+class VersionDiff:
+    """Two versions of a pipeline and the unified diffs between them: of the IR files, and of the values."""
+
+    before: PipelineVersion
+    after: PipelineVersion
+    ir: str
+    values: str
+
+
+@dataclass(frozen=True)
 class Deployment:
     """The outcome of a deploy: the stored version, and whether this deploy created it."""
 
     version: PipelineVersion
     created: bool
+
+
+@dataclass(frozen=True)
+class Validation:
+    """A bundle a deploy would accept: its pipeline, digest, and the stored version with that digest (or None)."""
+
+    pipeline: str
+    digest: str
+    deployed_version: int | None
+
+
+@dataclass(frozen=True)
+class FolderValidation:
+    """An uploaded bundle folder a deploy would accept (`scheduler.bundle_folder`), and what was found in it."""
+
+    folder: FolderBundle
+    validation: Validation
+
+
+@dataclass(frozen=True)
+class FolderDeployment:
+    """A deployed bundle folder: the deployment, what was found in the folder, the artifacts stored from it."""
+
+    folder: FolderBundle
+    deployment: Deployment
+    artifacts: list[Artifact]
 
 
 def text_problem(text: str) -> str | None:
@@ -174,6 +229,12 @@ class SchedulerService:
         self.backend = backend
         self.settings = settings
         self._secret = secret
+        self.feed = JobChangeFeed(store)
+        """The job change feed of this process (`scheduler.changes`): what `watch_jobs` and `watch_job` read."""
+
+    async def close(self) -> None:
+        """End the job change feed: every `watch_jobs` / `watch_job` iterator ends (the app's lifespan end)."""
+        await self.feed.close()
 
     # -- pipelines ----------------------------------------------------------------------------------------
 
@@ -191,10 +252,7 @@ class SchedulerService:
         `CodeRuntimeForbidden` (403; None: an in-process caller, not checked), a literal model uri or file path
         outside the roots or with a refused scheme is `OutsideRoots` (422).
         """
-        bundle = await _in_thread(_load_bundle, fmt, payload)
-        if by is not None:
-            check_code_runtimes(bundle, by, self.settings)
-        await _in_thread(check_bundle, bundle, self.settings, local=self.backend.name == "local")
+        bundle = await self._checked_bundle(fmt, payload, by)
         version, created = await _in_thread(
             self.store.add_pipeline_version, bundle.name, stored_ir(bundle), bundle.digest(), created_by
         )
@@ -207,6 +265,56 @@ class SchedulerService:
                 created_by,
             )
         return Deployment(version, created)
+
+    async def _checked_bundle(
+        self, fmt: BundleFormat, payload: bytes | Mapping[str, str], by: Principal | None
+    ) -> ir.Bundle:
+        bundle = await _in_thread(_load_bundle, fmt, payload)
+        if by is not None:
+            check_code_runtimes(bundle, by, self.settings)
+        await _in_thread(check_bundle, bundle, self.settings, local=self.backend.name == "local")
+        return bundle
+
+    async def validate(
+        self, fmt: BundleFormat, payload: bytes | Mapping[str, str], by: Principal | None = None
+    ) -> Validation:
+        """What `deploy` would say of this bundle, storing nothing: the same `ir.IRValidationError` and trust
+        checks, else its pipeline, digest and the version already stored with that digest (None: a deploy would
+        store a new version)."""
+        bundle = await self._checked_bundle(fmt, payload, by)
+        digest = bundle.digest()
+        try:
+            pipeline = await self.get_pipeline(bundle.name)
+        except NotFound:
+            return Validation(bundle.name, digest, None)
+        same = next((v.number for v in pipeline.versions if v.digest == digest), None)
+        return Validation(bundle.name, digest, same)
+
+    def artifact_store(self) -> ArtifactStore:
+        """The server's content-addressed artifact store (`scheduler.artifacts`)."""
+        return ArtifactStore(self.settings.home, self.settings.artifact_max_bytes)
+
+    async def validate_folder(
+        self, folder: Path, listed: Collection[str] = (), by: Principal | None = None
+    ) -> FolderValidation:
+        """`validate` of a bundle folder uploaded whole (staged in `artifact_store().staging`), its relative model
+        artifacts hashed and named by sha256 as `deploy_folder` would store them; `listed`: files of the folder
+        the client holds but did not send (`scheduler.bundle_folder.read_folder`)."""
+        found = await _in_thread(read_folder, folder, listed)
+        return FolderValidation(found, await self.validate(BundleFormat.FILES, found.files, by))
+
+    async def deploy_folder(
+        self, folder: Path, created_by: str | None, listed: Collection[str] = (), by: Principal | None = None
+    ) -> FolderDeployment:
+        """Deploy a bundle folder uploaded whole, like `modelops pipeline deploy FOLDER`: once the IR passes every
+        check, its relative model artifacts go into the artifact store and the IR is deployed naming them as
+        `modelops-artifact:sha256:<hex>`. The folder must be staged in `artifact_store().staging` (artifacts are
+        moved, not copied)."""
+        found = await _in_thread(read_folder, folder, listed)
+        await self.validate(BundleFormat.FILES, found.files, by)
+        stored = await _in_thread(store_artifacts, found, self.artifact_store())
+        deployment = await self.deploy(BundleFormat.FILES, found.files, created_by, by)
+        return FolderDeployment(found, deployment, stored)
 
     async def list_pipelines(self) -> tuple[Pipeline, ...]:
         return await _in_thread(self.store.list_pipelines)
@@ -224,6 +332,33 @@ class SchedulerService:
         version = await self.get_version(name, number)
         values = await _in_thread(render_values, version.ir, parameters, self.settings)
         return version, values
+
+    async def diff_versions(self, name: str, old: int, new: int) -> VersionDiff:
+        """What changed from version `old` to version `new` of a pipeline: the unified diff of their IR files and
+        of their values previews with default parameters (`scheduler.irtext`); NotFound for either missing."""
+        before = await self.get_version(name, old)
+        after = await self.get_version(name, new)
+        return await _in_thread(self._diff, before, after)
+
+    def _diff(self, before: PipelineVersion, after: PipelineVersion) -> VersionDiff:
+        old, new = f"v{before.number}", f"v{after.number}"
+        return VersionDiff(
+            before,
+            after,
+            ir=unified_diff(ir_files(before.ir), ir_files(after.ir), old, new),
+            values=unified_diff(
+                {"values.yaml": self._default_values(before)}, {"values.yaml": self._default_values(after)}, old, new
+            ),
+        )
+
+    def _default_values(self, version: PipelineVersion) -> str:
+        """The values preview of `version` with its default parameters as YAML; when it needs a parameter without
+        a default (or no longer renders), a YAML comment saying why, so the diff still shows the rest."""
+        try:
+            return ir.to_yaml(render_values(version.ir, {}, self.settings))
+        except ir.IRValidationError as exc:
+            reasons = "".join(f"#   {issue}\n" for issue in exc.issues)
+            return f"# not rendered with the default parameters of version {version.number}:\n{reasons}"
 
     # -- jobs ---------------------------------------------------------------------------------------------
 
@@ -343,6 +478,54 @@ class SchedulerService:
     async def get_job(self, job_id: uuid.UUID, *, events: bool = True) -> Job:
         job = await _in_thread(self.store.get_job, job_id)
         return job if events else _without_events(job)
+
+    # -- following jobs (the UI's live pages, the API's event streams) -----------------------------------
+
+    async def watch_jobs(self) -> AsyncIterator[list[Job]]:
+        """Batches of jobs (events None) that changed since the previous batch: created, a state or task change,
+        a progress report, a completion, an event. Each job at most once per batch, in its newest state; nothing
+        is yielded while nothing changes. Delivered within about 0.3 s of the store write (at once for a write of
+        this process), also for writes of other processes: one poll of the `jobs.updated_at` index per process,
+        shared by every subscriber (`scheduler.changes.JobChangeFeed`).
+
+        Ends when the service closes. Raises `scheduler.changes.FeedLagged` when the caller read so slowly that
+        it fell too far behind (it must start again from the current state), `StoreUnavailable` when the
+        database cannot be read to start from."""
+        subscription = await self.feed.subscribe()
+        try:
+            async for batch in subscription:
+                yield batch
+        finally:
+            subscription.close()
+
+    async def watch_job(self, job_id: uuid.UUID) -> AsyncIterator[Job]:
+        """The job (with events) at once, then again each time it changes; ends after yielding it in a terminal
+        state (or when the service closes). NotFound (404) for an unknown id, raised by the first `anext`."""
+        subscription = await self.feed.subscribe([job_id])
+        try:
+            job = await self.get_job(job_id)
+            yield job
+            last = job.updated_at
+            if job.terminal:
+                return
+            async for batch in subscription:
+                if last is not None and all(c.updated_at is not None and c.updated_at <= last for c in batch):
+                    continue  # what the first read already showed
+                job = await self.get_job(job_id)
+                if last is not None and job.updated_at is not None and job.updated_at <= last:
+                    continue
+                yield job
+                last = job.updated_at
+                if job.terminal:
+                    return
+        finally:
+            subscription.close()
+
+    async def progress_history(self, job_id: uuid.UUID, *, points: int = 300) -> list[ProgressSample]:
+        """The job's progress over time, oldest first, at most `points` samples (evenly thinned, the first and
+        the last kept), from the samples stored with its progress reports (`JobStore.progress_samples`).
+        NotFound for an unknown job; `InvalidInput` for `points` outside 2..`MAX_PROGRESS_POINTS`."""
+        return await _in_thread(self.store.progress_samples, job_id, points)
 
     async def cancel_job(self, job_id: uuid.UUID, by: Principal) -> Job:
         """Ask for the job to stop: CANCELLING, then the backend runs uninstall and ends it CANCELLED.

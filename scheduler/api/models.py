@@ -105,6 +105,20 @@ class DeploymentOut(BaseModel):
         )
 
 
+class ValidationOut(BaseModel):
+    """What a deploy of the bundle would do, told without storing it: it is valid (errors are 422 `invalid_ir`)."""
+
+    model_config = _examples({"valid": True, "pipeline": "digits", "digest": EXAMPLE_DIGEST, "deployed_version": 3})
+
+    valid: Literal[True] = Field(description="Always true: an invalid bundle is answered with 422 `invalid_ir`.")
+    pipeline: str = Field(description="The pipeline the bundle defines.")
+    digest: str = Field(description="SHA-256 of the normalised IR, as a deploy would store it.")
+    deployed_version: int | None = Field(
+        description="The stored version with this digest (a deploy would return it unchanged), or null: a deploy "
+        "would store a new version."
+    )
+
+
 class VersionSummary(BaseModel):
     """One version of a pipeline, without its IR."""
 
@@ -112,10 +126,17 @@ class VersionSummary(BaseModel):
     digest: str
     created_at: datetime
     created_by: str | None
+    jobs: int = Field(description="How many jobs ran (or run) this version.")
 
     @classmethod
     def of(cls, info: VersionInfo) -> VersionSummary:
-        return cls(version=info.number, digest=info.digest, created_at=info.created_at, created_by=info.created_by)
+        return cls(
+            version=info.number,
+            digest=info.digest,
+            created_at=info.created_at,
+            created_by=info.created_by,
+            jobs=info.jobs,
+        )
 
 
 class PipelineOut(BaseModel):
@@ -126,9 +147,18 @@ class PipelineOut(BaseModel):
             "name": "digits",
             "created_at": EXAMPLE_TIME,
             "latest_version": 2,
+            "latest_deployed_at": EXAMPLE_TIME,
+            "latest_deployed_by": "alice",
+            "jobs": 3,
             "versions": [
-                {"version": 1, "digest": EXAMPLE_DIGEST, "created_at": EXAMPLE_TIME, "created_by": "ci"},
-                {"version": 2, "digest": EXAMPLE_DIGEST[::-1], "created_at": EXAMPLE_TIME, "created_by": "alice"},
+                {"version": 1, "digest": EXAMPLE_DIGEST, "created_at": EXAMPLE_TIME, "created_by": "ci", "jobs": 2},
+                {
+                    "version": 2,
+                    "digest": EXAMPLE_DIGEST[::-1],
+                    "created_at": EXAMPLE_TIME,
+                    "created_by": "alice",
+                    "jobs": 1,
+                },
             ],
         }
     )
@@ -136,6 +166,9 @@ class PipelineOut(BaseModel):
     name: str
     created_at: datetime
     latest_version: int
+    latest_deployed_at: datetime = Field(description="When the latest version was deployed.")
+    latest_deployed_by: str | None = Field(description="Name of the API token that deployed the latest version.")
+    jobs: int = Field(description="How many jobs ran (or run) any version of this pipeline.")
     versions: list[VersionSummary]
 
     @classmethod
@@ -144,6 +177,9 @@ class PipelineOut(BaseModel):
             name=pipeline.name,
             created_at=pipeline.created_at,
             latest_version=pipeline.latest.number,
+            latest_deployed_at=pipeline.latest.created_at,
+            latest_deployed_by=pipeline.latest.created_by,
+            jobs=pipeline.jobs,
             versions=[VersionSummary.of(v) for v in pipeline.versions],
         )
 
@@ -188,6 +224,34 @@ class VersionOut(BaseModel):
             created_by=version.created_by,
             documents=documents if isinstance(documents, list) else [],
         )
+
+
+class DiffOut(BaseModel):
+    """What changed between two versions of a pipeline, as unified diffs ('' when nothing did)."""
+
+    model_config = _examples(
+        {
+            "name": "digits",
+            "from_version": 1,
+            "to_version": 2,
+            "ir": "--- v1/pipeline.yaml\n+++ v2/pipeline.yaml\n@@ -9 +9 @@\n-    default: data/in.csv\n"
+            "+    default: data/today.csv\n",
+            "values": "--- v1/values.yaml\n+++ v2/values.yaml\n@@ -40 +40 @@\n-      input: data/in.csv\n"
+            "+      input: data/today.csv\n",
+        }
+    )
+
+    name: str
+    from_version: int
+    to_version: int
+    ir: str = Field(
+        description="Unified diff of the IR documents, one file per document as a bundle folder names them "
+        "(`pipeline.yaml`, `channels/NAME.yaml`, `flows/NAME.yaml`, `models/NAME.yaml`)."
+    )
+    values: str = Field(
+        description="Unified diff of the values documents rendered with each version's default parameters "
+        "(a version needing a parameter without default shows a comment saying so instead)."
+    )
 
 
 class ValuesOut(BaseModel):

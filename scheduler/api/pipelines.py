@@ -24,9 +24,11 @@ from scheduler.api.models import (
     NAME_PATTERN,
     VERSION_MAX,
     DeploymentOut,
+    DiffOut,
     FilesBundle,
     PipelineList,
     PipelineOut,
+    ValidationOut,
     ValuesOut,
     VersionOut,
 )
@@ -113,6 +115,16 @@ def _files_bundle(body: bytes) -> dict[str, str]:
     openapi_extra={"requestBody": _DEPLOY_BODY},
 )
 async def deploy(request: Request, response: Response, service: Service, principal: WritePrincipal) -> DeploymentOut:
+    fmt, payload = await _bundle_body(request)
+    created_by = principal.name if principal.authenticated else None
+    deployment = await service.deploy(fmt, payload, created_by, principal)
+    if not deployment.created:
+        response.status_code = status.HTTP_200_OK
+    return DeploymentOut.of(deployment.version, deployment.created)
+
+
+async def _bundle_body(request: Request) -> tuple[BundleFormat, bytes | dict[str, str]]:
+    """The bundle of a deploy (or validate) request, in the format its Content-Type says."""
     media = _media_type(request)
     if media not in YAML_TYPES | JSON_TYPES | GZIP_TYPES:
         raise UnsupportedMediaType(
@@ -121,21 +133,38 @@ async def deploy(request: Request, response: Response, service: Service, princip
             details={"accepted": sorted(YAML_TYPES | JSON_TYPES | GZIP_TYPES)},
         )
     body = await _read_body(request, MAX_BUNDLE_BYTES)
-    created_by = principal.name if principal.authenticated else None
     if media in JSON_TYPES:
-        deployment = await service.deploy(BundleFormat.FILES, _files_bundle(body), created_by, principal)
-    elif media in GZIP_TYPES:
-        deployment = await service.deploy(BundleFormat.TARBALL, body, created_by, principal)
-    else:
-        deployment = await service.deploy(BundleFormat.YAML, body, created_by, principal)
-    if not deployment.created:
-        response.status_code = status.HTTP_200_OK
-    return DeploymentOut.of(deployment.version, deployment.created)
+        return BundleFormat.FILES, _files_bundle(body)
+    if media in GZIP_TYPES:
+        return BundleFormat.TARBALL, body
+    return BundleFormat.YAML, body
+
+
+@router.post(
+    "/validate",
+    summary="Validate an IR bundle without deploying it",
+    description="The same bodies and the same checks as a deploy (the IR, then the trust checks for this caller: "
+    "code-running runtimes, roots, uri schemes), storing nothing: 200 when a deploy would accept the bundle, "
+    "with its digest and the stored version with the same digest (a deploy would return that one unchanged), or "
+    "null; 422 `invalid_ir` with every issue located (file, document, path, line) like a deploy. Needs the "
+    "`write` scope: it is a dry run of a write.",
+    response_model=ValidationOut,
+    responses=error_responses(401, 403, 413, 415, 422, 503),
+    openapi_extra={"requestBody": _DEPLOY_BODY},
+)
+async def validate(request: Request, service: Service, principal: WritePrincipal) -> ValidationOut:
+    fmt, payload = await _bundle_body(request)
+    checked = await service.validate(fmt, payload, principal)
+    return ValidationOut(
+        valid=True, pipeline=checked.pipeline, digest=checked.digest, deployed_version=checked.deployed_version
+    )
 
 
 @router.get(
     "",
     summary="List pipelines",
+    description="Every pipeline, by name, with its versions, its latest version (number, when and by whom it "
+    "was deployed) and how many jobs ran it (per version and in all).",
     response_model=PipelineList,
     responses=error_responses(401, 403, 503),
 )
@@ -161,6 +190,27 @@ async def get_pipeline(name: PipelineNamePath, service: Service, _: ReadPrincipa
 )
 async def get_version(name: PipelineNamePath, version: VersionPath, service: Service, _: ReadPrincipal) -> VersionOut:
     return VersionOut.of(await service.get_version(name, version))
+
+
+@router.get(
+    "/{name}/diff",
+    summary="Compare two versions of a pipeline",
+    description="Unified diffs from version `from` to version `to`: of the IR documents (one file per document, "
+    "named as in a bundle folder) and of the values documents rendered with each version's default parameters.",
+    response_model=DiffOut,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def diff_versions(
+    name: PipelineNamePath,
+    service: Service,
+    _: ReadPrincipal,
+    old: Annotated[int, Query(alias="from", ge=1, le=VERSION_MAX, description="The version to compare from.")],
+    new: Annotated[int, Query(alias="to", ge=1, le=VERSION_MAX, description="The version to compare to.")],
+) -> DiffOut:
+    diff = await service.diff_versions(name, old, new)
+    return DiffOut(
+        name=name, from_version=diff.before.number, to_version=diff.after.number, ir=diff.ir, values=diff.values
+    )
 
 
 @router.get(
