@@ -133,8 +133,11 @@ def create_app(
             finally:
                 metrics.attach(None)
                 metrics.lead(None, None)
+                service = app.state.service
                 app.state.service = None
                 app.state.engine = None
+                if isinstance(service, SchedulerService):
+                    await service.close()  # ends the job change feed and with it every event stream
                 await backend.close()
         finally:
             await anyio.to_thread.run_sync(engine.dispose)

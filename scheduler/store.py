@@ -31,7 +31,7 @@ import threading
 import uuid
 from collections import OrderedDict
 from collections.abc import Callable, Collection, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
@@ -42,7 +42,7 @@ from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
 from sqlalchemy.orm import Session, defer
 
-from scheduler.db.models import JobEventRow, JobRow, PipelineRow, PipelineVersionRow
+from scheduler.db.models import JobEventRow, JobProgressSampleRow, JobRow, PipelineRow, PipelineVersionRow
 from scheduler.db.session import SQLITE_BEGIN_OPTION, make_sessionmaker
 from scheduler.errors import Conflict, InvalidInput, NotFound, QuotaExceeded, StoreUnavailable
 from scheduler.states import TERMINAL, JobState, Task, check_transition
@@ -51,6 +51,7 @@ __all__ = [
     "DEFAULT_PAGE_SIZE",
     "ENGINE_CHANNEL",
     "MAX_PAGE_SIZE",
+    "MAX_PROGRESS_POINTS",
     "TEXT_SEARCH_MAX",
     "Job",
     "JobEvent",
@@ -58,6 +59,7 @@ __all__ = [
     "JobStore",
     "Pipeline",
     "PipelineVersion",
+    "ProgressSample",
     "Quota",
     "TokenUsage",
     "VersionInfo",
@@ -85,6 +87,15 @@ _TASK_ORDER: Final = {Task.INSTALL: 0, Task.WAIT: 1, Task.UNINSTALL: 2}
 QUOTA_RETRY_SECONDS: Final = 30
 """`Retry-After` of a start refused by the concurrent-jobs quota: when a slot frees is not knowable, and a job
 rarely ends sooner than this (its install alone takes seconds)."""
+PROGRESS_SAMPLE_SECONDS: Final = 0.5
+"""A job's progress is sampled (`job_progress_samples`) at most this often per store: reports come every 0.5-1 s
+per flow, and a chart of rows/s needs no more."""
+MAX_PROGRESS_POINTS: Final = 5000
+"""The most samples `progress_samples` returns (each is thinned to at most what is asked)."""
+_SAMPLED_JOBS_KEPT: Final = 10_000
+"""Jobs whose last sample time a store remembers (the oldest forgotten first): a bound on that memory."""
+CHANGE_KEYS_PAGE: Final = 5000
+"""`job_changes_since` reads at most this many (id, updated_at) keys per call."""
 _VERSION_CACHE_SIZE: Final = 256
 """Pipeline versions (with their IR) kept in memory per store: versions are immutable once stored."""
 
@@ -110,6 +121,8 @@ class VersionInfo:
     digest: str
     created_at: datetime
     created_by: str | None
+    jobs: int = 0
+    """How many jobs ran (or run) this version."""
 
 
 @dataclass(frozen=True)
@@ -137,6 +150,11 @@ class Pipeline:
     def latest(self) -> VersionInfo:
         """The newest version (a pipeline exists only once it has one)."""
         return self.versions[-1]
+
+    @property
+    def jobs(self) -> int:
+        """How many jobs ran (or run) any version of this pipeline."""
+        return sum(version.jobs for version in self.versions)
 
 
 @dataclass(frozen=True)
@@ -189,6 +207,9 @@ class Job:
     """When admission let the job start (`scheduler.admission`); None while it is queued (or never was)."""
     created_by: str | None = None
     """The name of the API token (or the open-mode local user) that created the job."""
+    updated_at: datetime | None = None
+    """When the job's row last changed (any store write); strictly increasing per job: what the change feed
+    (`scheduler.changes`) compares."""
     queue_position: int | None = field(default=None, compare=False)
     """1 for the next job admission starts, 2 for the one after, ...: only for a queued job (PENDING, not yet
     admitted), and only as `get_job` and `list_jobs` return it; None otherwise. A view of the queue when read, so
@@ -217,6 +238,16 @@ class TokenUsage:
     name: str
     active_jobs: int
     rows_today: int
+
+
+@dataclass(frozen=True)
+class ProgressSample:
+    """The job's counters at `at`, as a progress report left them (`JobStore.progress_samples`)."""
+
+    at: datetime
+    read: int
+    written: int
+    failed: int
 
 
 @dataclass(frozen=True)
@@ -366,8 +397,27 @@ def _decode_cursor(cursor: str) -> tuple[datetime, uuid.UUID]:
 # Row -> dataclass
 
 
-def _version_info(row: PipelineVersionRow) -> VersionInfo:
-    return VersionInfo(row.id, row.number, row.digest, row.created_at, row.created_by)
+def _version_info(row: PipelineVersionRow, jobs: int = 0) -> VersionInfo:
+    return VersionInfo(row.id, row.number, row.digest, row.created_at, row.created_by, jobs)
+
+
+def _versions_with_jobs(session: Session, pipeline_id: int | None = None) -> list[tuple[PipelineVersionRow, int]]:
+    """Versions (without IR), by pipeline then number, each with its number of jobs: one query, the jobs counted
+    per version in one GROUP BY (on the `pipeline_version_id` index), however many pipelines and jobs there are."""
+    counts = (
+        select(JobRow.pipeline_version_id.label("version_id"), func.count().label("jobs"))
+        .group_by(JobRow.pipeline_version_id)
+        .subquery()
+    )
+    query = (
+        select(PipelineVersionRow, func.coalesce(counts.c.jobs, 0))
+        .outerjoin(counts, counts.c.version_id == PipelineVersionRow.id)
+        .options(defer(PipelineVersionRow.ir, raiseload=True))
+        .order_by(PipelineVersionRow.pipeline_id, PipelineVersionRow.number)
+    )
+    if pipeline_id is not None:
+        query = query.where(PipelineVersionRow.pipeline_id == pipeline_id)
+    return [(row, int(jobs)) for row, jobs in session.execute(query).all()]
 
 
 def _version(row: PipelineVersionRow, pipeline: str) -> PipelineVersion:
@@ -422,6 +472,7 @@ def _job(row: JobRow, pipeline: str, version_number: int, events: tuple[JobEvent
         flow_progress=row.flow_progress,
         admitted_at=row.admitted_at,
         created_by=row.created_by,
+        updated_at=row.updated_at,
         events=events,
     )
 
@@ -476,6 +527,14 @@ _LOCK_JOB: Final = _core_job_select().where(_JOBS.c.id == bindparam(_WANTED)).wi
 _UPDATE_JOB: Final = update(_JOBS).where(_JOBS.c.id == bindparam(_WANTED))
 _INSERT_JOB: Final = insert(_JOBS)
 _INSERT_EVENT: Final = insert(_EVENTS)
+_SAMPLES: Final = cast(Table, JobProgressSampleRow.__table__)
+_INSERT_SAMPLE: Final = insert(_SAMPLES)
+_SAMPLES_OF_JOB: Final = (
+    select(_SAMPLES.c.at, _SAMPLES.c.read, _SAMPLES.c.written, _SAMPLES.c.failed)
+    .where(_SAMPLES.c.job_id == bindparam(_WANTED))
+    .order_by(_SAMPLES.c.at, _SAMPLES.c.id)
+)
+_ONE_MICROSECOND: Final = timedelta(microseconds=1)
 _NOTIFY: Final = select(func.pg_notify(bindparam("channel"), bindparam("payload")))
 
 ENGINE_CHANNEL: Final = "modelops_jobs"
@@ -511,6 +570,11 @@ _QUEUE_RANKS: Final = (
 )
 """Each queued job's position in its backend's queue, oldest first."""
 _ADMITTED_REASON: Final = "Admitted"
+_ADMIT_JOB: Final = (
+    update(_JOBS)
+    .where(_JOBS.c.id == bindparam("modelops_id"))
+    .values(admitted_at=bindparam("modelops_at"), updated_at=bindparam("modelops_updated"))
+)
 _QUEUED_CANCEL_MESSAGE: Final = "nothing to tear down: the job was still queued"
 
 
@@ -544,6 +608,15 @@ def _joined_messages(reports: Mapping[str, Any], flows: Collection[str]) -> str 
         return only
     parts = [f"flow {name}: {reports[name]['message']}" for name in sorted(flows) if reports[name]["message"]]
     return "; ".join(parts) or None
+
+
+def _thinned(samples: list[ProgressSample], points: int) -> list[ProgressSample]:
+    """At most `points` of `samples`, evenly spaced by position, the first and the last always included."""
+    if len(samples) <= points:
+        return samples
+    last = len(samples) - 1
+    picked = sorted({round(i * last / (points - 1)) for i in range(points)})
+    return [samples[i] for i in picked]
 
 
 def _log_transition(job: Job, *, started: bool) -> None:
@@ -586,6 +659,7 @@ def _job_of(row: Mapping[str, Any] | RowMapping, events: tuple[JobEvent, ...] | 
         flow_progress=row.get("flow_progress"),
         admitted_at=row.get("admitted_at"),
         created_by=row.get("created_by"),
+        updated_at=row.get("updated_at"),
         events=events,
     )
 
@@ -612,6 +686,28 @@ class JobStore:
         self._autocommit: Engine | None = (
             None if self._sqlite else engine.execution_options(isolation_level="AUTOCOMMIT")
         )
+        self._sampled: OrderedDict[uuid.UUID, datetime] = OrderedDict()
+        """When each job was last sampled by this store (`PROGRESS_SAMPLE_SECONDS`)."""
+        self._sampled_lock = threading.Lock()
+        self._listeners: list[Callable[[], None]] = []
+
+    def add_change_listener(self, listener: Callable[[], None]) -> None:
+        """Call `listener()` after each write transaction of this store commits (from the writing thread): how
+        the change feed of this process hears of a local write at once (`scheduler.changes`). It must be quick
+        and thread-safe; what it raises is logged and ignored."""
+        self._listeners.append(listener)
+
+    def remove_change_listener(self, listener: Callable[[], None]) -> None:
+        """Stop calling `listener` (nothing if it is not registered)."""
+        with suppress(ValueError):
+            self._listeners.remove(listener)
+
+    def _committed(self) -> None:
+        for listener in tuple(self._listeners):
+            try:
+                listener()
+            except Exception:
+                log.exception("a change listener of the job store failed")
 
     # -- plumbing ---------------------------------------------------------------------------------------
 
@@ -639,6 +735,8 @@ class JobStore:
                 conn.execution_options(**{SQLITE_BEGIN_OPTION: "IMMEDIATE"})
             with conn.begin():
                 yield conn
+        if write and self._listeners:
+            self._committed()
 
     @contextmanager
     def _read(self) -> Iterator[Connection]:
@@ -681,8 +779,16 @@ class JobStore:
             raise NotFound(f"no job {job_id}", code="job_not_found", details={"job_id": str(job_id)})
         return dict(found)
 
-    @staticmethod
-    def _update_row(conn: Connection, row: dict[str, Any], **values: Any) -> None:
+    def _next_updated_at(self, previous: datetime | None) -> datetime:
+        """Now, or just after `previous` when the clock has not moved past it: a job's `updated_at` strictly
+        increases with each write, which is what the change feed compares (also with a fixed test clock)."""
+        now = self._now()
+        return now if previous is None or now > previous else previous + _ONE_MICROSECOND
+
+    def _update_row(self, conn: Connection, row: dict[str, Any], **values: Any) -> None:
+        """Apply `values` to the locked job `row` (and to the dict), with a new `updated_at`; with no values,
+        only `updated_at` changes (a job event was added)."""
+        values["updated_at"] = self._next_updated_at(row.get("updated_at"))
         conn.execute(_UPDATE_JOB, {**values, _WANTED: row["id"]})
         row.update(values)
 
@@ -802,17 +908,12 @@ class JobStore:
         return _version(row, name), True
 
     def list_pipelines(self) -> tuple[Pipeline, ...]:
-        """Every pipeline, by name, with its versions (without IR documents)."""
+        """Every pipeline, by name, with its versions (without IR documents) and their job counts."""
         with self._tx(write=False) as session:
             pipelines = session.scalars(select(PipelineRow).order_by(PipelineRow.name)).all()
-            versions = session.scalars(
-                select(PipelineVersionRow)
-                .options(defer(PipelineVersionRow.ir, raiseload=True))
-                .order_by(PipelineVersionRow.pipeline_id, PipelineVersionRow.number)
-            ).all()
             by_pipeline: dict[int, list[VersionInfo]] = {}
-            for version in versions:
-                by_pipeline.setdefault(version.pipeline_id, []).append(_version_info(version))
+            for version, jobs in _versions_with_jobs(session):
+                by_pipeline.setdefault(version.pipeline_id, []).append(_version_info(version, jobs))
             return tuple(Pipeline(p.name, p.created_at, tuple(by_pipeline.get(p.id, ()))) for p in pipelines)
 
     def get_pipeline(self, name: str) -> Pipeline:
@@ -821,13 +922,8 @@ class JobStore:
             pipeline = session.scalar(select(PipelineRow).where(PipelineRow.name == name))
             if pipeline is None:
                 raise NotFound(f"no pipeline {name!r}", code="pipeline_not_found", details={"pipeline": name})
-            versions = session.scalars(
-                select(PipelineVersionRow)
-                .options(defer(PipelineVersionRow.ir, raiseload=True))
-                .where(PipelineVersionRow.pipeline_id == pipeline.id)
-                .order_by(PipelineVersionRow.number)
-            ).all()
-            return Pipeline(pipeline.name, pipeline.created_at, tuple(_version_info(v) for v in versions))
+            versions = _versions_with_jobs(session, pipeline.id)
+            return Pipeline(pipeline.name, pipeline.created_at, tuple(_version_info(v, n) for v, n in versions))
 
     def get_version(self, name: str, number: int | None = None) -> PipelineVersion:
         """Version `number` of pipeline `name`, with its IR; the latest one when `number` is None.
@@ -1012,6 +1108,7 @@ class JobStore:
             completion_message=None,
             admitted_at=None,
             created_by=created_by,
+            updated_at=now,
         )
         conn.execute(_INSERT_JOB, row)
         self._insert_event(conn, row, now, None, CREATED_REASON, None)
@@ -1087,6 +1184,80 @@ class JobStore:
         with self._read() as conn:
             return tuple(_job_of(row) for row in conn.execute(query).mappings().all())
 
+    # -- the job change feed (scheduler.changes) and progress history ----------------------------------
+
+    def latest_change(self) -> datetime | None:
+        """The newest `updated_at` of any job (None: no jobs): where a change feed starts."""
+        with self._read() as conn:
+            found: datetime | None = conn.execute(select(func.max(_JOBS.c.updated_at))).scalar_one()
+            return found
+
+    def job_changes_since(
+        self, since: datetime, limit: int = CHANGE_KEYS_PAGE, *, after_id: uuid.UUID | None = None
+    ) -> list[tuple[uuid.UUID, datetime]]:
+        """`(id, updated_at)` of the jobs changed at or after `since`, oldest change first, at most `limit`: read
+        from the `(updated_at, id)` index alone, so a poll that finds nothing new costs little. With `after_id`,
+        the keys after `(since, after_id)` (the next page)."""
+        if since.tzinfo is None:
+            raise ValueError("since must be timezone-aware")
+        jobs = _JOBS.c
+        query = select(jobs.id, jobs.updated_at)
+        if after_id is None:
+            query = query.where(jobs.updated_at >= since)
+        else:
+            query = query.where(or_(jobs.updated_at > since, and_(jobs.updated_at == since, jobs.id > after_id)))
+        query = query.order_by(jobs.updated_at, jobs.id).limit(limit)
+        with self._read() as conn:
+            return [(job_id, updated_at) for job_id, updated_at in conn.execute(query).all()]
+
+    def jobs_by_id(self, job_ids: Collection[uuid.UUID]) -> list[Job]:
+        """The jobs with these ids that exist (without events), in `updated_at` order."""
+        wanted = list(dict.fromkeys(job_ids))
+        found: list[Job] = []
+        with self._read() as conn:
+            for start in range(0, len(wanted), MAX_PAGE_SIZE):
+                chunk = wanted[start : start + MAX_PAGE_SIZE]
+                rows = conn.execute(_core_job_select().where(_JOBS.c.id.in_(chunk))).mappings().all()
+                found.extend(_job_of(row) for row in rows)
+        return sorted(found, key=lambda job: (job.updated_at or job.created_at, job.id))
+
+    def jobs_changed_since(self, since: datetime, limit: int = MAX_PAGE_SIZE) -> list[Job]:
+        """The jobs (without events) whose row changed at or after `since`, oldest change first, at most `limit`:
+        one query on the `(updated_at, id)` index."""
+        if since.tzinfo is None:
+            raise ValueError("since must be timezone-aware")
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise InvalidInput("limit must be a positive integer", details={"limit": limit})
+        query = (
+            _core_job_select()
+            .where(_JOBS.c.updated_at >= since)
+            .order_by(_JOBS.c.updated_at, _JOBS.c.id)
+            .limit(limit)
+        )
+        with self._read() as conn:
+            return [_job_of(row) for row in conn.execute(query).mappings().all()]
+
+    def progress_samples(self, job_id: uuid.UUID | str, points: int = 300) -> list[ProgressSample]:
+        """The job's progress over time, oldest first: its stored samples, thinned evenly to at most `points`
+        (the first and the last always kept), ending with the job's current counters when they are newer than
+        the last sample (a report the sampling rate skipped). NotFound for an unknown job."""
+        uid = _parse_job_id(job_id)
+        if isinstance(points, bool) or not isinstance(points, int) or not 2 <= points <= MAX_PROGRESS_POINTS:
+            raise InvalidInput(f"points must be between 2 and {MAX_PROGRESS_POINTS}", details={"points": points})
+        with self._read() as conn:
+            current = conn.execute(
+                select(_JOBS.c.updated_at, _JOBS.c.records_read, _JOBS.c.records_written, _JOBS.c.records_failed)
+                .where(_JOBS.c.id == uid)
+            ).one_or_none()
+            if current is None:
+                raise NotFound(f"no job {uid}", code="job_not_found", details={"job_id": str(uid)})
+            samples = [ProgressSample(*row) for row in conn.execute(_SAMPLES_OF_JOB, {_WANTED: uid}).all()]
+        updated_at, read, written, failed = current
+        last = samples[-1] if samples else None
+        if (read, written, failed) != ((last.read, last.written, last.failed) if last else (0, 0, 0)):
+            samples.append(ProgressSample(max(updated_at, last.at) if last else updated_at, read, written, failed))
+        return _thinned(samples, points)
+
     # -- admission (scheduler.admission) and per-token quotas -------------------------------------------
 
     @staticmethod
@@ -1113,15 +1284,23 @@ class JobStore:
                 if free <= 0:
                     return ()
             query = (
-                select(_JOBS.c.id)
+                select(_JOBS.c.id, _JOBS.c.updated_at)
                 .where(_JOBS.c.backend == backend, _QUEUED)
                 .order_by(_JOBS.c.created_at, _JOBS.c.id)
                 .limit(free)
                 .with_for_update()
             )
-            chosen = tuple(conn.execute(query).scalars().all())
-            if chosen:
-                conn.execute(update(_JOBS).where(_JOBS.c.id.in_(chosen)).values(admitted_at=self._now()))
+            found = conn.execute(query).all()
+            chosen = tuple(job_id for job_id, _ in found)
+            if found:
+                now = self._now()
+                conn.execute(
+                    _ADMIT_JOB,
+                    [
+                        {"modelops_id": job_id, "modelops_at": now, "modelops_updated": self._next_updated_at(updated)}
+                        for job_id, updated in found
+                    ],
+                )
         for job_id in chosen:
             log.debug("job %s: admitted", job_id)
         return chosen
@@ -1399,9 +1578,36 @@ class JobStore:
                     if value > row[column]
                 }
             )
+            counted = any(column in changes for column in ("records_read", "records_written", "records_failed"))
             if changes:
                 self._update_row(conn, row, **changes)
+            if counted:
+                self._sample(conn, row)
             return _job_of(row)
+
+    def _sample(self, conn: Connection, row: Mapping[str, Any]) -> None:
+        """Keep the job's counters as a progress sample, unless this store sampled it less than
+        `PROGRESS_SAMPLE_SECONDS` ago (called under the job's row lock, after its counters changed)."""
+        job_id: uuid.UUID = row["id"]
+        at: datetime = row["updated_at"]
+        with self._sampled_lock:
+            last = self._sampled.get(job_id)
+            if last is not None and timedelta(0) <= at - last < timedelta(seconds=PROGRESS_SAMPLE_SECONDS):
+                return
+            self._sampled[job_id] = at
+            self._sampled.move_to_end(job_id)
+            while len(self._sampled) > _SAMPLED_JOBS_KEPT:
+                self._sampled.popitem(last=False)
+        conn.execute(
+            _INSERT_SAMPLE,
+            {
+                "job_id": job_id,
+                "at": at,
+                "read": row["records_read"],
+                "written": row["records_written"],
+                "failed": row["records_failed"],
+            },
+        )
 
     def record_completion(
         self,
@@ -1494,8 +1700,7 @@ class JobStore:
                     code="job_finished",
                     details={"job_id": str(uid), "state": row["state"]},
                 )
-            if ref is not None:
-                self._update_row(conn, row, backend_ref=ref)
+            self._update_row(conn, row, **({"backend_ref": ref} if ref is not None else {}))
             self._insert_event(conn, row, self._now(), row["state"], reason, message)
             return _job_of(row)
 
@@ -1553,5 +1758,6 @@ class JobStore:
                 self._update_row(conn, row, reason=reason, message=message)
                 self._insert_event(conn, row, now, current.value, reason, message)
             else:
+                self._update_row(conn, row)  # an event only: the job's history changed
                 self._insert_event(conn, row, now, current.value, None, note)
             return _job_of(row)

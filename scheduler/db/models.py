@@ -1,10 +1,11 @@
 """The scheduler's tables as SQLAlchemy 2 typed declarative models: the schema the migrations must produce.
 
-Four tables: `pipelines` (a name), `pipeline_versions` (an immutable, content-addressed IR document per
-deploy), `jobs` (one run of a version through install -> wait -> uninstall) and `job_events` (the append-only
-history of every state and task change). The same models serve SQLite (the embedded default) and PostgreSQL,
-so only portable types are used: `Uuid` (native `uuid` on PostgreSQL, `CHAR(32)` on SQLite), `JSON`, and
-`UTCDateTime`, which stores UTC and always hands back timezone-aware datetimes (SQLite has no time zones).
+Five tables: `pipelines` (a name), `pipeline_versions` (an immutable, content-addressed IR document per
+deploy), `jobs` (one run of a version through install -> wait -> uninstall), `job_events` (the append-only
+history of every state and task change) and `job_progress_samples` (the job's counters over time). The same
+models serve SQLite (the embedded default) and PostgreSQL, so only portable types are used: `Uuid` (native
+`uuid` on PostgreSQL, `CHAR(32)` on SQLite), `JSON`, and `UTCDateTime`, which stores UTC and always hands
+back timezone-aware datetimes (SQLite has no time zones).
 
 These classes are the store's private business: `scheduler.store` returns frozen dataclasses, never these
 live ORM objects. Every change to them needs a new Alembic revision in `migrations/versions/`; a test compares
@@ -37,7 +38,15 @@ from sqlalchemy.types import TypeDecorator
 
 from scheduler.states import JobState, Task
 
-__all__ = ["Base", "JobEventRow", "JobRow", "PipelineRow", "PipelineVersionRow", "UTCDateTime"]
+__all__ = [
+    "Base",
+    "JobEventRow",
+    "JobProgressSampleRow",
+    "JobRow",
+    "PipelineRow",
+    "PipelineVersionRow",
+    "UTCDateTime",
+]
 
 # Deterministic constraint names, identical on both databases, so migrations can refer to them.
 NAMING_CONVENTION = {
@@ -140,6 +149,7 @@ class JobRow(Base):
         Index(None, "state"),
         Index(None, "pipeline_version_id"),
         Index(None, "created_by", "created_at"),
+        Index(None, "updated_at", "id"),
         CheckConstraint(_in_list("state", STATE_VALUES), name="state_known"),
         CheckConstraint(f"task IS NULL OR {_in_list('task', TASK_VALUES)}", name="task_known"),
         CheckConstraint(
@@ -183,6 +193,9 @@ class JobRow(Base):
     """When admission let the job start (`scheduler.admission`); a PENDING job without it is queued."""
     created_by: Mapped[str | None] = mapped_column(String(255))
     """The name of the API token that created the job (what the per-token quotas count); None in open mode."""
+    updated_at: Mapped[datetime]
+    """When the row last changed (any write: state, task, progress, completion, admission, backend_ref, an
+    event); strictly increasing per job. The job change feed (`scheduler.changes`) polls its index."""
 
     version: Mapped[PipelineVersionRow] = relationship()
     events: Mapped[list[JobEventRow]] = relationship(
@@ -212,3 +225,21 @@ class JobEventRow(Base):
     message: Mapped[str | None] = mapped_column(Text)
 
     job: Mapped[JobRow] = relationship(back_populates="events")
+
+
+class JobProgressSampleRow(Base):
+    """The job's counters at one moment: written by `JobStore.update_progress` (at most one per job every
+    `PROGRESS_SAMPLE_SECONDS`), read as the job's progress over time (rows/s chart, ETA)."""
+
+    __tablename__ = "job_progress_samples"
+    __table_args__ = (
+        Index(None, "job_id", "at"),
+        CheckConstraint("read >= 0 AND written >= 0 AND failed >= 0", name="counters_non_negative"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[uuid.UUID] = mapped_column(ForeignKey("jobs.id", ondelete="CASCADE"))
+    at: Mapped[datetime]
+    read: Mapped[int] = mapped_column(BigInteger)
+    written: Mapped[int] = mapped_column(BigInteger)
+    failed: Mapped[int] = mapped_column(BigInteger)

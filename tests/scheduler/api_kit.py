@@ -277,7 +277,7 @@ class FakeBackend:
 
 # ------------------------------------------------------------------------------------------------ databases
 
-_TABLES = "job_events, jobs, pipeline_versions, pipelines"
+_TABLES = "job_progress_samples, job_events, jobs, pipeline_versions, pipelines"
 
 
 @pytest.fixture(scope="session")

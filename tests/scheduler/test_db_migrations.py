@@ -38,7 +38,7 @@ def test_the_alembic_configuration_ships_inside_the_package() -> None:
     assert ALEMBIC_INI.is_file()
     script_location = Path(alembic_config().get_main_option("script_location") or "")
     assert script_location.is_dir() and (script_location / "env.py").is_file()
-    assert head_revision() == "0004"
+    assert head_revision() == "0005"
 
 
 def test_upgrading_creates_the_schema_of_the_models_without_drift(database_url: str) -> None:
