@@ -865,6 +865,29 @@ def pipeline_list(
     _print_table(table)
 
 
+@pipeline_app.command("diff")
+def pipeline_diff(
+    pipeline: Annotated[str, typer.Argument(help="The pipeline's name.")],
+    old: Annotated[int, typer.Argument(min=1, metavar="FROM", help="The version to compare from.")],
+    new: Annotated[int, typer.Argument(min=1, metavar="TO", help="The version to compare to.")],
+    server: ServerOption = None,
+    token: TokenOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What changed between two versions: unified diffs of the IR files, then of the values `install` would
+    deploy with the default parameters."""
+    with _api(server, token, f"comparing versions {old} and {new} of {pipeline}") as client:
+        diff = client.diff_versions(pipeline, old, new)
+    if as_json:
+        out.print_json(diff.model_dump_json())
+        return
+    if not diff.ir and not diff.values:
+        err.print(f"pipeline {pipeline}: versions {old} and {new} do not differ")
+        return
+    sys.stdout.write(diff.ir)
+    sys.stdout.write(diff.values)
+
+
 # ------------------------------------------------------------------------------------------------ job
 
 

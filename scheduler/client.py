@@ -54,6 +54,7 @@ __all__ = [
     "Pipeline",
     "SchedulerClient",
     "SchedulerUnreachable",
+    "VersionDiff",
     "bundle_payload",
     "resolve_job_id",
 ]
@@ -158,6 +159,16 @@ class Pipeline(_Model):
     created_at: datetime
     latest_version: int
     versions: list[VersionSummary]
+
+
+class VersionDiff(_Model):
+    """`GET /pipelines/{name}/diff`: unified diffs between two versions, of the IR and of the default values."""
+
+    name: str
+    from_version: int
+    to_version: int
+    ir: str
+    values: str
 
 
 class Latency(_Model):
@@ -454,6 +465,11 @@ class SchedulerClient:
 
     def list_pipelines(self) -> list[Pipeline]:
         return self._parse(_PipelineList, self._request("GET", f"{API}/pipelines")).items
+
+    def diff_versions(self, pipeline: str, old: int, new: int) -> VersionDiff:
+        """What changed from version `old` to `new` of `pipeline` (IR and default values, as unified diffs)."""
+        params = {"from": old, "to": new}
+        return self._parse(VersionDiff, self._request("GET", f"{API}/pipelines/{pipeline}/diff", params=params))
 
     # -- jobs -------------------------------------------------------------------------------------
 
