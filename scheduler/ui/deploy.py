@@ -5,12 +5,14 @@
   bundle, or a folder (`webkitdirectory`). `static/deploy.js` drives it.
 - `POST /ui/deploy/validate`: multipart, the editor's `text` (with its file `name`), or the picked files
   (`file` parts with a `path` each: their relative path, `webkitRelativePath` for a folder) and `listed` paths
-  (files the browser holds but did not send: data it need not upload to validate). Answers a fragment: valid
-  (pipeline, digest, "same as version N", the artifacts that will be uploaded, the files ignored) or every issue
-  with file, document, path and line (a button per line moves the editor's caret there).
+  (files the browser holds but did not send: data it need not upload to validate). Answers a fragment, with 200
+  whatever it says (the page asked a question and has its answer): valid (pipeline, digest, "same as version
+  N", the artifacts that will be uploaded, the files ignored), every issue with file, document, path and line
+  (a button per line moves the editor's caret there), or the refusal of a trust check or a limit.
 - `POST /ui/deploy`: the same body; deploys (`SchedulerService.deploy`, or `deploy_folder` for files, which
   stores the bundle's relative model artifacts and names them by sha256 as the CLI does) and answers a fragment
-  (a whole page without htmx): "deployed version N of X" or "unchanged: the same IR is version N".
+  (a whole page without htmx): "deployed version N of X" (201) or "unchanged: the same IR is version N" (200);
+  the issues or a refusal with the status the API would answer (422, 403, 413).
 
 Uploads are bounded before the form is parsed: the body by the artifact API's `artifact_max_bytes` (plus room
 for the form's own fields), the number of parts by `MAX_FOLDER_MEMBERS`, a pasted text by the IR loader's file
@@ -239,9 +241,10 @@ async def _answer(request: Request, principal: Principal, *, deploy: bool) -> HT
                     "check": checked_folder.validation,
                 }
     except ir.IRValidationError as exc:
-        return _fragment(request, _issues_context(exc, upload.name if upload.text is not None else None), 422)
+        context = _issues_context(exc, upload.name if upload.text is not None else None)
+        return _fragment(request, context, 422 if deploy else 200)
     except SchedulerError as exc:
-        return _fragment(request, _refused_context(exc), exc.http_status)
+        return _fragment(request, _refused_context(exc), exc.http_status if deploy else 200)
     finally:
         await form.close()
         await anyio.to_thread.run_sync(upload.cleanup)
