@@ -35,6 +35,7 @@ from markupsafe import Markup, escape
 
 from ir.logformat import line_timestamp
 from scheduler.api.models import FlowProgressOut, ProgressOut
+from scheduler.changes import FeedLagged
 from scheduler.errors import Conflict, InvalidInput, NotFound, SchedulerError
 from scheduler.service import SchedulerService
 from scheduler.states import JobState, Task
@@ -58,8 +59,6 @@ LOG_BATCH_SECONDS: Final = 0.1
 """A log batch goes out at 100 lines or 100 ms after its first line: a fast log is not one event per line."""
 HISTORY_POINTS: Final = 300
 """Progress samples the chart draws (the store thins them evenly)."""
-POLL_SECONDS: Final = 0.5
-"""How often the page's stream reads the job when the service has no change feed (`watch_job`)."""
 
 _ID_PREFIX: Final = re.compile(r"^[0-9A-Fa-f][0-9A-Fa-f-]{3,35}$")
 _PREFIXED: Final = re.compile(r"^\[([^\]]+)\] ?(.*)$", re.S)
@@ -239,19 +238,19 @@ def chart_svg(job: Job, points: Sequence[RatePoint]) -> Markup:
 
 
 async def history_points(service: SchedulerService, job: Job) -> list[tuple[datetime, int]]:
-    """`(time, rows read)` samples of the job so far, from the service's progress history when it has one."""
-    history = getattr(service, "progress_history", None)
-    if history is None:
-        return []
-    samples = await history(job.id, points=HISTORY_POINTS)
-    return [(sample.at, int(sample.read)) for sample in samples]
+    """`(time, rows read)` samples of the job so far, from the samples stored with its progress reports."""
+    samples = await service.progress_history(job.id, points=HISTORY_POINTS)
+    return [(sample.at, sample.read) for sample in samples]
 
 
 def _add_sample(samples: list[tuple[datetime, int]], job: Job) -> None:
-    """A live sample from a job the stream received: when its counters moved (thinned to `HISTORY_POINTS`)."""
-    if samples and samples[-1][1] == job.records_read:
+    """A live sample from a job the stream received, when its counters moved (thinned to `HISTORY_POINTS`)."""
+    if samples and samples[-1][1] >= job.records_read:
         return
-    samples.append((datetime.now(UTC), job.records_read))
+    at = job.updated_at or datetime.now(UTC)
+    if samples and _aware(at) <= _aware(samples[-1][0]):
+        return  # the stored history already holds this report
+    samples.append((at, job.records_read))
     if len(samples) > 2 * HISTORY_POINTS:
         del samples[1:-1:2]
 
@@ -371,22 +370,15 @@ async def _pump(source: AsyncIterator[_T], queue: asyncio.Queue[tuple[bool, _T |
 
 
 async def _watch(service: SchedulerService, job_id: uuid.UUID) -> AsyncIterator[Job]:
-    """The job now and at each change until terminal: the service's change feed, or reading the job every
-    `POLL_SECONDS` where the service has none (an older service object)."""
-    watch = getattr(service, "watch_job", None)
-    if watch is not None:
-        async for job in watch(job_id):
-            yield job
-        return
-    last: Job | None = None
+    """The job now and at each change until terminal (`service.watch_job`). A stream that fell behind the
+    change feed (`FeedLagged`: its reader was too slow) starts again from the job as it is now."""
     while True:
-        job = await service.get_job(job_id)
-        if job != last:
-            yield job
-            last = job
-        if job.terminal:
+        try:
+            async for job in service.watch_job(job_id):
+                yield job
             return
-        await asyncio.sleep(POLL_SECONDS)
+        except FeedLagged:
+            log.info("job %s: its page stream fell behind the change feed; reading the job again", job_id)
 
 
 STREAM_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

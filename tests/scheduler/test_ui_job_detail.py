@@ -441,3 +441,14 @@ def test_phases_without_events_still_mark_the_current_task() -> None:
         records_failed=0,
     )
     assert [p.status for p in phases(job)] == ["waiting", "running", "waiting"]
+
+
+async def test_the_chart_is_drawn_from_the_stored_progress_history(api: Api) -> None:
+    job = await api.start_job()
+    for read in (100, 1100, 3100):  # the store keeps at most one sample per job per 0.5 s
+        report = {"flow": "tiny-batch", "read": read, "written": read, "state": "running"}
+        assert (await api.client.post(f"/api/v1/jobs/{job['id']}/progress", json=report, headers=WRITE)).is_success
+        await asyncio.sleep(0.6)
+    html = (await api.client.get(f"/ui/jobs/{job['id']}", headers=READ)).text
+    assert '<svg class="chart"' in html and "<polyline" in html
+    assert re.search(r"rows/s over \d+ s \(2 intervals\): latest [\d,]+", html)
