@@ -169,6 +169,25 @@ def _split_issues(exc: ir.IRValidationError, names: Sequence[str]) -> tuple[dict
     return by_field, others
 
 
+def _split_problems(exc: SchedulerError, names: Sequence[str]) -> tuple[dict[str, str], list[str]]:
+    """A refused start's problems that name a declared parameter (`details.problems[].parameter`, as path and
+    root checks give them: `scheduler.paths`, `scheduler.trust`), by its name; else the message at the top."""
+    listed = exc.details.get("problems") if isinstance(exc.details, dict) else None
+    by_field: dict[str, str] = {}
+    others: list[str] = []
+    for problem in listed if isinstance(listed, list) else []:
+        name = problem.get("parameter") if isinstance(problem, dict) else None
+        if isinstance(name, str) and name in names:
+            known = by_field.get(name)
+            message = str(problem.get("message", ""))
+            by_field[name] = f"{known}; {message}" if known else message
+    if not by_field:
+        return {}, [exc.message]
+    if len(by_field) < len(listed or []):
+        others.append(exc.message)
+    return by_field, others
+
+
 # ------------------------------------------------------------------------------------------------ pages
 
 
@@ -341,7 +360,8 @@ async def run(request: Request, name: PipelineName, principal: UiWriter) -> Resp
     except SchedulerError as exc:
         if exc.http_status >= 500:
             raise
-        return _run_page(request, pipeline.versions, chosen, typed, {}, [exc.message], key, exc.http_status)
+        errors, others = _split_problems(exc, list(kinds))
+        return _run_page(request, pipeline.versions, chosen, typed, errors, others, key, exc.http_status)
     return _to_job(request, job.id)
 
 

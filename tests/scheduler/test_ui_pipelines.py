@@ -29,10 +29,12 @@ from cli_kit import running_server, write_bundle
 from typer.testing import CliRunner
 
 from scheduler.cli import app
+from scheduler.errors import InvalidInput
 from scheduler.irtext import ir_files, unified_diff
 from scheduler.sessions import SESSION_COOKIE, SessionSigner
 from scheduler.ui.diff import diff_files
 from scheduler.ui.highlight import highlight_yaml
+from scheduler.ui.pipelines import _split_problems
 
 PIPELINES = "/api/v1/pipelines"
 
@@ -389,3 +391,11 @@ async def test_what_users_typed_is_shown_as_text_on_every_page(api: Api) -> None
         assert page.status_code == 200, (path, page.text)
         assert "<script>alert" not in page.text and "<img src=x" not in page.text, path
         assert "&lt;script&gt;alert(" in page.text or "&lt;img" in page.text, path
+
+
+def test_a_path_problem_naming_a_parameter_goes_beside_that_field() -> None:
+    problems = [{"message": "data/x.csv does not exist", "path": "/srv/data/x.csv", "parameter": "input"}]
+    exc = InvalidInput("file source 'tiny-in': data/x.csv does not exist", details={"problems": problems})
+    assert _split_problems(exc, ["input", "limit"]) == ({"input": "data/x.csv does not exist"}, [])
+    other = InvalidInput("model 'm' is outside the roots", details={"problems": [{"message": "m", "model": "m"}]})
+    assert _split_problems(other, ["input"]) == ({}, ["model 'm' is outside the roots"])
