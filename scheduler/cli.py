@@ -616,10 +616,27 @@ def _serve_one(application: Any, settings: SchedulerSettings, access_log: bool, 
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
     log = logging.getLogger(__name__)
     log.info("listening on http://%s:%d (stop with Ctrl-C or SIGTERM)", host, settings.port)
+    _log_ui_url(settings)
     server = uvicorn.Server(config)
     server.run(sockets=[listener])
     if not server.started:  # the lifespan refused to start: it logged why
         raise typer.Exit(1)
+
+
+def ui_url(host: str, port: int) -> str:
+    """The web UI's address for a server listening on `host:port`; one listening on every interface (0.0.0.0,
+    ::) is reached on loopback from this machine."""
+    from scheduler.ui import UI_PREFIX
+
+    reachable = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(host.strip("[]"), host.strip("[]"))
+    shown = f"[{reachable}]" if ":" in reachable else reachable
+    return f"http://{shown}:{port}{UI_PREFIX}"
+
+
+def _log_ui_url(settings: SchedulerSettings) -> None:
+    import logging
+
+    logging.getLogger(__name__).info("web UI: %s", ui_url(settings.host, settings.port))
 
 
 def _serve_with_engine(
@@ -648,6 +665,7 @@ def _serve_with_engine(
             _serve_one(application, settings, access_log, listener)
             return
         listener.close()  # uvicorn's supervisor binds the port for its workers itself
+        _log_ui_url(settings)
         os.environ[WORKER_SETTINGS_ENV] = json.dumps(settings.model_dump(mode="json"))
         os.environ[ENGINE_IDENTITY_ENV] = engine.identity
         uvicorn.run(
@@ -1250,6 +1268,7 @@ def _start_embedded(folder: Path) -> EmbeddedServer:
         raise typer.Exit(EXIT_INTERRUPTED) from None
     migrated = f"; database migrated from {embedded.migrated_from}" if embedded.migrated_from else ""
     err.print(f"embedded scheduler at {embedded.url} (home {settings.home}, log {embedded.log_file}{migrated})")
+    err.print(f"web UI: {embedded.ui_url}")
     try:
         leftovers = embedded.active_jobs()
         if leftovers:

@@ -44,6 +44,7 @@ from scheduler.settings import SchedulerSettings
 from scheduler.states import ACTIVE
 from scheduler.store import MAX_PAGE_SIZE as MAX_PAGE
 from scheduler.tokens import load_secret
+from scheduler.ui import UI_PREFIX
 
 __all__ = ["EmbeddedServer", "EmbeddedServerError", "HomeLock", "HomeLocked", "prepare_database"]
 
@@ -183,6 +184,11 @@ class EmbeddedServer:
     @property
     def log_file(self) -> Path:
         return self._log_file
+
+    @property
+    def ui_url(self) -> str:
+        """The web UI of this server ('' before it starts)."""
+        return f"{self.url}{UI_PREFIX}" if self.url else ""
 
     def start(self, timeout: float = READY_TIMEOUT_SECONDS) -> None:
         """Bind a free port, prepare the database, start serving, and wait until `/readyz` answers."""

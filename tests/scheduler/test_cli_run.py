@@ -180,6 +180,8 @@ def test_without_a_server_run_starts_an_embedded_one_and_leaves_nothing_behind(
     assert result.exit_code == 0, result.output
     assert result.stderr.startswith("embedded scheduler at http://127.0.0.1:")
     assert f"(home {home}, log {home / 'logs' / 'embedded-server.log'}; database migrated from empty)" in result.stderr
+    server_url = result.stderr.split()[3]
+    assert result.stderr.splitlines()[1] == f"web UI: {server_url}/ui"
     assert " SUCCEEDED in " in result.stdout
     assert HomeLock.holder(home) is None  # the server stopped and let go of its home
     assert no_processes_left(home)

@@ -23,7 +23,7 @@ from typer.testing import CliRunner
 
 from scheduler import client
 from scheduler.api import models as api
-from scheduler.cli import app
+from scheduler.cli import app, ui_url
 from scheduler.db import head_revision
 from scheduler.embedded import HomeLock
 from scheduler.settings import SchedulerSettings
@@ -97,6 +97,14 @@ def test_serve_with_migrate_upgrades_a_postgresql_database_first(tmp_path: Path,
     with serving(env, "--migrate") as url:
         assert httpx.get(f"{url}/readyz", timeout=5).status_code == 200
     assert CliRunner(env=env).invoke(app, ["db", "check"]).exit_code == 0
+
+
+def test_the_web_ui_address_of_a_server_on_every_interface_is_on_loopback() -> None:
+    assert ui_url("127.0.0.1", 8787) == "http://127.0.0.1:8787/ui"
+    assert ui_url("0.0.0.0", 8787) == "http://127.0.0.1:8787/ui"
+    assert ui_url("::", 9000) == "http://[::1]:9000/ui"
+    assert ui_url("[::1]", 9000) == "http://[::1]:9000/ui"
+    assert ui_url("modelops.internal", 80) == "http://modelops.internal:80/ui"
 
 
 @contextmanager
@@ -197,6 +205,8 @@ def test_serve_creates_its_sqlite_database_runs_until_sigterm_and_holds_its_home
             assert process.poll() is None, process.communicate()[1].decode()
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.1)
+        ui = httpx.get(f"{url}/ui", timeout=5)  # the address it prints for the web UI
+        assert ui.status_code == 307 and ui.headers["location"] == "/ui/jobs"
         listed = CliRunner(env={"MODELOPS_SERVER": url}).invoke(app, ["job", "list"])
         assert listed.exit_code == 0 and listed.stderr == "no jobs yet\n"
         assert HomeLock.holder(tmp_path) == f"pid {process.pid} {url}"
@@ -214,6 +224,7 @@ def test_serve_creates_its_sqlite_database_runs_until_sigterm_and_holds_its_home
     assert "scheduler ready: local backend" in log
     assert "migrated the database from empty to this version's schema" in log
     assert f"scheduler.cli: listening on {url} (stop with Ctrl-C or SIGTERM)" in log
+    assert f"scheduler.cli: web UI: {url}/ui\n" in log
     assert HomeLock.holder(tmp_path) is None
 
 
