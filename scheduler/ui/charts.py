@@ -10,6 +10,7 @@ chart follows the light and dark themes.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -57,12 +58,20 @@ def rates(samples: Sequence[tuple[datetime, int]]) -> list[RatePoint]:
     return points
 
 
+def _nice_top(value: float) -> float:
+    """The y axis' top: the first of 1, 2, 2.5, 5 times 10^k above `value` (so the half-way label is round too)."""
+    if value <= 0:
+        return 1.0
+    scale = 10 ** math.floor(math.log10(value))
+    return next(step * scale for step in (1, 2, 2.5, 5, 10, 20) if step * scale >= value * 1.02)
+
+
 def _short(value: float) -> str:
     """`950`, `12.3k`, `4.5M`: axis labels stay narrow."""
     for limit, suffix in ((1e9, "G"), (1e6, "M"), (1e3, "k")):
         if value >= limit:
-            return f"{value / limit:.1f}{suffix}"
-    return f"{value:.0f}"
+            return f"{value / limit:.3g}{suffix}"
+    return f"{value:.3g}"
 
 
 def _span(seconds: float) -> str:
@@ -92,8 +101,7 @@ def line_chart(points: Sequence[RatePoint], *, title: str, chart_id: str, unit: 
     there is no line to draw: the SVG then holds the axes and says so in its description.
     """
     plot_w, plot_h = WIDTH - _LEFT - _RIGHT, HEIGHT - _TOP - _BOTTOM
-    top = max((p.rate for p in points), default=0.0)
-    top = top * 1.1 if top > 0 else 1.0
+    top = _nice_top(max((p.rate for p in points), default=0.0))
     span = points[-1].seconds if points else 0.0
     span = span if span > 0 else 1.0
     safe_id = escape(chart_id)
