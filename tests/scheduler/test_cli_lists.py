@@ -166,6 +166,14 @@ def test_tables_in_a_pipe_are_plain_and_no_headers_leaves_out_the_header(runner:
     assert pipelines.split()[0] == "scoring" and len(pipelines.split()[3]) == 64  # the whole digest when wide
 
 
+def test_job_list_search_finds_jobs_by_text_in_any_case(runner: CliRunner, finished: str) -> None:
+    for text in ("completed", "SCORING", finished[:8]):
+        names = ok(runner.invoke(app, ["job", "list", "--search", text, "-o", "name"])).stdout.splitlines()
+        assert finished in names, text
+    nothing = ok(runner.invoke(app, ["job", "list", "--search", "no-job-says-this"]))
+    assert nothing.stdout == "" and "no jobs match" in nothing.stderr
+
+
 def test_pipeline_list_prints_names_json_or_yaml(runner: CliRunner, finished: str) -> None:
     assert ok(runner.invoke(app, ["pipeline", "list", "-o", "name"])).stdout == "scoring\n"
     listed = json.loads(ok(runner.invoke(app, ["pipeline", "list", "-o", "json"])).stdout)
