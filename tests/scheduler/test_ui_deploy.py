@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import pickle
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -28,7 +30,13 @@ from api_kit import (
     tiny_documents,
 )
 
+import ir
+from scheduler.artifact_upload import local_artifacts, rewritten_payload
 from scheduler.sessions import CSRF_HEADER, SESSION_COOKIE, SessionSigner
+
+# the digits example's helpers (a 10-tree forest trained in a second, the example's folder as after train.py)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "scoring_flows"))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "e2e"))
 
 pytestmark = pytest.mark.asyncio
 
@@ -361,3 +369,40 @@ async def test_without_javascript_the_form_deploys_and_shows_the_page(api_databa
         assert response.status_code == 201, response.text
         assert "<h1>Deploy a pipeline</h1>" in response.text
         assert "<strong>Deployed</strong> version 1 of <code>tiny</code>" in response.text
+
+
+async def test_the_digits_example_deploys_by_folder_upload_as_the_cli_deploys_it(
+    api_database_url: str, tmp_path: Path
+) -> None:
+    from e2e_kit import relative_digits_example
+    from flow_kit import train_digits
+
+    folder = relative_digits_example(tmp_path / "upload", train_digits(tmp_path / "models"), rows=20)
+    (folder / "train.py").write_text("# trains the models\n")
+    files = {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+    # what `modelops pipeline deploy FOLDER` would deploy (scheduler.artifact_upload on the client)
+    bundle = ir.load_bundle(folder)
+    body, _ = rewritten_payload(bundle, local_artifacts(bundle, folder)[0])
+    cli_digest = ir.load_bundle_files(json.loads(body)["files"]).digest()
+    async with running(settings_for(tmp_path / "home", api_database_url)) as api:
+        csrf = await sign_in(api)
+        ir_only = {rel: c for rel, c in files.items() if rel.endswith((".yaml", ".yml", ".json"))}
+        listed = [("listed", f"digits/{rel}") for rel in files if rel not in ir_only]
+        checked = await ui_post(
+            api, "/ui/deploy/validate", csrf, [*path_fields(ir_only, "digits"), *listed], folder_parts(ir_only)
+        )
+        assert 'data-valid="true"' in checked.text, checked.text
+        assert cli_digest[:12] in checked.text
+        needed = ["digits/artifacts/digits-rf.joblib", "digits/artifacts/digits-rf.onnx"]
+        assert f"data-needed=\"{json.dumps(needed).replace(chr(34), '&#34;')}\"" in checked.text
+        sent = {**ir_only, **{path.removeprefix("digits/"): files[path.removeprefix("digits/")] for path in needed}}
+        rest = [("listed", "digits/data/digits.csv"), ("listed", "digits/train.py")]
+        deployed = await ui_post(api, "/ui/deploy", csrf, [*path_fields(sent, "digits"), *rest], folder_parts(sent))
+        assert deployed.status_code == 201, deployed.text
+        assert "2 files not part of the IR, ignored" in deployed.text
+        version = (await api.client.get("/api/v1/pipelines/digits/versions/1", headers=READ)).json()
+        assert version["digest"] == cli_digest
+        uris = sorted(d["spec"]["uri"] for d in version["documents"] if d["kind"] == "Model")
+        assert all(uri.startswith("modelops-artifact:sha256:") for uri in uris) and len(uris) == 2
+        for uri in uris:
+            assert (tmp_path / "home" / "artifacts" / "sha256" / uri.rsplit(":", 1)[1]).is_file()
