@@ -286,6 +286,8 @@ async def values_preview(
         "problems": problems,
         "rendered": rendered,
         "action": request.url.path,
+        "run_url": f"{UI_PREFIX}/pipelines/{name}/run?"
+        + urlencode([("version", number), *(("param", f"{k}={v}") for k, v in parameters.items())]),
     }
     return render(request, "pipelines/values.html", context, status_code=422 if errors or problems else 200)
 
@@ -296,11 +298,15 @@ async def run_form(
     name: PipelineName,
     _: UiReader,
     version: Annotated[int | None, Query(ge=1, le=VERSION_MAX)] = None,
+    param: Annotated[list[str] | None, Query(max_length=_MAX_PARAMS)] = None,
 ) -> Response:
+    """The form for `version` (the latest by default), prefilled with the defaults and any `param=NAME=VALUE`
+    (the values preview links here with the parameters it rendered)."""
     service = _service(request)
     pipeline = await service.get_pipeline(name)
     chosen = await service.get_version(name, version)
-    return _run_page(request, pipeline.versions, chosen, {}, {}, [], "")
+    given = dict(item.partition("=")[::2] for item in param or [] if "=" in item)
+    return _run_page(request, pipeline.versions, chosen, given, {}, [], "")
 
 
 def _run_page(

@@ -399,3 +399,12 @@ def test_a_path_problem_naming_a_parameter_goes_beside_that_field() -> None:
     assert _split_problems(exc, ["input", "limit"]) == ({"input": "data/x.csv does not exist"}, [])
     other = InvalidInput("model 'm' is outside the roots", details={"problems": [{"message": "m", "model": "m"}]})
     assert _split_problems(other, ["input"]) == ({}, ["model 'm' is outside the roots"])
+
+
+async def test_the_values_preview_links_to_the_start_form_with_its_parameters(api: Api) -> None:
+    await api.deploy()
+    page = await api.client.get("/ui/pipelines/tiny/versions/1/values?param=input=data/x.csv", headers=WRITE)
+    link = "/ui/pipelines/tiny/run?version=1&amp;param=input%3Ddata%2Fx.csv"
+    assert f'href="{link}"' in page.text
+    form = await api.client.get(link.replace("&amp;", "&"), headers=WRITE)
+    assert 'name="p.input" value="data/x.csv"' in form.text and 'name="p.limit" value="10"' in form.text
