@@ -177,7 +177,11 @@
       (folder ? filesInput : folderInput).value = "";
       picked = files.map(function (file) {
         return { path: (folder && file.webkitRelativePath) || file.name, file: file };
+      }).filter(function (item) {
+        // hidden files and folders (.git, .venv) are never part of a bundle (the IR loader skips them too)
+        return !item.path.split("/").some(function (part) { return part.charAt(0) === "."; });
       });
+      if (!picked.length) { showChosen(); validate(); return; }
       badLines = [];
       renderGutter();
       showChosen();
