@@ -684,6 +684,44 @@ def test_the_sub_chart_is_off_in_per_job_releases_and_on_when_enabled() -> None:
     assert all(o["metadata"]["labels"]["app.kubernetes.io/name"] == "modelops-scheduler" for o in enabled)
 
 
+def test_the_ingress_sends_every_path_of_its_host_to_the_server_for_the_web_ui_the_api_and_their_streams(
+    tmp_path: Path,
+) -> None:
+    values = tmp_path / "ingress.yaml"
+    annotations = {
+        "nginx.ingress.kubernetes.io/proxy-buffering": "off",  # what the values comments suggest for SSE
+        "nginx.ingress.kubernetes.io/proxy-read-timeout": "3600",
+    }
+    ingress_values = {"enabled": True, "className": "nginx", "host": "modelops.corp.example", "tlsSecret": "tls",
+                      "annotations": annotations}  # fmt: skip
+    values.write_text(yaml.safe_dump({"ingress": ingress_values}))
+    rendered = template(chart=SUBCHART, values=[values], release="modelops", namespace="modelops")
+    (ingress,) = of_kind(rendered, "Ingress")
+    validate(ingress)
+    assert ingress["metadata"]["annotations"] == annotations
+    assert ingress["spec"]["ingressClassName"] == "nginx"
+    assert ingress["spec"]["tls"] == [{"hosts": ["modelops.corp.example"], "secretName": "tls"}]
+    (rule,) = ingress["spec"]["rules"]
+    assert rule["host"] == "modelops.corp.example"
+    (path,) = rule["http"]["paths"]
+    assert (path["path"], path["pathType"]) == ("/", "Prefix")  # /ui, /api/v1, /docs and the event streams
+    service = by_name(rendered, "Service", path["backend"]["service"]["name"])
+    (port,) = service["spec"]["ports"]
+    assert path["backend"]["service"]["port"] == {"name": port["name"]}
+    (container,) = by_name(rendered, "Deployment", "modelops-scheduler")["spec"]["template"]["spec"]["containers"]
+    assert {"name": port["targetPort"], "containerPort": 8787, "protocol": "TCP"} in container["ports"]
+    plain = of_kind(template(chart=SUBCHART, release="modelops", namespace="modelops", sets=["ingress.enabled=true"]),
+                    "Ingress")[0]  # fmt: skip
+    assert "ingressClassName" not in plain["spec"] and "tls" not in plain["spec"]  # the cluster default, no TLS
+    assert "annotations" not in plain["metadata"]
+    through_parent = template(sets=["scheduler.enabled=true", "scheduler.ingress.enabled=true"], release="modelops",
+                              namespace="modelops")  # fmt: skip
+    validate(by_name(through_parent, "Ingress", "modelops-scheduler"))
+    helm("lint", str(SUBCHART), "--strict", "-f", str(values))
+    misspelt = helm("template", "modelops", str(SUBCHART), "--set", "ingress.tls=true", check=False)
+    assert misspelt.returncode != 0 and "tls" in misspelt.stderr  # the schema is strict: tlsSecret is the key
+
+
 def test_the_platform_runs_one_server_with_several_api_workers_replaced_not_doubled(
     platform: list[dict[str, Any]],
 ) -> None:
