@@ -140,7 +140,9 @@ def phases(job: Job) -> list[PhaseView]:
         later = [starts[t] for t in order[order.index(task) + 1 :] if t in starts]
         end: datetime | None = later[0] if later else (job.finished_at if job.terminal else None)
         if start is None:
-            status = "skipped" if job.terminal else "waiting"
+            # without events (not loaded), the phases before the current one must have run
+            passed = job.events is None and job.task is not None and order.index(task) < order.index(job.task)
+            status = "done" if passed else "skipped" if job.terminal else "waiting"
         elif not job.terminal and job.task is task:
             status, end = "running", None
         elif task is interrupted:
@@ -465,7 +467,9 @@ def log_line_html(number: int, line: str) -> str:
     if stamp is not None and text.startswith(stamp):
         text = text[len(stamp) :].lstrip(" ")
     anchor = f"log-{number}"
-    parts = [f'<div class="line" id="{anchor}"><a class="ln" href="#{anchor}">{number}</a>']
+    # the numbers are links (the anchor goes into the URL) but not tab stops: 5,000 of them would trap the Tab key;
+    # the log box itself is focusable and scrolls with the keyboard
+    parts = [f'<div class="line" id="{anchor}"><a class="ln" href="#{anchor}" tabindex="-1">{number}</a>']
     if stamp is not None:
         parts.append(f'<time datetime="{escape(stamp)}">{escape(stamp[11:23])}</time>')
     else:

@@ -355,7 +355,7 @@ async def test_the_log_stream_sends_escaped_numbered_lines_in_batches_and_resume
         name, data, event_id = await anext(events)
         assert name == "lines" and event_id == "3"  # the three lines went out as one batch
         assert data.count('<div class="line"') == 3
-        assert '<div class="line" id="log-1"><a class="ln" href="#log-1">1</a>' in data
+        assert '<div class="line" id="log-1"><a class="ln" href="#log-1" tabindex="-1">1</a>' in data
         assert '<time datetime="2026-12-03T13:55:01.123Z">13:55:01.123</time>' in data
         assert '<span class="comp">[install]</span>' in data
         assert "rendering &lt;values&gt; &amp; more" in data
@@ -440,7 +440,7 @@ def test_phases_without_events_still_mark_the_current_task() -> None:
         records_written=0,
         records_failed=0,
     )
-    assert [p.status for p in phases(job)] == ["waiting", "running", "waiting"]
+    assert [p.status for p in phases(job)] == ["done", "running", "waiting"]
 
 
 async def test_the_chart_is_drawn_from_the_stored_progress_history(api: Api) -> None:
