@@ -867,7 +867,8 @@ def pipeline_list(
         return
     wide = output is OutputFormat.WIDE
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False, show_header=not no_headers)
-    for column in ("PIPELINE", "LATEST", "VERSIONS", "DIGEST", "DEPLOYED", "BY", *(("CREATED",) if wide else ())):
+    columns = ("PIPELINE", "LATEST", "VERSIONS", "DIGEST", "DEPLOYED", "BY", "JOBS", *(("CREATED",) if wide else ()))
+    for column in columns:
         table.add_column(column, no_wrap=True)
     for pipeline in pipelines:
         latest = pipeline.versions[-1]
@@ -878,6 +879,7 @@ def pipeline_list(
             latest.digest if wide else latest.digest[:12],
             _when(latest.created_at),
             latest.created_by or "-",
+            str(pipeline.jobs),
             *((_when(pipeline.created_at),) if wide else ()),
         )
     _print_table(table)

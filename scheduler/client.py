@@ -150,6 +150,7 @@ class VersionSummary(_Model):
     digest: str
     created_at: datetime
     created_by: str | None
+    jobs: int = 0
 
 
 class Pipeline(_Model):
@@ -158,6 +159,8 @@ class Pipeline(_Model):
     name: str
     created_at: datetime
     latest_version: int
+    jobs: int = 0
+    """How many jobs ran any version (0 from a server older than the count)."""
     versions: list[VersionSummary]
 
 

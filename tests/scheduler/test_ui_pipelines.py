@@ -259,6 +259,8 @@ def test_cli_pipeline_diff_prints_both_diffs(tmp_path: Path) -> None:
         assert "--- v1/pipeline.yaml\n+++ v2/pipeline.yaml\n" in result.stdout
         assert re.search(r"^- +install: 5m\n\+ +install: 7m$", result.stdout, re.M), result.stdout
         assert "--- v1/values.yaml\n+++ v2/values.yaml\n" in result.stdout
+        listed = runner.invoke(app, ["pipeline", "list"])
+        assert re.search(r"^\s*scoring\s+2\s+2\s+[0-9a-f]{12}\s.*\s0\s*$", listed.stdout, re.M), listed.stdout
         same = runner.invoke(app, ["pipeline", "diff", "scoring", "2", "2"])
         assert same.exit_code == 0 and same.stdout == "" and "do not differ" in same.stderr
         missing = runner.invoke(app, ["pipeline", "diff", "scoring", "1", "5"])
