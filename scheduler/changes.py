@@ -110,6 +110,10 @@ class Subscription:
         """Leave the feed (idempotent); the poller stops when its last subscriber has left."""
         self._feed._leave(self._subscriber)
 
+    async def aclose(self) -> None:
+        """`close`, as async iterators that hold resources spell it."""
+        self.close()
+
     async def __aenter__(self) -> Subscription:
         return self
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -29,7 +29,7 @@ from scheduler.artifacts import Artifact, ArtifactStore
 from scheduler.auth import Principal, ReporterCredential, Unauthorized
 from scheduler.backends.base import Backend
 from scheduler.bundle_folder import FolderBundle, read_folder, store_artifacts
-from scheduler.changes import JobChangeFeed
+from scheduler.changes import JobChangeFeed, Subscription
 from scheduler.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from scheduler.irtext import ir_files, unified_diff
 from scheduler.joblogs import PHASES, merge_logs
@@ -481,7 +481,7 @@ class SchedulerService:
 
     # -- following jobs (the UI's live pages, the API's event streams) -----------------------------------
 
-    async def watch_jobs(self) -> AsyncIterator[list[Job]]:
+    async def watch_jobs(self) -> AsyncGenerator[list[Job], None]:
         """Batches of jobs (events None) that changed since the previous batch: created, a state or task change,
         a progress report, a completion, an event. Each job at most once per batch, in its newest state; nothing
         is yielded while nothing changes. Delivered within about 0.3 s of the store write (at once for a write of
@@ -491,14 +491,21 @@ class SchedulerService:
         Ends when the service closes. Raises `scheduler.changes.FeedLagged` when the caller read so slowly that
         it fell too far behind (it must start again from the current state), `StoreUnavailable` when the
         database cannot be read to start from."""
-        subscription = await self.feed.subscribe()
+        batches = await self.follow_jobs()
         try:
-            async for batch in subscription:
+            async for batch in batches:
                 yield batch
         finally:
-            subscription.close()
+            await batches.aclose()
 
-    async def watch_job(self, job_id: uuid.UUID) -> AsyncIterator[Job]:
+    async def follow_jobs(self) -> Subscription:
+        """`watch_jobs`, already subscribed once awaited: every change committed after this returns is in one of
+        its batches (what a stream needs before it answers; `watch_jobs` subscribes at its first `anext`). Close
+        it (`aclose()`, or `async with`) when done, even if never iterated. `StoreUnavailable` here when the
+        database cannot be read to start from."""
+        return await self.feed.subscribe()
+
+    async def watch_job(self, job_id: uuid.UUID) -> AsyncGenerator[Job, None]:
         """The job (with events) at once, then again each time it changes; ends after yielding it in a terminal
         state (or when the service closes). NotFound (404) for an unknown id, raised by the first `anext`."""
         subscription = await self.feed.subscribe([job_id])

@@ -5,14 +5,19 @@ Job ids in paths are UUIDs: anything else is refused with 422 (the standard erro
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import uuid
-from collections.abc import AsyncIterator
+from collections import OrderedDict
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Final
 
+import anyio
 from fastapi import APIRouter, Header, Path, Query, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, StringConstraints
+from starlette.background import BackgroundTask
 
 from scheduler.api.deps import API_PREFIX, Service
 from scheduler.api.errors import error_responses
@@ -26,12 +31,15 @@ from scheduler.api.models import (
     JobOut,
     JobPageOut,
     LogComponentsOut,
+    ProgressHistoryOut,
     ProgressIn,
+    ProgressSampleOut,
 )
 from scheduler.auth import AuthFirstRoute, ReadPrincipal, Reporter, WritePrincipal
+from scheduler.changes import FeedLagged, Subscription
 from scheduler.errors import SchedulerError
 from scheduler.states import JobState, Task
-from scheduler.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, TEXT_SEARCH_MAX
+from scheduler.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PROGRESS_POINTS, TEXT_SEARCH_MAX, Job
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +52,38 @@ ID_PREFIX_MIN: Final = 4
 ID_PREFIX_PATTERN: Final = r"^[0-9A-Fa-f][0-9A-Fa-f-]*$"
 
 JobIdPath = Annotated[uuid.UUID, Path(description="The job's id (a UUID).")]
+
+KEEP_ALIVE_SECONDS: Final = 15.0
+"""How often an idle event stream sends a comment: proxies and load balancers close silent connections."""
+RETRY_MILLISECONDS: Final = 3000
+"""What the stream tells `EventSource` to wait before it reconnects (the `retry:` field)."""
+_FOLLOWED_IDS_KEPT: Final = 10_000
+"""Jobs a filtered stream remembers having sent (to send a job once more when it leaves the filter)."""
+_SSE_HEADERS: Final = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+SSE_EVENT_SCHEMA: Final = {
+    "type": "object",
+    "description": "One server-sent event (OpenAPI 3.1: the schema of a `text/event-stream` is each event's): "
+    "`job` (data: the job as JSON), `end` (data: `{id, state}`), `resync` or `error` (data: the error body).",
+    "properties": {
+        "event": {"type": "string", "enum": ["job", "end", "resync", "error"]},
+        "data": {"type": "string", "contentMediaType": "application/json"},
+        "retry": {"type": "integer"},
+    },
+    "required": ["data"],
+}
+JOBS_STREAM_EXAMPLE: Final = (
+    "retry: 3000\n\n"
+    'event: job\ndata: {"id": "3f2b6c1e-8f7d-4c52-9d8e-2a1b0c9d8e7f", "pipeline": "digits", "state": "RUNNING", '
+    '...}\n\n'
+    ": keep-alive\n\n"
+)
+JOB_STREAM_EXAMPLE: Final = (
+    "retry: 3000\n\n"
+    'event: job\ndata: {"id": "3f2b6c1e-8f7d-4c52-9d8e-2a1b0c9d8e7f", "state": "RUNNING", "events": [...], ...}\n\n'
+    'event: job\ndata: {"id": "3f2b6c1e-8f7d-4c52-9d8e-2a1b0c9d8e7f", "state": "SUCCEEDED", ...}\n\n'
+    'event: end\ndata: {"id": "3f2b6c1e-8f7d-4c52-9d8e-2a1b0c9d8e7f", "state": "SUCCEEDED"}\n\n'
+)
 
 
 def _json(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
@@ -135,6 +175,37 @@ async def list_jobs(
 
 
 @router.get(
+    "/events",
+    summary="Follow job changes (server-sent events)",
+    description="A `text/event-stream` of the jobs that change from now on: created, a state or task change, a "
+    "progress report, a completion, an event. Each change is an `event: job` whose `data` is the job as `GET "
+    "/jobs` lists it (one line of JSON); a burst of changes to one job sends its newest state once. With `state` "
+    "and `pipeline`, only the jobs that match, and once more a job that matched and no longer does (its new "
+    "state: a filtered list can drop it). A `: keep-alive` comment comes every 15 s. A client that reads too "
+    "slowly gets `event: resync` and the stream ends: load the list again and reconnect. The stream ends when "
+    "the server stops. Authenticated like every read (the session cookie works, so `EventSource` can open it).",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The stream of job changes.",
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA, "example": JOBS_STREAM_EXAMPLE}},
+        },
+        **error_responses(401, 403, 422, 503),
+    },
+)
+async def job_events(
+    service: Service,
+    _: ReadPrincipal,
+    state: Annotated[JobState | None, Query(description="Only jobs in this state (and those leaving it).")] = None,
+    pipeline: Annotated[
+        str | None, Query(max_length=NAME_MAX, pattern=NAME_PATTERN, description="Only jobs of this pipeline.")
+    ] = None,
+) -> StreamingResponse:
+    batches = await service.follow_jobs()  # subscribed before the answer starts: nothing after it is missed
+    return _event_stream(_job_frames(batches, state, pipeline), batches)
+
+
+@router.get(
     "/{job_id}",
     summary="Get a job",
     description="State, current task, reason and message, timestamps, progress, completion, the backend's "
@@ -198,6 +269,54 @@ async def complete_job(job_id: JobIdPath, body: CompleteIn, service: Service, cr
 
 
 @router.get(
+    "/{job_id}/events",
+    summary="Follow one job (server-sent events)",
+    description="A `text/event-stream`: an `event: job` whose `data` is the job as `GET /jobs/{id}` returns it "
+    "(one line of JSON, events included) at once, then again each time it changes (state, task, progress, "
+    "completion, an event). Once the job is in a terminal state, `event: end` (data: its id and state) and the "
+    "stream closes: a client reconnecting after that gets the final job and `end` at once. A `: keep-alive` "
+    "comment comes every 15 s. Authenticated like every read (the session cookie works for `EventSource`).",
+    response_class=StreamingResponse,
+    responses={
+        200: {
+            "description": "The stream of the job's states.",
+            "content": {"text/event-stream": {"schema": SSE_EVENT_SCHEMA, "example": JOB_STREAM_EXAMPLE}},
+        },
+        **error_responses(401, 403, 404, 422, 503),
+    },
+)
+async def one_job_events(job_id: JobIdPath, service: Service, _: ReadPrincipal) -> StreamingResponse:
+    states = service.watch_job(job_id)
+    try:
+        first = await anext(states)  # an unknown job is a 404 here, before the stream starts
+    except BaseException:
+        await states.aclose()
+        raise
+    return _event_stream(_one_job_frames(first, states))
+
+
+@router.get(
+    "/{job_id}/progress/history",
+    summary="Get a job's progress over time",
+    description="The job's counters as its progress reports left them, oldest first (at most about two samples a "
+    "second are kept), thinned evenly to at most `points` samples, the first and the last always included: what "
+    "a chart of rows/s over time and an ETA need. A job without progress reports has no samples.",
+    response_model=ProgressHistoryOut,
+    responses=error_responses(401, 403, 404, 422, 503),
+)
+async def progress_history(
+    job_id: JobIdPath,
+    service: Service,
+    _: ReadPrincipal,
+    points: Annotated[
+        int, Query(ge=2, le=MAX_PROGRESS_POINTS, description="The most samples to return (evenly thinned).")
+    ] = 300,
+) -> Response:
+    samples = await service.progress_history(job_id, points=points)
+    return _json(ProgressHistoryOut(samples=[ProgressSampleOut.of(sample) for sample in samples]))
+
+
+@router.get(
     "/{job_id}/logs",
     summary="Read a job's logs",
     description="Plain text, like `tkn pipelinerun logs`: the lines of every log component of the job (its "
@@ -249,6 +368,98 @@ async def job_logs(
 )
 async def job_log_components(job_id: JobIdPath, service: Service, _: ReadPrincipal) -> Response:
     return _json(LogComponentsOut(components=await service.log_components(job_id)))
+
+
+# -- server-sent events ---------------------------------------------------------------------------------------
+
+def _frame(event: str, data: str) -> bytes:
+    """One server-sent event; `data` is one line (JSON as pydantic writes it escapes newlines)."""
+    return f"event: {event}\ndata: {data}\n\n".encode()
+
+
+def _event_stream(frames: AsyncIterator[bytes], source: Subscription | None = None) -> StreamingResponse:
+    """The SSE response; `source` is closed when the response ends, also one whose body was never read (the
+    client left before the first byte)."""
+    response = StreamingResponse(_with_keep_alive(frames), media_type="text/event-stream", headers=_SSE_HEADERS)
+    if source is not None:
+        response.background = BackgroundTask(source.close)
+    return response
+
+
+async def _with_keep_alive(frames: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    """`frames`, after the `retry:` field, with a keep-alive comment whenever none came for `KEEP_ALIVE_SECONDS`;
+    `frames` is closed however the stream ends (the client left, the server stops)."""
+    pending: asyncio.Future[bytes] | None = None
+    try:
+        yield f"retry: {RETRY_MILLISECONDS}\n\n".encode()
+        while True:
+            if pending is None:
+                pending = asyncio.ensure_future(anext(frames))
+            done, _ = await asyncio.wait({pending}, timeout=KEEP_ALIVE_SECONDS)
+            if not done:
+                yield b": keep-alive\n\n"
+                continue
+            finished, pending = pending, None
+            try:
+                frame = finished.result()
+            except StopAsyncIteration:
+                return
+            yield frame
+    finally:
+        with anyio.CancelScope(shield=True):  # the client left: the stream's task is being cancelled
+            if pending is not None:
+                pending.cancel()
+                await asyncio.gather(pending, return_exceptions=True)
+            close = getattr(frames, "aclose", None)
+            if close is not None:
+                await close()
+
+
+def _error_frame(exc: SchedulerError) -> bytes:
+    body = {"error": {"code": exc.code, "message": exc.message, "details": exc.details}}
+    return _frame("error", json.dumps(body, default=str, separators=(",", ":")))
+
+
+async def _job_frames(
+    batches: Subscription, state: JobState | None, pipeline: str | None
+) -> AsyncIterator[bytes]:
+    followed: OrderedDict[uuid.UUID, None] = OrderedDict()
+    filtered = state is not None or pipeline is not None
+    try:
+        async for batch in batches:
+            for job in batch:
+                matches = (state is None or job.state is state) and (pipeline is None or job.pipeline == pipeline)
+                if filtered:
+                    if not matches and job.id not in followed:
+                        continue
+                    if matches:
+                        followed[job.id] = None
+                        followed.move_to_end(job.id)
+                        while len(followed) > _FOLLOWED_IDS_KEPT:
+                            followed.popitem(last=False)
+                    else:
+                        del followed[job.id]  # sent once more, as it leaves the filter
+                yield _frame("job", JobOut.of(job).model_dump_json(by_alias=True))
+    except FeedLagged:
+        yield _frame("resync", "{}")
+    except SchedulerError as exc:
+        yield _error_frame(exc)
+    finally:
+        await batches.aclose()
+
+
+async def _one_job_frames(first: Job, states: AsyncGenerator[Job, None]) -> AsyncIterator[bytes]:
+    job = first
+    try:
+        yield _frame("job", JobDetail.of(job).model_dump_json(by_alias=True))
+        async for job in states:
+            yield _frame("job", JobDetail.of(job).model_dump_json(by_alias=True))
+        if job.terminal:
+            yield _frame("end", json.dumps({"id": str(job.id), "state": job.state.value}))
+    except SchedulerError as exc:
+        yield _error_frame(exc)
+    finally:
+        await states.aclose()
 
 
 async def _guarded(job_id: uuid.UUID, lines: AsyncIterator[str]) -> AsyncIterator[bytes]:

@@ -16,7 +16,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictBool, S
 from scheduler.api.examples import BUNDLE_FILES
 from scheduler.service import TokenQuotaUsage, json_object_problem, text_problem
 from scheduler.states import JobState, Task
-from scheduler.store import Job, JobEvent, Pipeline, PipelineVersion, VersionInfo
+from scheduler.store import Job, JobEvent, Pipeline, PipelineVersion, ProgressSample, VersionInfo
 
 INT64_MAX: Final = 2**63 - 1
 VERSION_MAX: Final = 2**31 - 1
@@ -582,6 +582,35 @@ class JobPageOut(BaseModel):
 
     items: list[JobOut]
     next_cursor: str | None
+
+
+class ProgressSampleOut(BaseModel):
+    """The job's counters at one moment, as a progress report left them."""
+
+    at: datetime
+    read: int
+    written: int
+    failed: int
+
+    @classmethod
+    def of(cls, sample: ProgressSample) -> ProgressSampleOut:
+        return cls(at=sample.at, read=sample.read, written=sample.written, failed=sample.failed)
+
+
+class ProgressHistoryOut(BaseModel):
+    """The job's progress over time, oldest first, thinned evenly to at most `points` samples (the first and the
+    last kept): rows/s between two samples is the difference of `written` over the difference of `at`."""
+
+    model_config = _examples(
+        {
+            "samples": [
+                {"at": "2025-06-01T12:00:05Z", "read": 1000, "written": 998, "failed": 2},
+                {"at": "2025-06-01T12:00:06Z", "read": 2500, "written": 2496, "failed": 4},
+            ]
+        }
+    )
+
+    samples: list[ProgressSampleOut]
 
 
 _FLOW_ONLY: Final = ("filtered", "state", "total", "unit", "done", "rate", "outputs", "services")

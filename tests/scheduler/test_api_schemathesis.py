@@ -35,6 +35,11 @@ from scheduler.app import create_app
 from scheduler.settings import SchedulerSettings
 from scheduler.store import JobStore
 
+ENDLESS_STREAMS = frozenset({"/api/v1/jobs/events"})
+"""Operations whose success answer never ends (server-sent events of every job change until the server stops):
+a generated request would hang here. `/jobs/{job_id}/events` is fuzzed: for the finished job it ends at once
+(`event: end`), for an unknown one it is a 404. test_api_job_events.py tests the endless one."""
+
 CHECKS = [
     not_a_server_error,
     status_code_conformance,
@@ -85,6 +90,8 @@ def test_no_operation_answers_500_or_outside_its_schema(app_schema: tuple[Any, d
     operations = [result.ok() for result in schema.get_all_operations()]
     assert len(operations) >= 14
     for operation in operations:
+        if operation.path in ENDLESS_STREAMS:
+            continue
         strategies = [operation.as_strategy(GenerationMode.POSITIVE), operation.as_strategy(GenerationMode.NEGATIVE)]
         existing = {name: value for name, value in known.items() if f"{{{name}}}" in operation.path}
         if existing:  # also requests about the stored pipeline and job, to reach the success answers
