@@ -144,6 +144,9 @@
       p.textContent = picked.length + " file" + (picked.length === 1 ? "" : "s") +
         " chosen (the editor is not used while files are chosen):";
       var list = document.createElement("ul");
+      // the list scrolls (deploy.css): a tab stop lets the keyboard scroll it (axe scrollable-region-focusable)
+      list.tabIndex = 0;
+      list.setAttribute("aria-label", "Chosen files");
       picked.slice(0, 30).forEach(function (item) {
         var li = document.createElement("li");
         var code = document.createElement("code");
