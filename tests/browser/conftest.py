@@ -27,6 +27,7 @@ import re
 import shutil
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -44,6 +45,7 @@ from flow_kit import Digits, digits_rows, train_digits, write_digits_csv
 from scheduler.client import SchedulerClient
 from scheduler.embedded import EmbeddedServer
 from scheduler.settings import SchedulerSettings, TokenSpec, hash_token
+from scheduler.states import JobState
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parents[1]
@@ -68,6 +70,9 @@ LONG_PARTS, LONG_PART_ROWS = 60, 20_000
 """`data/long/part-NN.csv`: 1,200,000 rows in all (the parts are hard links of one file), far more than a
 test waits for: the job cancelled by the tests is still scoring when they cancel it."""
 LONG_INPUT = "data/long/part-*.csv"
+SHORT_INPUT = "data/long/part-0[0-5].csv"
+"""120,000 rows: a job whose progress is seen growing for a few seconds, then ends."""
+SHORT_INPUT_ROWS = 6 * LONG_PART_ROWS
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -160,15 +165,23 @@ def _settings(home: Path, data_root: Path, tokens: dict[str, str]) -> SchedulerS
 
 
 
+FLOW_ENVIRONMENT = {"MODELOPS_FLOW_PROGRESS_INTERVAL_SECONDS": "0.5"}
+"""What the servers' flows inherit (the local backend passes its environment on): progress every 0.5 s instead
+of 2 s, so a job of a few seconds reports several times and the pages are seen changing."""
+
+
 def _serve(home: Path, data_root: Path, tokens: dict[str, str]) -> Iterator[UiServer]:
-    embedded = EmbeddedServer(_settings(home, data_root, tokens), keep_tokens=bool(tokens))
-    embedded.start()
-    server = UiServer(embedded, home, data_root, dict(tokens))
-    try:
-        yield server
-    finally:
-        server.close()
-        embedded.stop()  # cancels what still runs and waits for its uninstall
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in FLOW_ENVIRONMENT.items():
+            patch.setenv(name, value)
+        embedded = EmbeddedServer(_settings(home, data_root, tokens), keep_tokens=bool(tokens))
+        embedded.start()
+        server = UiServer(embedded, home, data_root, dict(tokens))
+        try:
+            yield server
+        finally:
+            server.close()
+            embedded.stop()  # cancels what still runs and waits for its uninstall
 
 
 @pytest.fixture(scope="session")
@@ -290,14 +303,26 @@ def browse(browser: Any, ui_server: UiServer, _sessions: dict[tuple[str, str], A
 # ------------------------------------------------------------------------------------------------ axe, screenshots
 
 AXE_FAILS_ON = frozenset({"serious", "critical"})
+THEME_RULES = ["color-contrast", "link-in-text-block", "non-text-contrast"]
+"""What a theme changes: colours. The dark runs check only these rules; the light run checks all of them."""
+AXE_RUN = """async (rules) => {
+  const options = {resultTypes: ["violations"]};
+  if (rules) {
+    const known = new Set(axe.getRules().map((rule) => rule.ruleId));
+    options.runOnly = {type: "rule", values: rules.filter((id) => known.has(id))};
+  }
+  return await axe.run(document, options);
+}"""
 
 
-def _violations(page: Any, theme: str) -> list[str]:
-    from axe_playwright_python.sync_playwright import Axe
+def _violations(page: Any, theme: str, rules: list[str] | None = None) -> list[str]:
+    from axe_playwright_python.base import AXE_SCRIPT
 
-    results = Axe().run(page)
+    if not page.evaluate("() => typeof window.axe === 'object'"):
+        page.evaluate(AXE_SCRIPT)  # once per document (evaluate is not subject to the page's CSP)
+    results = page.evaluate(AXE_RUN, rules)
     found = []
-    for violation in results.response["violations"]:
+    for violation in results["violations"]:
         if violation.get("impact") not in AXE_FAILS_ON:
             continue
         for node in violation["nodes"][:5]:
@@ -366,12 +391,12 @@ def check_page(shots: Shots) -> CheckPage:
         if name:
             shots.take(page, name)
         page.emulate_media(color_scheme="dark")
-        found += _violations(page, "dark (system)")
+        found += _violations(page, "dark (system)", THEME_RULES)
         if name:
             shots.take(page, f"{name}-dark")
         page.emulate_media(color_scheme="light")
         _toggle_to(page, "dark")
-        found += _violations(page, "dark (toggle)")
+        found += _violations(page, "dark (toggle)", THEME_RULES)
         _toggle_to(page, "auto")
         assert not found, f"axe-core on {page.url}:\n" + "\n".join(found)
 
@@ -396,3 +421,18 @@ def wait_for(what: str, probe: Callable[[], Any], within: float = 60.0, every: f
 def copy_folder(source: Path, target: Path) -> Path:
     shutil.copytree(source, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def finished_jobs(ui_server: UiServer, digits_pipeline: str) -> dict[str, uuid.UUID]:
+    """Two jobs of the digits pipeline in final states, started through the REST API: `succeeded` (the 20,000
+    rows of data/digits.csv scored) and `cancelled` (cancelled while it installed)."""
+    api = ui_server.api("writer")
+    done = api.create_job(digits_pipeline, parameters={"scorer": "finished-job", "output": "out/finished.csv"})
+    stopped = api.create_job(digits_pipeline, parameters={"input": LONG_INPUT, "output": "out/stopped.csv"})
+    api.cancel_job(stopped.id)
+    for job in (done, stopped):
+        wait_for(f"job {job.id} finished", lambda job=job: api.get_job(job.id).terminal, within=120)
+    assert api.get_job(done.id).state is JobState.SUCCEEDED, api.get_job(done.id).message
+    assert api.get_job(stopped.id).state is JobState.CANCELLED
+    return {"succeeded": done.id, "cancelled": stopped.id}
