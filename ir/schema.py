@@ -139,10 +139,32 @@ class ScoringServiceSettings(StrictModel):
     termination_grace_period_seconds: int = Field(default=40, ge=0)
 
 
+class CheckpointStorage(StrictModel):
+    """The volume a batch flow keeps its checkpoint on, so a pod Kubernetes starts again resumes from it."""
+
+    enabled: bool = Field(
+        default=True, description="A PersistentVolumeClaim per batch flow; false: an emptyDir and no retries."
+    )
+    size: Quantity = "100Mi"
+    storage_class: str = Field(default="", description="Empty: the cluster's default StorageClass.")
+    access_modes: list[AccessMode] = Field(default_factory=_read_write_once)
+
+
+class FlowCheckpoint(StrictModel):
+    persistence: CheckpointStorage = Field(default_factory=CheckpointStorage)
+
+
 class ScoringFlowSettings(StrictModel):
     metrics_port: int = Field(default=9090, ge=1, le=65535)
     http_port: int = Field(default=8080, ge=1, le=65535)
     termination_grace_period_seconds: int = Field(default=60, ge=0)
+    backoff_limit: int = Field(
+        default=3,
+        ge=0,
+        description="Pods a batch flow's Job may start again after a failure (exit codes 1 and 2 are never "
+        "retried); 0 when checkpoint.persistence is off.",
+    )
+    checkpoint: FlowCheckpoint = Field(default_factory=FlowCheckpoint)
     env: dict[str, str] = Field(default_factory=dict, description="Extra MODELOPS_FLOW_* settings.")
 
 

@@ -380,10 +380,16 @@ def test_flows_are_jobs_in_batch_mode_and_deployments_when_streaming(
             kind = "Job" if mode == "batch" else "Deployment"
             owner = by_name(objects, kind, f"{RELEASE}-{flow_name}")
             pod = owner["spec"]["template"]["spec"]
+            volumes = {v["name"]: v for v in pod["volumes"]}
             if mode == "batch":
-                assert owner["spec"]["backoffLimit"] == 0
+                assert owner["spec"]["backoffLimit"] == 3  # from the checkpoint PVC (next test)
                 assert owner["spec"]["activeDeadlineSeconds"] == values["pipeline"]["timeoutSeconds"]["wait"]
                 assert pod["restartPolicy"] == "Never"
+                claim = volumes["checkpoints"]["persistentVolumeClaim"]["claimName"]
+                assert claim.endswith(f"-{flow_name}-checkpoints")  # the release part is cut to fit 63
+                by_name(objects, "PersistentVolumeClaim", claim)
+            else:
+                assert volumes["checkpoints"] == {"name": "checkpoints", "emptyDir": {}}
             (container,) = pod["containers"]
             assert container["args"] == ["modelops", "flow", "--values", "/etc/modelops/values.yaml", "--flow",
                                          flow_name]  # fmt: skip
@@ -399,6 +405,50 @@ def test_flows_are_jobs_in_batch_mode_and_deployments_when_streaming(
             for service, url in urls.items():
                 assert url == f"http://{RELEASE}-{service}:8080"
                 by_name(objects, "Service", f"{RELEASE}-{service}")
+
+
+def test_a_batch_flow_is_retried_from_its_checkpoint_claim_but_never_after_it_failed_for_a_reason(
+    renders: dict[str, tuple[dict[str, Any], list[dict[str, Any]]]],
+) -> None:
+    _, objects = renders["ci/digits-batch-values.yaml"]
+    job = by_name(objects, "Job", f"{RELEASE}-digits-batch")
+    assert job["spec"]["podFailurePolicy"] == {
+        "rules": [
+            {"action": "FailJob", "onExitCodes": {"containerName": "flow", "operator": "In", "values": [1, 2]}},
+            {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
+        ]
+    }
+    (container,) = job["spec"]["template"]["spec"]["containers"]
+    assert container["name"] == "flow"  # what onExitCodes names
+    mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+    assert mounts["checkpoints"] == env_of(container)["MODELOPS_FLOW_CHECKPOINT_DIR"]["value"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    checkpoints = volumes["checkpoints"]["persistentVolumeClaim"]["claimName"]
+    claim = by_name(objects, "PersistentVolumeClaim", checkpoints)
+    assert claim["spec"] == {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "100Mi"}}}
+    assert "helm.sh/resource-policy" not in claim["metadata"].get("annotations", {})  # goes with the release
+    tuned = template(
+        values=[CI_DIR / "digits-batch-values.yaml"],
+        sets=["scoringFlow.backoffLimit=5", "scoringFlow.checkpoint.persistence.storageClass=fast",
+              "scoringFlow.checkpoint.persistence.size=1Gi"],
+    )  # fmt: skip
+    assert by_name(tuned, "Job", f"{RELEASE}-digits-batch")["spec"]["backoffLimit"] == 5
+    claim = by_name(tuned, "PersistentVolumeClaim", checkpoints)
+    assert (claim["spec"]["storageClassName"], claim["spec"]["resources"]["requests"]["storage"]) == ("fast", "1Gi")
+    for obj in tuned:
+        validate(obj)
+    # Without the claim a new pod would start over (a SQL sink would get its rows again): no retry at all.
+    off = template(values=[CI_DIR / "digits-batch-values.yaml"],
+                   sets=["scoringFlow.checkpoint.persistence.enabled=false", "scoringFlow.backoffLimit=5"])  # fmt: skip
+    job = by_name(off, "Job", f"{RELEASE}-digits-batch")
+    assert job["spec"]["backoffLimit"] == 0 and "podFailurePolicy" not in job["spec"]
+    volumes = {v["name"]: v for v in job["spec"]["template"]["spec"]["volumes"]}
+    assert volumes["checkpoints"] == {"name": "checkpoints", "emptyDir": {}}
+    claims = {o["metadata"]["name"] for o in of_kind(off, "PersistentVolumeClaim")}
+    assert checkpoints not in claims
+    refused = helm("template", RELEASE, str(CHART), "-f", str(CI_DIR / "digits-batch-values.yaml"),
+                   "--set", "scoringFlow.backoffLimit=-1", check=False)  # fmt: skip
+    assert refused.returncode != 0 and "backoffLimit" in refused.stderr
 
 
 def test_environment_variables_are_settings_the_components_read(
