@@ -27,6 +27,11 @@ reload) instead of the feed holding ever more memory for it.
 The poller is an asyncio task started with the first subscriber and ended with the last one; the store runs
 in a worker thread (`anyio.to_thread`). A database outage is logged and retried with back-off, without ending
 the subscriptions. `close()` (the app's lifespan end) ends every subscription's iterator and the task.
+
+uvicorn waits for open responses to finish before it runs the lifespan's end, and an event stream never
+finishes by itself: `drain_feeds()`, called as the server begins to shut down (`scheduler.serving.Server`),
+ends every subscription of the feeds of this event loop first, so the streams end and the server stops at
+once rather than after its graceful-shutdown timeout.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ import asyncio
 import logging
 import threading
 import uuid
+import weakref
 from collections.abc import Collection
 from contextlib import suppress
 from datetime import UTC, datetime, timedelta
@@ -46,7 +52,7 @@ import anyio.to_thread
 from scheduler.errors import StoreUnavailable
 from scheduler.store import CHANGE_KEYS_PAGE, Job, JobStore
 
-__all__ = ["FeedLagged", "JobChangeFeed", "Subscription"]
+__all__ = ["FeedLagged", "JobChangeFeed", "Subscription", "drain_feeds"]
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +68,18 @@ MAX_PENDING: Final = 5000
 MAX_BACKOFF: Final = 10.0
 """The longest wait between two attempts while the database is unavailable."""
 _EPOCH: Final = datetime(1970, 1, 1, tzinfo=UTC)
+_FEEDS: Final[weakref.WeakSet[JobChangeFeed]] = weakref.WeakSet()
+"""Every feed of this process, for `drain_feeds`."""
+
+
+def drain_feeds() -> int:
+    """End the subscriptions of every feed bound to the running event loop, now and from now on (the server
+    is shutting down: its event streams must end); how many feeds that was. Call it in that loop."""
+    loop = asyncio.get_running_loop()
+    drained = [feed for feed in tuple(_FEEDS) if feed._loop is loop]
+    for feed in drained:
+        feed.drain()
+    return len(drained)
 
 
 class FeedLagged(Exception):
@@ -95,7 +113,7 @@ class Subscription:
     async def __anext__(self) -> list[Job]:
         subscriber = self._subscriber
         while True:
-            if subscriber.closed or self._feed.closed:
+            if subscriber.closed or self._feed.closed or self._feed.draining:
                 raise StopAsyncIteration
             if subscriber.lagged:
                 raise FeedLagged(f"more than {self._feed.max_pending} jobs changed before the subscriber read them")
@@ -147,6 +165,8 @@ class JobChangeFeed:
         self.max_pending = max_pending
         self.max_backoff = max_backoff
         self.closed = False
+        self.draining = False
+        """Set by `drain`: subscriptions end at once (the server is stopping)."""
         self.polls = 0
         """Polls made so far (what the tests and the bench count)."""
         self._subscribers: set[_Subscriber] = set()
@@ -159,6 +179,7 @@ class JobChangeFeed:
         self._baselined = False
         self._high = _EPOCH
         self._seen: dict[uuid.UUID, datetime] = {}
+        _FEEDS.add(self)
 
     @property
     def running(self) -> bool:
@@ -196,6 +217,13 @@ class JobChangeFeed:
             return
         with suppress(RuntimeError):  # the loop is closed: nobody is listening any more
             loop.call_soon_threadsafe(wake.set)
+
+    def drain(self) -> None:
+        """End every subscription's iterator, and those of later subscriptions at once: the server is stopping
+        and its streams must end (`close` still ends the poller, at the lifespan's end)."""
+        self.draining = True
+        for subscriber in tuple(self._subscribers):
+            subscriber.wake.set()
 
     async def close(self) -> None:
         """End every subscription (their iterators stop) and the poller; the feed cannot be used again."""

@@ -617,7 +617,9 @@ def _serve_one(application: Any, settings: SchedulerSettings, access_log: bool, 
     log = logging.getLogger(__name__)
     log.info("listening on http://%s:%d (stop with Ctrl-C or SIGTERM)", host, settings.port)
     _log_ui_url(settings)
-    server = uvicorn.Server(config)
+    from scheduler.serving import Server  # ends the event streams first when it stops
+
+    server = Server(config)
     server.run(sockets=[listener])
     if not server.started:  # the lifespan refused to start: it logged why
         raise typer.Exit(1)

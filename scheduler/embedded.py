@@ -40,6 +40,7 @@ from scheduler.app import BackendFactory, StartupRefused, create_app
 from scheduler.client import ApiError, ClientError, SchedulerClient
 from scheduler.db import SchemaStatus, check_schema, create_engine, upgrade
 from scheduler.errors import StoreUnavailable
+from scheduler.serving import Server
 from scheduler.settings import SchedulerSettings
 from scheduler.states import ACTIVE
 from scheduler.store import MAX_PAGE_SIZE as MAX_PAGE
@@ -220,7 +221,7 @@ class EmbeddedServer:
                 lifespan="on",
                 timeout_graceful_shutdown=5,
             )
-            self._server = uvicorn.Server(config)
+            self._server = Server(config)  # ends the event streams first when it stops
             self._thread = threading.Thread(
                 target=self._server.run, kwargs={"sockets": [sock]}, name="modelops-embedded-server", daemon=True
             )

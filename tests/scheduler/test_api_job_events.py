@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -17,6 +22,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+import httpx
 import pytest
 from api_kit import READ, READ_TOKEN, WRITE, Api, assert_error, running, settings_for
 
@@ -372,3 +378,52 @@ async def test_the_openapi_document_describes_the_streams_and_the_history(idle: 
         "ProgressHistoryOut"
     )
     assert "404" in history["responses"]
+
+
+# ------------------------------------------------------------------------------------------- a real server
+
+
+def test_a_real_server_stops_at_once_with_event_streams_open(tmp_path: Path) -> None:
+    """`modelops serve` with two streams open stops on SIGTERM without waiting for its graceful-shutdown timeout
+    (10 s): the streams end as it begins to shut down (`scheduler.serving.Server`)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    unset = ("MODELOPS_SCHEDULER_HOME", "MODELOPS_SCHEDULER_DATABASE_URL", "MODELOPS_SCHEDULER_TOKENS")
+    env = {k: v for k, v in os.environ.items() if k not in unset and k != "MODELOPS_SCHEDULER_PORT"}
+    env["MODELOPS_HOME"] = str(tmp_path / "home")
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from scheduler.cli import app; app()", "serve", "--port", str(port)],
+        cwd=Path(__file__).resolve().parents[2],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 30  # a safety net, not a timing assertion
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert process.poll() is None, process.communicate()[1].decode()
+            assert time.monotonic() < deadline, "the server did not become ready"
+            time.sleep(0.1)
+        with httpx.Client(base_url=url, timeout=10) as client:
+            with client.stream("GET", "/api/v1/jobs/events") as stream:
+                lines = stream.iter_lines()
+                assert next(lines) == f"retry: {jobs_api.RETRY_MILLISECONDS}"
+                started = time.monotonic()
+                process.send_signal(signal.SIGTERM)
+                rest = list(lines)  # ends when the server ends the stream
+            _, stderr = process.communicate(timeout=30)
+            took = time.monotonic() - started
+    finally:
+        process.kill()
+    log = stderr.decode()
+    assert [line for line in rest if line] == [], rest
+    assert "Application shutdown complete." in log
+    assert "timeout graceful shutdown exceeded" not in log, log
+    assert took < 8, f"the server took {took:.1f} s to stop: it waited for the stream"

@@ -18,7 +18,7 @@ import pytest
 from sqlalchemy.engine import Engine
 from store_kit import FrozenClock
 
-from scheduler.changes import FeedLagged, JobChangeFeed
+from scheduler.changes import FeedLagged, JobChangeFeed, drain_feeds
 from scheduler.db import create_engine
 from scheduler.errors import InvalidInput, NotFound, StoreUnavailable
 from scheduler.states import JobState, Task
@@ -346,5 +346,19 @@ async def test_many_changes_at_once_are_read_in_pages(store: JobStore, new_job: 
         jobs = {new_job().id for _ in range(12)}
         got = await collect_until(subscription, lambda seen: {j.id for j in seen} >= jobs)
         assert len([j for j in got if j.id in jobs]) == 12
+    finally:
+        await feed.close()
+
+
+async def test_draining_ends_the_subscriptions_now_and_later_ones_at_once(store: JobStore) -> None:
+    feed = JobChangeFeed(store)
+    try:
+        open_one = await feed.subscribe()
+        waiting = asyncio.ensure_future(anext(open_one, "ended"))
+        await asyncio.sleep(0.05)
+        assert drain_feeds() >= 1
+        assert await asyncio.wait_for(waiting, 2) == "ended"
+        later = await feed.subscribe()
+        assert await asyncio.wait_for(anext(later, "ended"), 2) == "ended"
     finally:
         await feed.close()
