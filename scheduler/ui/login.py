@@ -54,7 +54,9 @@ async def login(
         max_age=SESSION_MAX_AGE,
         httponly=True,
         samesite="strict",
-        secure=auth.sessions.secure,
+        # https as the server is published, or as this request arrived (behind a TLS-terminating Ingress,
+        # uvicorn's proxy headers make the scheme https)
+        secure=auth.sessions.secure or request.url.scheme == "https",
         path="/",
     )
     return response
