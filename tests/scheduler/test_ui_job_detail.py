@@ -452,3 +452,40 @@ async def test_the_chart_is_drawn_from_the_stored_progress_history(api: Api) -> 
     html = (await api.client.get(f"/ui/jobs/{job['id']}", headers=READ)).text
     assert '<svg class="chart"' in html and "<polyline" in html
     assert re.search(r"rows/s over \d+ s \(2 intervals\): latest [\d,]+", html)
+
+
+async def test_the_stream_sends_every_count_but_the_chart_at_most_twice_a_second_and_then_the_last(api: Api) -> None:
+    job = await api.start_job()
+    loop = asyncio.get_running_loop()
+    async with sse_events(api.app, f"/ui/jobs/{job['id']}/stream", READ) as (_, events):
+        await _until(events, "chart")  # the first parts
+        started = loop.time()
+        for read in range(1000, 9000, 1000):
+            report = {"flow": "tiny-batch", "read": read, "written": read, "state": "running"}
+            assert (await api.client.post(f"/api/v1/jobs/{job['id']}/progress", json=report, headers=WRITE)).is_success
+            await asyncio.sleep(0.1)  # each report its own change (the feed coalesces changes closer than this)
+        queue: asyncio.Queue[tuple[str, str, str | None]] = asyncio.Queue()
+
+        async def pump() -> None:  # (a timeout on anext itself would close the generator)
+            async for event in events:
+                await queue.put(event)
+
+        reader = asyncio.create_task(pump())
+        received: list[tuple[str, str]] = []
+        last_count_at = None
+        while last_count_at is None or loop.time() < last_count_at + 1.0:  # 1 s after the last count: no more
+            try:
+                name, data, _ = await asyncio.wait_for(queue.get(), 0.2)
+            except TimeoutError:
+                continue
+            received.append((name, data))
+            if name == "progress" and '<dd id="count-read">8,000</dd>' in data:
+                last_count_at = loop.time()
+                elapsed = last_count_at - started
+                names = [name for name, _ in received]
+                charts, counts = names.count("chart"), names.count("progress")
+                assert counts >= 6 and charts <= 1 + elapsed / 0.5, (names, elapsed)
+        names = [name for name, _ in received]
+        final = names.index("progress", max(i for i, (n, d) in enumerate(received) if "8,000" in d and n == "progress"))
+        assert "chart" in names[final + 1 :] or names[final - 1] == "chart", names  # the last chart went out too
+        reader.cancel()
