@@ -62,7 +62,7 @@ def _nice_top(value: float) -> float:
     """The y axis' top: the first of 1, 2, 2.5, 5 times 10^k above `value` (so the half-way label is round too)."""
     if value <= 0:
         return 1.0
-    scale = 10 ** math.floor(math.log10(value))
+    scale = 10.0 ** math.floor(math.log10(value))
     return next(step * scale for step in (1, 2, 2.5, 5, 10, 20) if step * scale >= value * 1.02)
 
 
