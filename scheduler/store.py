@@ -540,6 +540,7 @@ _SAMPLES_OF_JOB: Final = (
     .where(_SAMPLES.c.job_id == bindparam(_WANTED))
     .order_by(_SAMPLES.c.at, _SAMPLES.c.id)
 )
+_COUNT_SAMPLES: Final = select(func.count()).select_from(_SAMPLES).where(_SAMPLES.c.job_id == bindparam(_WANTED))
 _ONE_MICROSECOND: Final = timedelta(microseconds=1)
 _NOTIFY: Final = select(func.pg_notify(bindparam("channel"), bindparam("payload")))
 
@@ -616,13 +617,33 @@ def _joined_messages(reports: Mapping[str, Any], flows: Collection[str]) -> str 
     return "; ".join(parts) or None
 
 
+def _picked(count: int, points: int) -> list[int]:
+    """The positions (0-based) of at most `points` of `count` items, evenly spaced, the first and the last."""
+    if count <= points:
+        return list(range(count))
+    last = count - 1
+    return sorted({round(i * last / (points - 1)) for i in range(points)})
+
+
 def _thinned(samples: list[ProgressSample], points: int) -> list[ProgressSample]:
     """At most `points` of `samples`, evenly spaced by position, the first and the last always included."""
-    if len(samples) <= points:
-        return samples
-    last = len(samples) - 1
-    picked = sorted({round(i * last / (points - 1)) for i in range(points)})
-    return [samples[i] for i in picked]
+    return samples if len(samples) <= points else [samples[i] for i in _picked(len(samples), points)]
+
+
+def _ranked_samples(ranks: list[int]) -> Select[Any]:
+    """The job's samples whose rank (1 = the oldest) is one of `ranks`, oldest first."""
+    ranked = select(
+        _SAMPLES.c.at,
+        _SAMPLES.c.read,
+        _SAMPLES.c.written,
+        _SAMPLES.c.failed,
+        func.row_number().over(order_by=(_SAMPLES.c.at, _SAMPLES.c.id)).label("rank"),
+    ).where(_SAMPLES.c.job_id == bindparam(_WANTED)).subquery()
+    return (
+        select(ranked.c.at, ranked.c.read, ranked.c.written, ranked.c.failed)
+        .where(ranked.c.rank.in_(ranks))
+        .order_by(ranked.c.rank)
+    )
 
 
 def _log_transition(job: Job, *, started: bool) -> None:
@@ -1257,7 +1278,13 @@ class JobStore:
             ).one_or_none()
             if current is None:
                 raise NotFound(f"no job {uid}", code="job_not_found", details={"job_id": str(uid)})
-            samples = [ProgressSample(*row) for row in conn.execute(_SAMPLES_OF_JOB, {_WANTED: uid}).all()]
+            stored = int(conn.execute(_COUNT_SAMPLES, {_WANTED: uid}).scalar_one())
+            if stored <= points:
+                rows = conn.execute(_SAMPLES_OF_JOB, {_WANTED: uid}).all()
+            else:  # a long job: the database picks the rows (by rank), only `points` of them travel
+                ranks = [rank + 1 for rank in _picked(stored, points)]
+                rows = conn.execute(_ranked_samples(ranks), {_WANTED: uid}).all()
+            samples = [ProgressSample(*row) for row in rows]
         updated_at, read, written, failed = current
         last = samples[-1] if samples else None
         if (read, written, failed) != ((last.read, last.written, last.failed) if last else (0, 0, 0)):
