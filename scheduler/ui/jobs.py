@@ -10,7 +10,10 @@ per process). For each changed job on the visible page it sends `event: job-<id>
 `<tr id="job-<id>">` (the row swaps itself: `sse-swap="job-<id>"`). On the first page a job created after the page
 was listed that matches the filters is inserted at the top (`event: new-job`) and counted in a polite live region
 (`event: new-count`): the newest jobs are what the first page is for, and a "show N new" button would only add a
-click; later pages are left alone (their cursor stays valid: new jobs sort before them).
+click; later pages are left alone (their cursor stays valid: new jobs sort before them). A row whose job no
+longer matches the filter (a RUNNING job that ended, under `state=RUNNING`) is updated in place, not removed:
+rows never vanish under the reader's eyes; a reload lists the filter anew. A subscriber that fell too far behind
+(`FeedLagged`) gets `event: stale`, on which the page fetches its results again.
 """
 
 from __future__ import annotations
