@@ -64,6 +64,8 @@ _ID_PREFIX: Final = re.compile(r"^[0-9A-Fa-f][0-9A-Fa-f-]{3,35}$")
 _PREFIXED: Final = re.compile(r"^\[([^\]]+)\] ?(.*)$", re.S)
 _T = TypeVar("_T")
 _INTERNAL: Final = "internal error (see the server log)"
+_DRAINED: Final = object()
+"""Put in a log stream's queue when the server shuts down."""
 
 
 def _service(request: Request) -> SchedulerService:
@@ -426,6 +428,8 @@ async def _job_events(
                     if not isinstance(item, SchedulerError):
                         log.error("job %s: its page stream failed", job_id, exc_info=item)
                     yield sse("stream-error", str(escape(f"live updates stopped: {message}")))
+                elif latest is None or not latest.terminal:
+                    return  # the server is shutting down: the browser reconnects (to the next one) by itself
                 yield sse("end", "")
                 return
             latest = item
@@ -493,12 +497,16 @@ async def log_stream(
     wanted = None if component in (None, "", "all") else [component]
     lines = await service.logs(job_id, wanted, follow=True)  # unknown job or component: an error page, no stream
     skip = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
-    return StreamingResponse(_log_events(job_id, lines, skip), media_type="text/event-stream", headers=STREAM_HEADERS)
+    events = _log_events(service, job_id, lines, skip)
+    return StreamingResponse(events, media_type="text/event-stream", headers=STREAM_HEADERS)
 
 
-async def _log_events(job_id: uuid.UUID, lines: AsyncIterator[str], skip: int) -> AsyncIterator[str]:
+async def _log_events(
+    service: SchedulerService, job_id: uuid.UUID, lines: AsyncIterator[str], skip: int
+) -> AsyncIterator[str]:
     queue: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize=4 * LOG_BATCH_LINES)
     pump = asyncio.create_task(_pump(lines, queue))
+    drain = asyncio.create_task(_end_on_drain(service, job_id, queue))
     number = 0
     try:
         while True:
@@ -527,12 +535,25 @@ async def _log_events(job_id: uuid.UUID, lines: AsyncIterator[str], skip: int) -
                     if not isinstance(item, SchedulerError):
                         log.error("job %s: its log stream failed", job_id, exc_info=item)
                     yield sse("stream-error", str(escape(f"the log stream ended with an error: {message}")))
+                elif item is _DRAINED:
+                    return  # the server is shutting down: the browser reconnects after the last id it has
                 yield sse("end", "", str(number))
                 return
     finally:
-        pump.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await pump
+        for task in (pump, drain):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await task
+
+
+async def _end_on_drain(service: SchedulerService, job_id: uuid.UUID, queue: asyncio.Queue[tuple[bool, Any]]) -> None:
+    """End a log stream when the server shuts down (`scheduler.serving` drains the change feeds, which ends
+    `watch_job` before the job is terminal): a backend's followed log would otherwise hold the shutdown."""
+    last: Job | None = None
+    async for job in _watch(service, job_id):
+        last = job
+    if last is None or not last.terminal:
+        await queue.put((True, _DRAINED))
 
 
 # ------------------------------------------------------------------------------------------------ cancel

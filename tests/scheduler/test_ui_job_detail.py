@@ -20,6 +20,7 @@ import pytest
 from api_kit import READ, READ_TOKEN, WRITE, WRITE_TOKEN, Api, running, settings_for
 from fastapi import FastAPI
 
+from scheduler.changes import drain_feeds
 from scheduler.sessions import CSRF_HEADER, SESSION_COOKIE, SessionSigner
 from scheduler.states import JobState, Task
 from scheduler.store import Job
@@ -489,3 +490,17 @@ async def test_the_stream_sends_every_count_but_the_chart_at_most_twice_a_second
         final = names.index("progress", max(i for i, (n, d) in enumerate(received) if "8,000" in d and n == "progress"))
         assert "chart" in names[final + 1 :] or names[final - 1] == "chart", names  # the last chart went out too
         reader.cancel()
+
+
+async def test_the_streams_end_without_end_when_the_server_shuts_down_so_the_browser_reconnects(api: Api) -> None:
+    job = await api.start_job()
+    api.backend.lines[(uuid.UUID(job["id"]), Task.INSTALL)] = ["2026-12-03T13:55:01.123Z install: one"]
+    page = sse_events(api.app, f"/ui/jobs/{job['id']}/stream", READ)
+    logs = sse_events(api.app, f"/ui/jobs/{job['id']}/logs/stream?component=install", READ)
+    async with page as (_, page_events), logs as (_, log_events):
+        await _until(page_events, "head")
+        assert (await anext(log_events))[0] == "lines"
+        drain_feeds()  # what scheduler.serving.Server does first when it shuts down
+        assert "end" not in [name async for name, _, _ in page_events]
+        assert "end" not in [name async for name, _, _ in log_events]
+    assert api.store.get_job(job["id"]).state is JobState.RUNNING
