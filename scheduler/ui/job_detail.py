@@ -203,8 +203,32 @@ def progress_view(job: Job, points: Sequence[RatePoint]) -> ProgressView:
     )
 
 
-def flow_rows(progress: ProgressOut) -> list[tuple[str, FlowProgressOut, float | None]]:
-    return [(name, flow, percent(flow.done, flow.total)) for name, flow in progress.flows.items()]
+@dataclass(frozen=True)
+class FlowRow:
+    """One flow on the page: its latest progress report (None before its first) and its completion report."""
+
+    name: str
+    progress: FlowProgressOut | None
+    percent: float | None
+    completion: str
+    """`✓ succeeded`, `✕ failed: <message>` (symbol and word), or '' before the flow reported its end."""
+
+
+def flow_rows(job: Job, progress: ProgressOut) -> list[FlowRow]:
+    """Every flow that reported progress or its completion, by name."""
+    completions = job.flow_completions or {}
+    rows: list[FlowRow] = []
+    for name in sorted({*progress.flows, *completions}):
+        flow = progress.flows.get(name)
+        report = completions.get(name)
+        completion = ""
+        if isinstance(report, dict):
+            ok = bool(report.get("succeeded"))
+            completion = "✓ succeeded" if ok else "✕ failed"
+            detail = report.get("message") or (report.get("reason") if not ok else None)
+            completion += f": {detail}" if detail else ""
+        rows.append(FlowRow(name, flow, percent(flow.done, flow.total) if flow else None, completion))
+    return rows
 
 
 def event_change(event: JobEvent, previous_task: Task | None) -> str:
@@ -274,7 +298,7 @@ def _context(request: Request, job: Job, samples: Sequence[tuple[datetime, int]]
         "short_id": str(job.id)[:8],
         "phases": phases(job),
         "view": view,
-        "flows": flow_rows(view.progress),
+        "flows": flow_rows(job, view.progress),
         "events": event_rows(job),
         "backend_ref": backend_ref_rows(job),
         "parameters": [(name, _plain(value)) for name, value in sorted(job.parameters.items())],

@@ -193,7 +193,8 @@ async def test_a_succeeded_job_shows_every_phase_done_and_nothing_live(api: Api)
         "services": {"tiny-rf": {"requests": 3, "rows": 300, "latency_ms": {"mean": 2, "p50": 1.5, "p99": 9.25}}},
     }
     assert (await api.client.post(f"/api/v1/jobs/{job['id']}/progress", json=report, headers=WRITE)).status_code == 200
-    done = await api.client.post(f"/api/v1/jobs/{job['id']}/complete", json={"succeeded": True}, headers=WRITE)
+    completion = {"succeeded": True, "flow": "tiny-batch", "message": "300 rows <ok>"}
+    done = await api.client.post(f"/api/v1/jobs/{job['id']}/complete", json=completion, headers=WRITE)
     assert done.status_code == 202, done.text
     html = (await api.client.get(f"/ui/jobs/{job['id']}", headers=WRITE)).text
     assert "state-SUCCEEDED" in html
@@ -203,6 +204,7 @@ async def test_a_succeeded_job_shows_every_phase_done_and_nothing_live(api: Api)
     assert '<dd id="count-read">300</dd>' in html and '<dd id="count-failed">10</dd>' in html
     assert "100.0% of 300 records" in html
     assert '<th scope="row">tiny-batch</th>' in html and "150 rows/s" in html
+    assert '<td class="message">✓ succeeded: 300 rows &lt;ok&gt;</td>' in html  # the flow's completion
     assert '<td class="num">1.5</td>' in html and '<td class="num">9.2</td>' in html  # p50, p99 of tiny-rf
 
 
