@@ -1335,14 +1335,59 @@ def _run(
 
 
 def _follow(client: _Reader, job_id: uuid.UUID, view: _RunView) -> JobDetail:
-    """Poll the job and update the view until it is terminal."""
+    """Update the view until the job is terminal: from the server's event stream of the job when it has one
+    (a change shows at once), else by polling every `POLL_SECONDS`."""
     view.start()
+    if isinstance(client, SchedulerClient):
+        final = _follow_events(client, job_id, view)
+        if final is not None:
+            return final
     while True:
         job = client.get_job(job_id)
         view.update(job)
         if job.terminal:
             return job
         time.sleep(POLL_SECONDS)
+
+
+def _follow_events(client: SchedulerClient, job_id: uuid.UUID, view: _RunView) -> JobDetail | None:
+    """`_follow` from `GET /jobs/{id}/events`, read in a thread; the view is still updated every `POLL_SECONDS`
+    (with the latest job) so its clock, rates and heartbeat move while nothing changes. None when the stream
+    ended before the job did, or could not be read (a server without it, or stopping): the caller polls."""
+    import queue
+    import threading
+
+    arrived: queue.Queue[JobDetail | BaseException | None] = queue.Queue()
+    stop = threading.Event()
+
+    def read() -> None:
+        try:
+            for job in client.job_events(job_id):
+                arrived.put(job)
+                if stop.is_set():
+                    return
+        except Exception as exc:  # handed to the caller, which falls back to polling
+            arrived.put(exc)
+        arrived.put(None)
+
+    threading.Thread(target=read, name=f"modelops-follow-{job_id}", daemon=True).start()
+    latest: JobDetail | None = None
+    try:
+        while True:
+            try:
+                item = arrived.get(timeout=POLL_SECONDS)
+            except queue.Empty:
+                if latest is not None:
+                    view.update(latest)
+                continue
+            if item is None or isinstance(item, BaseException):
+                return None
+            latest = item
+            view.update(item)
+            if item.terminal:
+                return item
+    finally:
+        stop.set()  # the reader ends at the next event (the server ends the stream once the job has ended)
 
 
 def _watch_job(client: _Reader, job: JobDetail) -> None:

@@ -68,6 +68,8 @@ IR_SUFFIXES: Final = (".yaml", ".yml", ".json")
 TARBALL_SUFFIXES: Final = (".tar.gz", ".tgz")
 
 _TIMEOUT: Final = httpx.Timeout(30.0, connect=5.0)
+_EVENTS_READ_SECONDS: Final = 60.0
+"""How long an event stream may stay silent (the server sends a keep-alive every 15 s)."""
 _DEPLOY_TIMEOUT: Final = httpx.Timeout(120.0, connect=5.0)
 _LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 ID_PREFIX_MIN: Final = 4
@@ -569,6 +571,59 @@ class SchedulerClient:
                 raise SchedulerUnreachable(self.server, f"the log stream broke: {_transport_reason(exc)}") from exc
         finally:
             response.close()
+
+
+    def job_events(self, job_id: uuid.UUID | str) -> Iterator[JobDetail]:
+        """The job now, then each time it changes, until it ends (`GET /jobs/{id}/events`, server-sent events):
+        ends after the job in a terminal state, or when the server ends the stream (it is stopping: the caller
+        may read the job again). A read timeout of `_EVENTS_READ_SECONDS` (the server sends a keep-alive every
+        15 s) notices a server that went away."""
+        request = self._http.build_request(
+            "GET",
+            f"{API}/jobs/{self.resolve_job_id(job_id)}/events",
+            headers={"Accept": "text/event-stream"},
+            timeout=httpx.Timeout(30.0, connect=5.0, read=_EVENTS_READ_SECONDS),
+        )
+        try:
+            response = self._http.send(request, stream=True)
+        except httpx.TransportError as exc:
+            raise SchedulerUnreachable(self.server, _transport_reason(exc)) from exc
+        try:
+            if response.status_code >= 400:
+                response.read()
+                raise _api_error(response)
+            event, data = "message", []
+            try:
+                for line in response.iter_lines():
+                    if line:
+                        field, _, value = line.partition(":")
+                        value = value.removeprefix(" ")
+                        if field == "event":
+                            event = value
+                        elif field == "data":
+                            data.append(value)
+                        continue
+                    if data and event == "job":
+                        yield self._parse_text(JobDetail, "\n".join(data))
+                    elif data and event == "end":
+                        return
+                    elif data and event == "error":
+                        body = json.loads("\n".join(data)).get("error", {})
+                        raise ApiError(200, str(body.get("code")), str(body.get("message")), body.get("details"))
+                    event, data = "message", []
+            except httpx.TransportError as exc:
+                raise SchedulerUnreachable(self.server, f"the event stream broke: {_transport_reason(exc)}") from exc
+        finally:
+            response.close()
+
+    def _parse_text(self, model: type[_M], text: str) -> _M:
+        try:
+            return model.model_validate_json(text)
+        except ValidationError as exc:
+            raise ClientError(
+                f"{self.server} sent an event that is not a {model.__name__}: is it a modelops scheduler of this "
+                f"version? ({_first_line(exc)})"
+            ) from None
 
 
 class _PipelineList(_Model):

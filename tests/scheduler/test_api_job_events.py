@@ -427,3 +427,42 @@ def test_a_real_server_stops_at_once_with_event_streams_open(tmp_path: Path) -> 
     assert "Application shutdown complete." in log
     assert "timeout graceful shutdown exceeded" not in log, log
     assert took < 8, f"the server took {took:.1f} s to stop: it waited for the stream"
+
+
+def test_the_client_and_job_show_watch_follow_a_job_through_its_event_stream(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`SchedulerClient.job_events` against a real (embedded) server running a job on the local backend, and
+    `modelops job show --watch` reading it: no poll of `GET /jobs/{id}` happens."""
+    from cli_kit import running_server, write_bundle
+    from typer.testing import CliRunner
+
+    from scheduler.cli import app
+    from scheduler.client import ApiError, SchedulerClient
+
+    with running_server(tmp_path / "home") as server:
+        server.commands.flow = ["--run-for", "1.0", "--progress", "40", "--complete", "succeeded"]
+        bundle = write_bundle(tmp_path / "b", name="followed")
+        with server.client() as client:
+            client.deploy(bundle)
+            job = client.create_job("followed")
+            seen = list(client.job_events(job.id))
+            assert seen[0].id == job.id and seen[-1].state is JobState.SUCCEEDED
+            assert all(not j.terminal for j in seen[:-1]) and len(seen) >= 3
+            assert seen[-1].progress.read > 0
+            with pytest.raises(ApiError) as missing:
+                list(client.job_events(uuid.uuid4()))
+            assert missing.value.status == 404
+            second = client.create_job("followed")
+        polled: list[str] = []
+        original = SchedulerClient.get_job
+
+        def counting(self: SchedulerClient, job_id: uuid.UUID | str) -> Any:
+            polled.append(str(job_id))
+            return original(self, job_id)
+
+        monkeypatch.setattr(SchedulerClient, "get_job", counting)
+        result = CliRunner().invoke(app, ["job", "show", str(second.id), "--watch", "--server", server.url])
+        assert result.exit_code == 0, result.output
+        assert f"job {second.id} SUCCEEDED in " in result.stdout
+        assert polled == [str(second.id)]  # `job show` reads it once; the watch follows the stream
