@@ -23,7 +23,7 @@ import contextlib
 import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Annotated, Final, Generic, TypeVar
 from urllib.parse import urlencode
 
@@ -53,6 +53,9 @@ KEEPALIVE_SECONDS: Final = 15.0
 PIPELINE_NAME_MAX: Final = 63
 CURSOR_MAX: Final = 512
 RESULTS_ID: Final = "jobs-results"
+EMPTY_PAGE_MARGIN: Final = timedelta(seconds=30)
+"""On an empty first page, jobs created this long before its stream connected still count as new."""
+_MIN_ID: Final = uuid.UUID(int=0)
 
 T = TypeVar("T")
 
@@ -292,11 +295,11 @@ class _Shown:
 
     ids: set[uuid.UUID]
     first_page: bool
-    top: tuple[datetime, uuid.UUID] | None
+    top: tuple[datetime, uuid.UUID]
     new: int = 0
 
     def is_new(self, job: Job) -> bool:
-        return self.first_page and (self.top is None or (job.created_at, job.id) > self.top)
+        return self.first_page and (job.created_at, job.id) > self.top
 
 
 async def job_list_events(service: SchedulerService, filters: JobFilters) -> AsyncIterator[str]:
@@ -310,7 +313,10 @@ async def job_list_events(service: SchedulerService, filters: JobFilters) -> Asy
         page = await service.list_jobs(
             state=filters.state, pipeline=filters.pipeline, q=filters.q, cursor=filters.cursor, limit=PAGE_SIZE
         )
-        top = (page.items[0].created_at, page.items[0].id) if page.items else None
+        # New is what sorts before the newest listed job; on an empty page, what was created since just before
+        # the page was served (the browser connects within moments): an old job that changes into the filter
+        # (a state filter) is not news, the next reload lists it.
+        top = (page.items[0].created_at, page.items[0].id) if page.items else (_now() - EMPTY_PAGE_MARGIN, _MIN_ID)
         shown = _Shown({job.id for job in page.items}, filters.cursor is None, top)
         yield "retry: 3000\n: connected\n\n"
         while True:

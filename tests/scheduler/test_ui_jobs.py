@@ -9,6 +9,7 @@ import html
 import re
 import secrets
 from collections.abc import AsyncIterator
+from datetime import timedelta
 from pathlib import Path
 
 import httpx
@@ -283,3 +284,21 @@ async def test_the_stream_ends_when_the_server_stops(api_database_url: str, tmp_
         await asyncio.sleep(0.05)
     with pytest.raises(StopAsyncIteration):
         await asyncio.wait_for(waiting, 5)
+
+
+async def test_on_an_empty_page_a_new_job_is_news_but_an_old_one_entering_the_filter_is_not(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(jobs_ui, "EMPTY_PAGE_MARGIN", timedelta(0))
+    (old,) = make_jobs(api, 1)
+    await asyncio.sleep(0.01)
+    events = jobs_ui.job_list_events(api.service, jobs_ui.JobFilters(state=JobState.CANCELLING))
+    try:
+        await next_chunk(events)
+        api.store.transition(old.id, JobState.CANCELLING)  # now matches, but was there before: not inserted
+        (new,) = make_jobs(api, 1)
+        api.store.transition(new.id, JobState.CANCELLING)
+        name, row = event_of(await next_chunk(events))
+        assert name == "new-job" and row.startswith(f'<tr id="job-{new.id}"')
+    finally:
+        await events.aclose()
