@@ -357,6 +357,7 @@ class Shots:
     pending: dict[Path, bytes] = field(default_factory=dict)
 
     def take(self, page: Any, name: str) -> None:
+        page.evaluate("() => window.scrollTo(0, 0)")  # the page as it opens, whatever the test scrolled to
         self.pending[SCREENSHOTS / f"{name}.png"] = page.screenshot(animations="disabled")
 
     def write(self) -> None:
@@ -436,3 +437,17 @@ def finished_jobs(ui_server: UiServer, digits_pipeline: str) -> dict[str, uuid.U
     assert api.get_job(done.id).state is JobState.SUCCEEDED, api.get_job(done.id).message
     assert api.get_job(stopped.id).state is JobState.CANCELLED
     return {"succeeded": done.id, "cancelled": stopped.id}
+
+
+PASTE = """([id, text]) => {
+  const field = document.getElementById(id);
+  field.focus();
+  field.value = text;
+  field.dispatchEvent(new InputEvent("input", {bubbles: true, inputType: "insertFromPaste"}));
+}"""
+
+
+def paste(page: Any, element_id: str, text: str) -> None:
+    """Put `text` into the field as a paste does: the whole value at once, one input event. (Playwright's `fill`
+    of a 10 kB text into the deploy editor timed out after an earlier validation, though the page had the text.)"""
+    page.evaluate(PASTE, [element_id, text])

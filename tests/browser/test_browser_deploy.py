@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import yaml
-from conftest import WRITE_TOKEN, Browse, CheckPage, UiServer
+from conftest import WRITE_TOKEN, Browse, CheckPage, UiServer, paste
 from playwright.sync_api import expect
 
 BROKEN = """apiVersion: modelops/v1
@@ -126,7 +126,7 @@ def test_an_ir_with_a_script_in_a_description_shows_it_as_text(
     expect(invalid).to_contain_text("<script>alert(3)</script>", timeout=30_000)
     assert "<script>alert(3)" not in page.locator("#validation").inner_html()
 
-    editor.fill(yaml.safe_dump_all(documents, sort_keys=False))
+    paste(page, "ir-text", yaml.safe_dump_all(documents, sort_keys=False))
     expect(page.locator('#validation [data-valid="true"]')).to_be_visible(timeout=30_000)
     page.locator("#deploy-button").click()
     expect(page.locator('#deploy-result [data-deployed="created"]')).to_contain_text("digits-xss", timeout=60_000)
