@@ -15,11 +15,15 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+import sqlalchemy
+from sqlalchemy import text
 from sqlalchemy.engine import Engine
 from store_kit import FrozenClock
 
 from scheduler.changes import FeedLagged, JobChangeFeed, drain_feeds
-from scheduler.db import create_engine
+from scheduler.db import create_engine, upgrade
+from scheduler.db.migrate import downgrade
+from scheduler.db.models import JobRow
 from scheduler.errors import InvalidInput, NotFound, StoreUnavailable
 from scheduler.states import JobState, Task
 from scheduler.store import CHANGE_KEYS_PAGE, Job, JobStore, PipelineVersion, ProgressSample
@@ -362,3 +366,57 @@ async def test_draining_ends_the_subscriptions_now_and_later_ones_at_once(store:
         assert await asyncio.wait_for(anext(later, "ended"), 2) == "ended"
     finally:
         await feed.close()
+
+
+def test_the_migration_gives_existing_jobs_their_latest_time_and_goes_back_down(empty_database_url: str) -> None:
+    upgrade(empty_database_url, "0004")
+    engine = create_engine(empty_database_url)
+    created = datetime(2026, 1, 1, 12, tzinfo=UTC)
+    try:
+        with engine.begin() as conn:
+            conn.execute(text("INSERT INTO pipelines (name, created_at) VALUES ('p', :at)"), {"at": created})
+            conn.execute(
+                text(
+                    "INSERT INTO pipeline_versions (pipeline_id, number, digest, ir, created_at) "
+                    "VALUES (1, 1, :digest, '{}', :at)"
+                ),
+                {"digest": "0" * 64, "at": created},
+            )
+        jobs = {
+            "pending": (None, None),
+            "running": (created + timedelta(minutes=1), None),
+            "done": (created + timedelta(minutes=1), created + timedelta(minutes=5)),
+        }
+        ids: dict[str, uuid.UUID] = {}
+        with engine.begin() as conn:
+            for name, (started, finished) in jobs.items():
+                ids[name] = uuid.uuid4()
+                conn.execute(
+                    sqlalchemy.insert(JobRow).values(
+                        id=ids[name], pipeline_version_id=1, state="PENDING", parameters={}, environment={},
+                        backend="local", token_hash="0" * 64, created_at=created, started_at=started,
+                        finished_at=finished, records_read=0, records_written=0, records_failed=0,
+                    )
+                )
+    finally:
+        engine.dispose()
+    upgrade(empty_database_url)
+    engine = create_engine(empty_database_url)
+    try:
+        store = JobStore(engine)
+        stamps = {name: updated(store, job_id) for name, job_id in ids.items()}
+        assert stamps == {
+            "pending": created,
+            "running": created + timedelta(minutes=1),
+            "done": created + timedelta(minutes=5),
+        }
+    finally:
+        engine.dispose()
+    downgrade(empty_database_url, "0004")
+    engine = create_engine(empty_database_url)
+    try:
+        inspector = sqlalchemy.inspect(engine)
+        assert "updated_at" not in {c["name"] for c in inspector.get_columns("jobs")}
+        assert "job_progress_samples" not in inspector.get_table_names()
+    finally:
+        engine.dispose()
