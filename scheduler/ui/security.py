@@ -48,6 +48,8 @@ NO_STORE: Final = ("cache-control", "no-store")
 """Added to the pages, fragments and streams under /ui (everything but /ui/static): they show what a session may
 see, and a shared or back-button cache must not keep it."""
 
+IMMUTABLE: Final = ("cache-control", "public, max-age=31536000, immutable")
+REVALIDATE: Final = ("cache-control", "no-cache")
 _STATIC_PREFIX: Final = f"{UI_PREFIX}/static/"
 
 
@@ -62,7 +64,13 @@ class UiSecurityHeaders:
         if not (path == UI_PREFIX or path.startswith(f"{UI_PREFIX}/")):
             await self.app(scope, receive, send)
             return
-        extra = SECURITY_HEADERS if path.startswith(_STATIC_PREFIX) else (*SECURITY_HEADERS, NO_STORE)
+        if path.startswith(_STATIC_PREFIX):
+            # the pages link assets as `?v=<content hash>` (scheduler.ui.templating): such a URL never changes
+            # meaning, so the browser keeps it without asking again; a bare URL is revalidated (ETag)
+            versioned = b"v=" in scope.get("query_string", b"")
+            extra = (*SECURITY_HEADERS, IMMUTABLE if versioned else REVALIDATE)
+        else:
+            extra = (*SECURITY_HEADERS, NO_STORE)
 
         async def send_with_headers(message: Message) -> None:
             if message["type"] == "http.response.start":

@@ -8,6 +8,8 @@ Nothing a user typed is marked safe: autoescape is on for every template, and th
 
 from __future__ import annotations
 
+import functools
+import hashlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Final
@@ -72,6 +74,28 @@ TEMPLATES.env.filters["when"] = _when
 TEMPLATES.env.filters["iso"] = _iso
 TEMPLATES.env.filters["duration"] = _duration
 TEMPLATES.env.filters["count"] = _count
+
+
+@functools.cache
+def _asset_version(path: str) -> str:
+    """A short hash of a static file's content: its URL changes when the file does, so it may be cached long."""
+    try:
+        return hashlib.sha256((STATIC_DIR / path).read_bytes()).hexdigest()[:12]
+    except OSError:
+        return "missing"
+
+
+@jinja2.pass_context
+def _url_for(context: dict[str, Any], name: str, /, **path_params: Any) -> str:
+    """Starlette's `url_for`, plus `?v=<content hash>` on static assets (cached for a year, see ui/security.py)."""
+    request: Request = context["request"]
+    url = str(request.url_for(name, **path_params))
+    if name == "ui-static" and "path" in path_params:
+        url += f"?v={_asset_version(str(path_params['path']))}"
+    return url
+
+
+TEMPLATES.env.globals["url_for"] = _url_for
 
 
 def render(request: Request, name: str, context: dict[str, Any] | None = None, status_code: int = 200) -> HTMLResponse:

@@ -4,6 +4,7 @@ static assets under /ui, never on the API or the API docs, and streams pass thro
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import re
 from collections.abc import AsyncIterator
@@ -68,6 +69,15 @@ async def test_static_assets_carry_the_policy_but_may_be_cached(api_database_url
             assert _security(response.headers) == EXPECTED, asset
             assert "no-store" not in response.headers.get("cache-control", ""), asset
             assert "etag" in response.headers, asset  # revalidated, not fetched again
+            assert response.headers["cache-control"] == "no-cache", asset
+        # the pages link each asset by its content hash, and such a URL is kept for a year without asking
+        page = await api.client.get("/ui/login")
+        linked = re.findall(r'/ui/static/([\w./-]+)\?v=([0-9a-f]{12})"', page.text)
+        assert {"ui.css", "ui.js", "vendor/htmx-2.0.8.min.js"} <= {path for path, _ in linked}, linked
+        for path, version in linked:
+            assert version == hashlib.sha256((STATIC_DIR / path).read_bytes()).hexdigest()[:12], path
+            response = await api.client.get(f"/ui/static/{path}?v={version}")
+            assert response.headers["cache-control"] == "public, max-age=31536000, immutable", path
 
 
 @pytest.mark.asyncio
