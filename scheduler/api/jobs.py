@@ -292,7 +292,7 @@ async def one_job_events(job_id: JobIdPath, service: Service, _: ReadPrincipal) 
     except BaseException:
         await states.aclose()
         raise
-    return _event_stream(_one_job_frames(first, states))
+    return _event_stream(_one_job_frames(first, states), states)
 
 
 @router.get(
@@ -377,12 +377,13 @@ def _frame(event: str, data: str) -> bytes:
     return f"event: {event}\ndata: {data}\n\n".encode()
 
 
-def _event_stream(frames: AsyncIterator[bytes], source: Subscription | None = None) -> StreamingResponse:
+def _event_stream(
+    frames: AsyncIterator[bytes], source: Subscription | AsyncGenerator[Job, None]
+) -> StreamingResponse:
     """The SSE response; `source` is closed when the response ends, also one whose body was never read (the
     client left before the first byte)."""
     response = StreamingResponse(_with_keep_alive(frames), media_type="text/event-stream", headers=_SSE_HEADERS)
-    if source is not None:
-        response.background = BackgroundTask(source.close)
+    response.background = BackgroundTask(source.aclose)
     return response
 
 
