@@ -9,7 +9,7 @@ import uuid
 from typing import Any
 
 import pytest
-from conftest import LONG_INPUT, READ_TOKEN, WRITE_TOKEN, Browse, CheckPage, UiServer, sign_in
+from browser_kit import LONG_INPUT, READ_TOKEN, WRITE_TOKEN, Browse, CheckPage, UiServer, sign_in
 
 from scheduler.states import JobState
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import httpx
 import yaml
-from conftest import WRITE_TOKEN, Browse, CheckPage, UiServer, paste
+from browser_kit import WRITE_TOKEN, Browse, CheckPage, UiServer, paste
 from playwright.sync_api import expect
 
 BROKEN = """apiVersion: modelops/v1

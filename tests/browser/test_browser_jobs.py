@@ -9,7 +9,7 @@ import re
 import uuid
 from typing import Any
 
-from conftest import LONG_INPUT, SHORT_INPUT, SHORT_INPUT_ROWS, Browse, CheckPage, UiServer
+from browser_kit import LONG_INPUT, SHORT_INPUT, SHORT_INPUT_ROWS, Browse, CheckPage, UiServer
 from playwright.sync_api import expect
 
 from scheduler.states import JobState

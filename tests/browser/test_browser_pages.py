@@ -11,7 +11,7 @@ from typing import Any
 import httpx
 import pytest
 import yaml
-from conftest import WRITE_TOKEN, Browse, CheckPage, UiServer
+from browser_kit import WRITE_TOKEN, Browse, CheckPage, UiServer
 from playwright.sync_api import expect
 
 PIPELINE = "digits-versions"
