@@ -40,9 +40,11 @@ from typing import Annotated, Any, Final, Protocol
 
 from fastapi import Depends, Request, Response
 from fastapi.dependencies.models import Dependant
+from fastapi.exceptions import RequestValidationError
 from fastapi.routing import APIRoute
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from fastapi.security.utils import get_authorization_scheme_param
+from pydantic import BaseModel
 
 from scheduler.errors import SchedulerError
 from scheduler.sessions import CSRF_HEADER, SESSION_COOKIE, Session, SessionSigner
@@ -298,14 +300,50 @@ class AuthFirstRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         needs = _auth_dependency(self.dependant)
-        if needs is None:
-            return handler
+        known = _query_names(self.dependant)
 
         async def checked(request: Request) -> Response:
-            await _check_first(request, needs)
+            if needs is not None:
+                await _check_first(request, needs)
+            _refuse_unknown_query(request, known)
             return await handler(request)
 
         return checked
+
+
+def _query_names(dependant: Dependant) -> frozenset[str]:
+    """The query parameters a route takes, its dependencies' included."""
+    names: set[str] = set()
+    stack = [dependant]
+    while stack:
+        each = stack.pop()
+        for param in each.query_params:
+            model = param.field_info.annotation
+            if isinstance(model, type) and issubclass(model, BaseModel):  # `Annotated[Model, Query()]`
+                names.update(field.alias or name for name, field in model.model_fields.items())
+            else:
+                names.add(param.alias)
+        stack.extend(each.dependencies)
+    return frozenset(names)
+
+
+def _refuse_unknown_query(request: Request, known: frozenset[str]) -> None:
+    """A query parameter the route does not take is a 422, not silently ignored: `?stat=RUNNING` (a typo of
+    `state`) would otherwise list every job as if it were filtered."""
+    unknown = sorted({name for name in request.query_params if name not in known})
+    if unknown:
+        takes = ", ".join(sorted(known)) or "none"
+        raise RequestValidationError(
+            [
+                {
+                    "type": "extra_forbidden",
+                    "loc": ("query", name),
+                    "msg": f"unknown query parameter (this endpoint takes: {takes})",
+                    "input": request.query_params.get(name),
+                }
+                for name in unknown
+            ]
+        )
 
 
 ReadPrincipal = Annotated[Principal, Depends(_read)]

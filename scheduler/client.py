@@ -161,6 +161,10 @@ class Pipeline(_Model):
     name: str
     created_at: datetime
     latest_version: int
+    latest_deployed_at: datetime | None = None
+    """When the latest version was deployed (None from a server older than the field)."""
+    latest_deployed_by: str | None = None
+    """Who deployed it (the API token's name; None in open mode or from an older server)."""
     jobs: int = 0
     """How many jobs ran any version (0 from a server older than the count)."""
     versions: list[VersionSummary]

@@ -597,3 +597,12 @@ async def test_the_service_can_be_called_without_http(api: Api) -> None:
     assert job.state is JobState.RUNNING
     assert job.task is Task.WAIT
     assert job.events is None
+
+
+@pytest.mark.asyncio
+async def test_an_unknown_query_parameter_is_refused_naming_it(api_database_url: str, tmp_path: Path) -> None:
+    async with running(settings_for(tmp_path, api_database_url)) as api:
+        response = await api.client.get("/api/v1/jobs?stat=RUNNING", headers=READ)
+        error = assert_error(response, 422, "invalid_request")
+        assert "query.stat" in error["message"] and "state" in error["message"], error
+        assert error["details"][0]["loc"] == ["query", "stat"]
