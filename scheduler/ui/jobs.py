@@ -304,12 +304,9 @@ class _Shown:
 
 async def job_list_events(service: SchedulerService, filters: JobFilters) -> AsyncIterator[str]:
     """The stream of the page listed with `filters`: row updates, new jobs on the first page, keep-alives."""
-    changes = KeepAlive(service.watch_jobs(), KEEPALIVE_SECONDS)
+    # subscribed before the page is listed: every change committed after the listing is in a batch
+    changes = KeepAlive(await service.follow_jobs(), KEEPALIVE_SECONDS)
     try:
-        # The feed subscribes on the first step, which KeepAlive has started: one loop turn lets it join before
-        # the page is listed, so no change falls in between (the first subscriber of a process also reads the
-        # feed's baseline in a thread, concurrently with this listing: a gap of milliseconds at worst).
-        await asyncio.sleep(0)
         page = await service.list_jobs(
             state=filters.state, pipeline=filters.pipeline, q=filters.q, cursor=filters.cursor, limit=PAGE_SIZE
         )
