@@ -11,7 +11,8 @@ twice a second (`CHART_INTERVAL`); the counters go out at every change.
 Logs: `/ui/jobs/{id}/logs/stream?component=` wraps `service.logs(id, [component], follow=True)` and sends the
 lines, escaped and numbered (`log-<n>`), in batches (`LOG_BATCH_LINES` lines or `LOG_BATCH_SECONDS`), each
 batch an SSE event whose `id` is its last line number: a reconnecting EventSource sends it back
-(`Last-Event-ID`) and gets only the lines after it. static/job_detail.js appends them, keeps at most 5,000
+(`Last-Event-ID`) and gets only the lines after it; a stream reopened by the page after a pause in a hidden tab
+(static/streams.js) asks with `?after=<n>` instead. static/job_detail.js appends them, keeps at most 5,000
 lines in the page, and scrolls only when the reader asked to follow and was already at the bottom.
 """
 
@@ -515,12 +516,16 @@ async def log_stream(
     principal: UiReader,
     component: Annotated[str | None, Query(max_length=300)] = None,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+    after: Annotated[int | None, Query(ge=0, le=10**15)] = None,
 ) -> StreamingResponse:
-    """The job's log lines (one component, or all) as batches of escaped HTML lines, following until it ends."""
+    """The job's log lines (one component, or all) as batches of escaped HTML lines, following until it ends.
+
+    The lines after number `Last-Event-ID` (sent by an EventSource reconnecting by itself) or else `after` (a new
+    EventSource cannot send that header: static/job_detail.js reopens a stream paused in a hidden tab with it)."""
     service = _service(request)
     wanted = None if component in (None, "", "all") else [component]
     lines = await service.logs(job_id, wanted, follow=True)  # unknown job or component: an error page, no stream
-    skip = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    skip = int(last_event_id) if last_event_id and last_event_id.isdigit() else (after or 0)
     events = _log_events(service, job_id, lines, skip)
     return StreamingResponse(events, media_type="text/event-stream", headers=STREAM_HEADERS)
 

@@ -91,24 +91,47 @@
       showAnchor();
     }
 
-    var source = new EventSource(box.dataset.stream, { withCredentials: true });
-    source.addEventListener("open", function () { status.textContent = "Following the log live."; });
-    source.addEventListener("lines", function (event) { append(event.data); });
-    source.addEventListener("stream-error", function (event) {
-      var div = document.createElement("div");
-      div.className = "line note";
-      div.textContent = event.data;
-      box.appendChild(div);
-    });
-    source.addEventListener("end", function () {
+    // paused while the tab is hidden (static/streams.js): closed, then reopened after the last line it has
+    var source = null;
+    var lastId = "";
+    var over = false;
+    function connect() {
+      var url = box.dataset.stream;
+      if (/^\d+$/.test(lastId)) { url += (url.indexOf("?") < 0 ? "?" : "&") + "after=" + lastId; }
+      var opened = new EventSource(url, { withCredentials: true });
+      source = opened;
+      function remember(event) { if (event.lastEventId) { lastId = event.lastEventId; } }
+      opened.addEventListener("open", function () { status.textContent = "Following the log live."; });
+      opened.addEventListener("lines", function (event) { remember(event); append(event.data); });
+      opened.addEventListener("stream-error", function (event) {
+        var div = document.createElement("div");
+        div.className = "line note";
+        div.textContent = event.data;
+        box.appendChild(div);
+      });
+      opened.addEventListener("end", function (event) {
+        remember(event);
+        over = true;
+        opened.close();
+        status.textContent = "End of the log: the job has ended.";
+        if (!box.childElementCount) { box.insertAdjacentHTML("beforeend", '<div class="line note">No lines.</div>'); }
+      });
+      opened.addEventListener("error", function () {
+        if (opened !== source) { return; }
+        if (opened.readyState === EventSource.CLOSED) { status.textContent = "The log stream was refused or lost: reload the page."; }
+        else { status.textContent = "Reconnecting…"; }
+      });
+    }
+    document.addEventListener("modelops:streams-pause", function () {
+      if (over || source === null) { return; }
       source.close();
-      status.textContent = "End of the log: the job has ended.";
-      if (!box.childElementCount) { box.insertAdjacentHTML("beforeend", '<div class="line note">No lines.</div>'); }
+      source = null;
+      status.textContent = "Paused while this tab is hidden.";
     });
-    source.addEventListener("error", function () {
-      if (source.readyState === EventSource.CLOSED) { status.textContent = "The log stream was refused or lost: reload the page."; }
-      else { status.textContent = "Reconnecting…"; }
+    document.addEventListener("modelops:streams-resume", function () {
+      if (!over && source === null) { connect(); }
     });
+    connect();
   }
 
   function setup() { setupDialog(); setupLog(); }
