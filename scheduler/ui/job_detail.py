@@ -256,7 +256,16 @@ def backend_ref_rows(job: Job) -> list[tuple[str, str]]:
 
 
 def _plain(value: Any) -> str:
+    if isinstance(value, list) and value and all(isinstance(item, dict) and "name" in item for item in value):
+        return "; ".join(_process(item) for item in value)  # the local backend's processes: one phrase each
     return value if isinstance(value, str) else json.dumps(value, sort_keys=True)
+
+
+def _process(item: dict[str, Any]) -> str:
+    """`service digits-rf (pid 13196, port 40477)` for one of the local backend's processes."""
+    what = " ".join(str(item[key]) for key in ("kind", "name") if item.get(key) is not None)
+    where = ", ".join(f"{key} {item[key]}" for key in ("pid", "port") if item.get(key) is not None)
+    return f"{what} ({where})" if where else what
 
 
 def chart_svg(job: Job, points: Sequence[RatePoint]) -> Markup:

@@ -506,3 +506,15 @@ async def test_the_streams_end_without_end_when_the_server_shuts_down_so_the_bro
         assert "end" not in [name async for name, _, _ in page_events]
         assert "end" not in [name async for name, _, _ in log_events]
     assert api.store.get_job(job["id"]).state is JobState.RUNNING
+
+
+def test_the_local_backends_processes_read_as_one_phrase_each() -> None:
+    from scheduler.ui.job_detail import _plain
+
+    processes = [
+        {"kind": "service", "name": "digits-rf", "pid": 13196, "port": 40477, "log": "/home/jobs/x/service.log"},
+        {"kind": "flow", "name": "digits-batch", "pid": 13201},
+    ]
+    assert _plain(processes) == "service digits-rf (pid 13196, port 40477); flow digits-batch (pid 13201)"
+    assert _plain("modelops-2b1e") == "modelops-2b1e"
+    assert _plain({"a": [1]}) == '{"a": [1]}'
