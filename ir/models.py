@@ -154,9 +154,12 @@ class SecretSource(StrictModel):
 
 # ---------------------------------------------------------------------------------------------- Model
 
-Runtime = Literal["sklearn", "onnx", "torch", "transformers", "pmml", "python"]
+Runtime = Literal["sklearn", "onnx", "torch", "transformers", "pmml", "python", "mlflow"]
 #: Runtimes whose artifacts are unpickled (which runs code): their sha256 is required.
-PICKLE_RUNTIMES = frozenset({"sklearn", "torch"})
+PICKLE_RUNTIMES = frozenset({"sklearn", "torch", "mlflow"})
+#: Model uri schemes besides plain paths: local files, web downloads, S3-compatible object storage, and an
+#: MLflow model registry (`models:/NAME/VERSION`, `models:/NAME@alias`).
+URI_SCHEMES = ("file", "http", "https", "s3", "models")
 Datatype = Literal[
     "BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64",
     "FP16", "FP32", "FP64", "BYTES",
@@ -229,6 +232,23 @@ class Batching(StrictModel):
     max_latency_ms: float = Field(default=5.0, ge=0, le=60_000)
 
 
+class SecretName(StrictModel):
+    """A whole Kubernetes Secret by name: the store reads the keys it knows from it (docs/models.md)."""
+
+    name: DnsLabel
+
+
+class StoreCredentials(StrictModel):
+    """Where a model store's endpoint and credentials come from: a Secret, never the IR itself.
+
+    `s3://` reads the keys `endpoint`, `region`, `access-key-id`, `secret-access-key`, `session-token`;
+    `models:/` reads `tracking-uri`, `token`, `username`, `password` (each optional but the tracking uri).
+    Locally each is the environment variable `MODELOPS_SECRET_<NAME>_<KEY>`, as for data channels.
+    """
+
+    secret_ref: SecretName
+
+
 class ModelSpec(StrictModel):
     runtime: Runtime
     uri: str = Field(min_length=1, max_length=2048)
@@ -241,14 +261,16 @@ class ModelSpec(StrictModel):
     replicas: int = Field(default=1, ge=0, le=1000)
     autoscaling: Autoscaling = Field(default_factory=Autoscaling)
     batching: Batching = Field(default_factory=Batching)
+    credentials: StoreCredentials | None = None
 
     @model_validator(mode="after")
     def _checks(self) -> ModelSpec:
-        scheme = self.uri.split("://", 1)[0] if "://" in self.uri else ""
-        if scheme and scheme not in ("file", "http", "https"):
+        scheme = uri_scheme(self.uri)
+        if scheme and scheme not in URI_SCHEMES:
             raise PydanticCustomError(
                 "uri",
-                "uri scheme '{scheme}' is not supported: use a relative path, file://, http:// or https://",
+                "uri scheme '{scheme}' is not supported: use a relative path, file://, http(s)://, s3:// "
+                "or models:/",
                 {"scheme": scheme, AT: ("uri",)},
             )
         if not scheme and self.uri.startswith("/"):
@@ -274,6 +296,13 @@ class ModelSpec(StrictModel):
                     )
                 seen.add(tensor.name)
         return self
+
+
+def uri_scheme(uri: str) -> str:
+    """The lower-cased scheme of a model uri (`models:/x/1` -> `models`), '' for a plain path."""
+    if uri.startswith("models:/"):
+        return "models"
+    return uri.split("://", 1)[0].lower() if "://" in uri else ""
 
 
 class Model(StrictModel):

@@ -252,7 +252,7 @@ CASES: list[Case] = [
         lambda b: put(b.model, "spec.runtime", "sklern"),
         MODEL,
         "spec.runtime",
-        "'sklern' is not one of 'sklearn', 'onnx', 'torch', 'transformers', 'pmml', 'python' (did you mean 'sklearn'?)",
+        "'sklern' is not one of 'sklearn', 'onnx', 'torch', 'transformers', 'pmml', 'python', 'mlflow' (did you mean 'sklearn'?)",
     ),
     Case(
         "unknown-datatype-with-did-you-mean",
@@ -277,10 +277,10 @@ CASES: list[Case] = [
     ),
     Case(
         "uri-with-unsupported-scheme",
-        lambda b: put(b.model, "spec.uri", "s3://bucket/fraud.joblib"),
+        lambda b: put(b.model, "spec.uri", "gs://bucket/fraud.joblib"),
         MODEL,
         "spec.uri",
-        "uri scheme 's3' is not supported: use a relative path, file://, http:// or https://",
+        "uri scheme 'gs' is not supported: use a relative path, file://, http(s)://, s3:// or models:/",
     ),
     Case(
         "uri-absolute-path",
@@ -968,7 +968,7 @@ def test_a_broken_model_does_not_cascade_into_unknown_model_errors_in_flows(bund
 
 
 def test_a_broken_model_does_not_cascade_into_missing_field_errors_after_its_step(bundle: BundleData) -> None:
-    put(bundle.model, "spec.uri", "s3://bucket/m")
+    put(bundle.model, "spec.uri", "gs://bucket/m")
     issues = issues_of(bundle.files())
     assert [i.document for i in issues] == ["Model fraud-rf"], "\n".join(map(str, issues))
 
@@ -1007,7 +1007,7 @@ def test_a_valid_sql_sink_with_a_secret_reference_is_accepted(bundle: BundleData
 @pytest.mark.parametrize(
     ("path", "value", "located", "key"),
     [
-        ("spec.uri", "s3://bucket/m", "spec.uri", "uri:"),
+        ("spec.uri", "gs://bucket/m", "spec.uri", "uri:"),
         ("spec.sha256", "00", "spec.sha256", "sha256:"),
         ("spec.autoscaling", {"minReplicas": 9, "maxReplicas": 3}, "spec.autoscaling.minReplicas", "minReplicas:"),
     ],
