@@ -17,7 +17,7 @@ The database stays the only record: a notification says "look at this job", neve
 On PostgreSQL every server runs this way, one worker or several (`modelops serve`), so several servers
 (replicas) may share one database: each serves the API, and only the one whose engine holds the leader lock
 (`scheduler.leader`: a PostgreSQL advisory lock on a connection of its own) runs the backend. The others' engines
-wait as followers and try the lock every `scheduler.leader.RETRY_SECONDS`; when the leader dies, the first to
+wait as followers and try the lock every `leader_retry_seconds` (2 s by default); when the leader dies, the first to
 get the lock recovers its jobs (`Backend.recover`: re-attach, resume or fail them, as after a restart). A leader
 checks its lock every `CHECK_SECONDS` and stops its backend at once when the check fails (`LeadershipLost`).
 A local-backend leader also holds the home (`HomeLock`) while it leads, as a single server does.
@@ -194,7 +194,11 @@ class Engine:
 
     async def _lead(self) -> None:
         """Wait for the leader lock, then run the backend until stopped or the lock is lost (`LeadershipLost`)."""
-        lock = LeaderLock(_libpq_url(self._settings.database_url), self.identity)
+        lock = LeaderLock(
+            _libpq_url(self._settings.database_url),
+            self.identity,
+            retry_seconds=self._settings.leader_retry_seconds,
+        )
         try:
             if not await lock.acquire(self._stopping, following=self._following):
                 return

@@ -51,7 +51,8 @@ log = logging.getLogger(__name__)
 LOCK_KEY: Final = int.from_bytes(b"modelops", "big")
 """The advisory lock's key (a bigint; advisory locks are per database, so one key serves every installation)."""
 RETRY_SECONDS: Final = 2.0
-"""How often a follower tries to take the lock: a dead leader is replaced within about this long."""
+"""How often a follower tries to take the lock by default (`leader_retry_seconds` setting): a dead leader is
+replaced within about this long."""
 CHECK_SECONDS: Final = 1.0
 """How often the leader makes sure it still holds the lock."""
 CHECK_TIMEOUT_SECONDS: Final = 2.0
@@ -113,13 +114,14 @@ class LeaderLock:
     `LeadershipLost` unless the lock is still held; `release` closes the connection, which frees the lock.
     """
 
-    def __init__(self, libpq_url: str, identity: str) -> None:
+    def __init__(self, libpq_url: str, identity: str, *, retry_seconds: float = RETRY_SECONDS) -> None:
         self.identity = identity
         self._url = libpq_url
+        self._retry_seconds = retry_seconds
         self._conn: psycopg.AsyncConnection[tuple[object, ...]] | None = None
 
     async def acquire(self, stopping: asyncio.Event, *, following: Callable[[str | None], None]) -> bool:
-        """Take the lock, trying every `RETRY_SECONDS`; `following(leader)` is called after each failed try
+        """Take the lock, trying every `retry_seconds`; `following(leader)` is called after each failed try
         (with the holder's identity, when known). Connection errors propagate (the caller backs off)."""
         conninfo = make_conninfo(
             self._url,
@@ -136,7 +138,7 @@ class LeaderLock:
                 return True
             following(await self._holder(conn))
             try:
-                await asyncio.wait_for(stopping.wait(), RETRY_SECONDS)
+                await asyncio.wait_for(stopping.wait(), self._retry_seconds)
             except TimeoutError:
                 continue
         return False

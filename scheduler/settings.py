@@ -280,6 +280,10 @@ class SchedulerSettings(BaseSettings):
     """How often the wait phase looks at the deployed flows and at the store, besides being woken at once by a
     completion report: the bound on how late a flow's exit or a report delivered elsewhere is noticed."""
 
+    leader_retry_seconds: float = Field(default=2.0, gt=0, le=60)
+    """With PostgreSQL and several replicas: how often a follower tries to take the leader lock, so about how
+    long a dead leader goes unreplaced (`scheduler.leader`)."""
+
     worker_threads: int = Field(default=40, ge=1, le=1000)
     """Worker threads for request handling (the database work of the API): anyio's thread limiter, and the size
     of the PostgreSQL connection pool (plus headroom for the lifecycle engine's own threads). With `workers` > 1

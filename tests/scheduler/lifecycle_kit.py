@@ -147,6 +147,7 @@ def settings_for(home: Path, **overrides: Any) -> SchedulerSettings:
         "readiness_timeout_seconds": 20.0,
         "uninstall_grace_seconds": 5.0,
         "poll_interval_seconds": 0.05,
+        "leader_retry_seconds": 0.2,
     }
     values.update(overrides)
     if values["data_root"] == home:

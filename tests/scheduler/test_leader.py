@@ -321,6 +321,7 @@ class _Replicas:
             "MODELOPS_SCHEDULER_DATABASE_URL": pg_url,
             "MODELOPS_SCHEDULER_PUBLIC_URL": f"http://127.0.0.1:{self.proxy.port}",
             "MODELOPS_SCHEDULER_POLL_INTERVAL_SECONDS": "0.05",
+            "MODELOPS_SCHEDULER_LEADER_RETRY_SECONDS": "0.2",  # a quick takeover; still a real wait for the lock
             "MODELOPS_SCHEDULER_DATA_ROOT": str(write_input(tmp_path).parent.parent),
             "MODELOPS_TEST_FLOW_ARGS": json.dumps({"f1": flow}),
         }
