@@ -8,6 +8,7 @@ import hashlib
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -88,3 +89,9 @@ def test_fetch_model_downloads_a_stored_artifact_with_the_job_token_and_verifies
             check=False,
         )
         assert refused.returncode != 0 and "HTTP 401" in refused.stderr
+        # the job's (fake) service and flow run until it ends: cancel it, so that nothing outlives the test
+        client.cancel_job(job.id)
+        deadline = time.monotonic() + 30
+        while client.get_job(job.id).state not in ("CANCELLED", "SUCCEEDED", "FAILED"):
+            assert time.monotonic() < deadline, "the job did not end within 30 s of its cancel"
+            time.sleep(0.05)
