@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import abc
 import os
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +31,7 @@ import pyarrow as pa
 
 from data_channel.schema import RecordError, arrow_schema
 from ir.models import DataChannelSpec, RecordSchema, SecretRef
+from ir.secrets import secret_env_var
 
 __all__ = [
     "ChannelContext",
@@ -60,16 +60,14 @@ class ChannelUnavailable(ChannelError):
     """A service behind a channel does not answer (yet): worth retrying."""
 
 
-_NOT_ALNUM = re.compile(r"[^A-Z0-9]")
-
-
 def secret_env_name(ref: SecretRef) -> str:
-    """`MODELOPS_SECRET_<NAME>_<KEY>`: name and key upper-cased, every other character than A-Z 0-9 as `_`.
+    """`MODELOPS_SECRET_<NAME>_<KEY>` (`ir.secrets.secret_env_var`): name and key upper-cased, every other
+    character than A-Z 0-9 as `_`.
 
     `{name: pg-main, key: url}` -> `MODELOPS_SECRET_PG_MAIN_URL`. On Kubernetes the chart sets the same variable
     from the Secret's key, so a flow reads its credentials the same way everywhere.
     """
-    return f"MODELOPS_SECRET_{_NOT_ALNUM.sub('_', ref.name.upper())}_{_NOT_ALNUM.sub('_', ref.key.upper())}"
+    return secret_env_var(ref.name, ref.key)
 
 
 def secret_value(ref: SecretRef, environ: Mapping[str, str] | None = None) -> str:

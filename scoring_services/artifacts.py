@@ -24,9 +24,21 @@ from urllib.parse import unquote, urlsplit
 import httpx
 
 from ir.archive import ArchiveError, ArchiveLimits, extract_archive
+from ir.models import uri_scheme
 from scoring_services.errors import ModelLoadError
+from scoring_services.stores.secrets import store_secrets
 
-__all__ = ["ARCHIVE_SUFFIXES", "directory_sha256", "file_sha256", "read_verified", "resolve_uri", "verify"]
+__all__ = [
+    "ARCHIVE_SUFFIXES",
+    "cache_slot",
+    "cached",
+    "directory_sha256",
+    "file_sha256",
+    "read_verified",
+    "resolve_uri",
+    "unpack",
+    "verify",
+]
 
 log = logging.getLogger(__name__)
 ARCHIVE_SUFFIXES = (".tar.gz", ".tgz", ".zip")
@@ -91,7 +103,7 @@ def _store_base(model_store: str | None) -> Path:
     return Path(model_store)
 
 
-def _unpack(archive: Path, target: Path, max_bytes: int, source: str) -> Path:
+def unpack(archive: Path, target: Path, max_bytes: int, source: str) -> Path:
     """Unpack `archive` into the folder `target` (once: a folder already there is the earlier unpacking)
     through `ir.archive`: at most `max_bytes` decompressed, headers and members bounded before they are read."""
     if target.is_dir():
@@ -110,6 +122,32 @@ def _unpack(archive: Path, target: Path, max_bytes: int, source: str) -> Path:
     return target
 
 
+def cache_slot(name: str, identity: str, sha256: str | None, cache_dir: Path) -> tuple[Path, Path, str]:
+    """Where a downloaded artifact lives in the cache: `(file, folder, archive suffix)`.
+
+    `name` is the artifact's last path segment (its suffix says whether it is an archive), `identity` what it
+    is downloaded from (its uri): the cache key is the sha256 when one is given, else the hash of `identity`.
+    The file is `<key><suffix>`, an unpacked archive or a downloaded folder the folder `<key>`."""
+    suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), "")
+    key = sha256 or hashlib.sha256(identity.encode()).hexdigest()
+    return cache_dir / f"{key}{suffix}", cache_dir / key, suffix
+
+
+def cached(source: str, sha256: str | None, slot: tuple[Path, Path, str], max_unpacked_bytes: int) -> Path | None:
+    """The cached artifact of `slot` when it is there and has `sha256` (never without a sha256: an artifact
+    named only by its uri may have changed since), unpacked when it is an archive; else None."""
+    if sha256 is None:
+        return None
+    target, folder, suffix = slot
+    if not suffix and folder.is_dir() and directory_sha256(folder) == sha256:
+        log.info("using cached download of %s (%s)", source, folder)
+        return folder
+    if target.is_file() and file_sha256(target) == sha256:
+        log.info("using cached download of %s (%s)", source, target)
+        return unpack(target, folder, max_unpacked_bytes, source) if suffix else target
+    return None
+
+
 def _download(
     url: str,
     sha256: str | None,
@@ -119,51 +157,46 @@ def _download(
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
 ) -> Path:
     name = urlsplit(url).path.rsplit("/", 1)[-1] or "artifact"
-    suffix = next((s for s in ARCHIVE_SUFFIXES if name.endswith(s)), "")
-    key = sha256 or hashlib.sha256(url.encode()).hexdigest()
     cache_dir.mkdir(parents=True, exist_ok=True)
-    target = cache_dir / f"{key}{suffix}"
-    folder = cache_dir / key
-    if sha256 is not None and not suffix and folder.is_dir() and directory_sha256(folder) == sha256:
-        log.info("using cached download of %s (%s)", url, folder)
-        return folder
-    if target.is_file() and sha256 is not None and file_sha256(target) == sha256:
-        log.info("using cached download of %s (%s)", url, target)
-    else:
-        fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
-        tmp = Path(tmp_name)
-        digest = hashlib.sha256()
-        try:
-            with (
-                os.fdopen(fd, "wb") as handle,
-                httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True, headers=headers) as r,
-            ):
-                if r.status_code != 200:
-                    raise ModelLoadError(f"downloading {url} failed: HTTP {r.status_code}")
-                for chunk in r.iter_bytes(_CHUNK):
-                    digest.update(chunk)
-                    handle.write(chunk)
-                stored_folder = r.headers.get(FOLDER_KIND_HEADER) == "folder"
-            if stored_folder and not suffix:
-                # The scheduler's artifact store sends a folder as a gzip tar; its sha256 is the manifest's.
-                os.replace(tmp, cache_dir / f"{key}.tar.gz")
-                unpacked = _unpack(cache_dir / f"{key}.tar.gz", folder, max_unpacked_bytes, url)
-                verify(unpacked, sha256)
-                log.info("downloaded %s to %s", url, unpacked)
-                return unpacked
-            if sha256 is not None and digest.hexdigest() != sha256:
-                raise ModelLoadError(
-                    f"sha256 mismatch for {url}: expected {sha256}, downloaded {digest.hexdigest()}; "
-                    "refusing to load it"
-                )
-            os.replace(tmp, target)
-        except httpx.HTTPError as exc:
-            raise ModelLoadError(f"downloading {url} failed: {exc}") from exc
-        finally:
-            tmp.unlink(missing_ok=True)
-        log.info("downloaded %s to %s", url, target)
+    slot = cache_slot(name, url, sha256, cache_dir)
+    target, folder, suffix = slot
+    key = folder.name
+    hit = cached(url, sha256, slot, max_unpacked_bytes)
+    if hit is not None:
+        return hit
+    fd, tmp_name = tempfile.mkstemp(dir=cache_dir, prefix=".download-")
+    tmp = Path(tmp_name)
+    digest = hashlib.sha256()
+    try:
+        with (
+            os.fdopen(fd, "wb") as handle,
+            httpx.stream("GET", url, timeout=timeout_s, follow_redirects=True, headers=headers) as r,
+        ):
+            if r.status_code != 200:
+                raise ModelLoadError(f"downloading {url} failed: HTTP {r.status_code}")
+            for chunk in r.iter_bytes(_CHUNK):
+                digest.update(chunk)
+                handle.write(chunk)
+            stored_folder = r.headers.get(FOLDER_KIND_HEADER) == "folder"
+        if stored_folder and not suffix:
+            # The scheduler's artifact store sends a folder as a gzip tar; its sha256 is the manifest's.
+            os.replace(tmp, cache_dir / f"{key}.tar.gz")
+            unpacked = unpack(cache_dir / f"{key}.tar.gz", folder, max_unpacked_bytes, url)
+            verify(unpacked, sha256)
+            log.info("downloaded %s to %s", url, unpacked)
+            return unpacked
+        if sha256 is not None and digest.hexdigest() != sha256:
+            raise ModelLoadError(
+                f"sha256 mismatch for {url}: expected {sha256}, downloaded {digest.hexdigest()}; refusing to load it"
+            )
+        os.replace(tmp, target)
+    except httpx.HTTPError as exc:
+        raise ModelLoadError(f"downloading {url} failed: {exc}") from exc
+    finally:
+        tmp.unlink(missing_ok=True)
+    log.info("downloaded %s to %s", url, target)
     if suffix:
-        return _unpack(target, cache_dir / key, max_unpacked_bytes, url)
+        return unpack(target, cache_dir / key, max_unpacked_bytes, url)
     return target
 
 
@@ -176,6 +209,8 @@ def resolve_uri(
     timeout_s: float = 120.0,
     headers: Mapping[str, str] | None = None,
     max_unpacked_bytes: int = DEFAULT_MAX_UNPACKED_BYTES,
+    credentials: str | None = None,
+    environ: Mapping[str, str] | None = None,
 ) -> tuple[Path, bool]:
     """A local path for `uri`, and whether its sha256 was already verified (downloads are checked on arrival).
 
@@ -184,14 +219,24 @@ def resolve_uri(
     manifest. `headers` go with a download (the `fetch-model` init container sends the job's token). An
     archive that decompresses to more than `max_unpacked_bytes`, or whose headers or member count are past
     `ir.archive`'s bounds, is refused (`ModelLoadError` naming the limit) before it fills memory or disk.
+
+    `s3://bucket/key` (`stores.s3`) and `models:/NAME/VERSION` or `models:/NAME@alias`
+    (`stores.mlflow_registry`) are fetched into the cache the same way; their endpoint and credentials are the
+    keys of the Secret named `credentials` (the model's `credentials.secretRef.name`), read from `environ`
+    (default: this process's environment) as `MODELOPS_SECRET_<NAME>_<KEY>` (`stores.secrets`).
     """
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    scheme = uri_scheme(uri)
     if scheme in ("http", "https"):
         return _download(uri, sha256, cache_dir, timeout_s, headers, max_unpacked_bytes), True
+    if scheme in ("s3", "models"):
+        secrets = store_secrets(scheme, credentials, os.environ if environ is None else environ)
+        return _from_store(scheme, uri, sha256, cache_dir, timeout_s, max_unpacked_bytes, credentials, secrets), True
     if scheme == "file":
         path = Path(unquote(urlsplit(uri).path))
     elif scheme:
-        raise ModelLoadError(f"uri scheme '{scheme}' is not supported: use a path, file://, http:// or https://")
+        raise ModelLoadError(
+            f"uri scheme '{scheme}' is not supported: use a path, file://, http(s)://, s3:// or models:/"
+        )
     else:
         path = Path(uri)
         if not path.is_absolute():
@@ -199,3 +244,39 @@ def resolve_uri(
     if not path.exists():
         raise ModelLoadError(f"model artifact {path} does not exist (uri {uri!r})")
     return path, False
+
+
+def _from_store(
+    scheme: str,
+    uri: str,
+    sha256: str | None,
+    cache_dir: Path,
+    timeout_s: float,
+    max_unpacked_bytes: int,
+    secret: str | None,
+    secrets: Mapping[str, str],
+) -> Path:
+    """Fetch from a model store, its module imported only when a model uses it (boto3, mlflow)."""
+    if scheme == "s3":
+        try:
+            from scoring_services.stores import s3
+        except ImportError as exc:
+            raise ModelLoadError(f"{uri}: s3:// artifacts need boto3 (pip install 'modelops[s3]'): {exc}") from exc
+        return s3.fetch(
+            uri,
+            sha256=sha256,
+            cache_dir=cache_dir,
+            secrets=secrets,
+            timeout_s=timeout_s,
+            max_unpacked_bytes=max_unpacked_bytes,
+            secret=secret,
+        )
+    try:
+        from scoring_services.stores import mlflow_registry  # type: ignore[attr-defined, unused-ignore]
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"{uri}: models:/ uris need the MLflow registry store (scoring_services.stores.mlflow_registry "
+            f"and mlflow, pip install 'modelops[mlflow]'), which this installation lacks: {exc}"
+        ) from exc
+    path: Path = mlflow_registry.fetch(uri, sha256=sha256, cache_dir=cache_dir, secrets=secrets, timeout_s=timeout_s)
+    return path

@@ -44,6 +44,7 @@ def config_from_spec(name: str, spec: ModelSpec, batching: Batching | None = Non
         outputs=tuple(TensorSpec(t.name, t.datatype, tuple(t.shape)) for t in spec.outputs),
         options=dict(spec.options),
         batching=BatchingConfig(batch.enabled, batch.max_batch_size, batch.max_latency_ms),
+        credentials=spec.credentials.secret_ref.name if spec.credentials is not None else None,
     )
 
 

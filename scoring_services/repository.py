@@ -186,6 +186,7 @@ class ModelRepository:
                 cache_dir=self.settings.cache_dir,
                 timeout_s=self.settings.download_timeout_s,
                 max_unpacked_bytes=self.settings.max_unpacked_bytes,
+                credentials=cfg.credentials,
             ),
         )
         runtime = cls(cfg, path, self.executor)

@@ -49,7 +49,7 @@ class ScoringSettings(BaseSettings):
     )
     cache_dir: Path = Field(
         default_factory=lambda: Path("~/.cache/modelops/models").expanduser(),
-        description="Where artifacts downloaded from http(s):// URIs are kept, named by their sha256.",
+        description="Where artifacts downloaded from http(s)://, s3:// and models:/ URIs are kept, by their sha256.",
     )
     model_store: str | None = Field(
         default=None,

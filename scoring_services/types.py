@@ -50,6 +50,8 @@ class ModelConfig:
     outputs: tuple[TensorSpec, ...] = ()
     options: Mapping[str, Scalar] = field(default_factory=dict)
     batching: BatchingConfig = field(default_factory=BatchingConfig)
+    credentials: str | None = None
+    """The Secret a model store (s3://, models:/) reads its endpoint and credentials from (`stores.secrets`)."""
 
 
 @dataclass(slots=True)
