@@ -43,6 +43,7 @@ from ir.models import (
     StrictModel,
     Timeouts,
     parse_duration,
+    uri_scheme,
 )
 
 SizeProfile = Literal["small", "medium", "large"]
@@ -371,7 +372,7 @@ def artifact_digest(uri: str) -> str | None:
 
 def is_relative_uri(uri: str) -> bool:
     """True for a model uri that is a path relative to the bundle (no scheme, not a stored artifact)."""
-    return "://" not in uri and not uri.startswith("/") and artifact_digest(uri) is None
+    return not uri_scheme(uri) and not uri.startswith("/") and artifact_digest(uri) is None
 
 
 # The path rules of a job live here, in one place (docs/scheduler.md, "Paths"): a stored artifact resolves
@@ -386,7 +387,7 @@ def resolve_model_uri(uri: str, globals_: Globals) -> str:
         if globals_.artifact_store is None:
             return uri
         return globals_.artifact_store.rstrip("/") + "/" + digest
-    if globals_.model_store is None or "://" in uri:
+    if globals_.model_store is None or uri_scheme(uri):  # models:/NAME/1 has a scheme but no '://'
         return uri
     return globals_.model_store.rstrip("/") + "/" + uri.removeprefix("./")
 

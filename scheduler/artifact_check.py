@@ -14,7 +14,7 @@ from pathlib import Path
 from urllib.parse import unquote, urlsplit
 
 import ir
-from ir.models import Model, Tensor
+from ir.models import Model, Tensor, uri_scheme
 from ir.render import artifact_digest
 from scheduler.artifact_upload import bundle_folder
 from scoring_services.artifacts import directory_sha256, file_sha256
@@ -46,7 +46,7 @@ def artifact_path(uri: str, bundle_path: Path) -> Path | None:
     """
     if artifact_digest(uri) is not None:
         return None
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    scheme = uri_scheme(uri)  # http(s)://, s3://, models:/ are remote: not checked here
     if scheme == "file":
         return Path(unquote(urlsplit(uri).path))
     if scheme:

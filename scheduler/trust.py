@@ -33,7 +33,7 @@ from typing import Any, Final
 from urllib.parse import unquote, urlsplit
 
 import ir
-from ir.models import PARAM_REF
+from ir.models import PARAM_REF, uri_scheme
 from scheduler.artifacts import artifact_folder
 from scheduler.auth import Forbidden, Principal
 from scheduler.errors import InvalidInput
@@ -165,7 +165,7 @@ def _model_problem(name: str, uri: str, roots: Roots, local: bool, written: str 
         return None  # a stored artifact without an artifact store: the service refuses it, nothing is read
     if uri.startswith(roots.trusted_prefixes) and not uri.startswith("file://"):
         return None  # the server's own remote model store or artifact route (a file:// one is checked below)
-    scheme = uri.split("://", 1)[0].lower() if "://" in uri else ""
+    scheme = uri_scheme(uri)  # s3://b/k -> s3, models:/NAME/1 -> models
     if scheme and scheme != "file":
         if scheme in roots.schemes:
             return None

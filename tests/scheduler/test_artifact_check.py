@@ -199,6 +199,8 @@ def test_artifact_paths_are_relative_to_the_bundle_folder_or_taken_as_given(tmp_
     assert artifact_path("/srv/m.onnx", tmp_path / "b") == Path("/srv/m.onnx")
     assert artifact_path("https://example.com/m.onnx", tmp_path / "b") is None
     assert artifact_path("s3://bucket/m.onnx", tmp_path / "b") is None
+    assert artifact_path("models:/digits/3", tmp_path / "b") is None  # an MLflow registry, no '://'
+    assert artifact_path("models:/digits@champion", tmp_path / "b") is None
     assert artifact_path("modelops-artifact:sha256:" + "a" * 64, tmp_path / "b") is None  # in the scheduler's store
 
 

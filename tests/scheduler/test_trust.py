@@ -214,9 +214,9 @@ async def test_https_model_uris_are_allowed_and_http_is_refused_by_default(
         assert ok.status_code == 201, ok.text
         response = await deploy(client, documents(runtime="onnx", uri="http://169.254.169.254/latest"), WRITE)
         error = assert_error(response, 422, "outside_roots")
-        assert "uses the scheme 'http', which this server does not allow (allowed_uri_schemes: https)" in error[
-            "message"
-        ]
+        assert (
+            "uses the scheme 'http', which this server does not allow (allowed_uri_schemes: https)" in error["message"]
+        )
 
 
 async def test_a_scheme_the_operator_allows_is_accepted(
@@ -226,6 +226,23 @@ async def test_a_scheme_the_operator_allows_is_accepted(
     async with serving(settings) as client:
         response = await deploy(client, documents(runtime="onnx", uri="http://models.internal/m.onnx"), WRITE)
         assert response.status_code == 201, response.text
+
+
+async def test_s3_and_models_uris_are_remote_schemes_refused_by_default_and_accepted_when_allowed(
+    api_database_url: str, tmp_path: Path, folders: dict[str, Path]
+) -> None:
+    uris = {"s3": "s3://models/digits/m.onnx", "models": "models:/digits/3"}
+    async with serving(trust_settings(tmp_path, api_database_url, folders)) as client:
+        for scheme, uri in uris.items():
+            response = await deploy(client, documents(runtime="onnx", uri=uri), WRITE)
+            error = assert_error(response, 422, "outside_roots")
+            assert f"uri {uri} uses the scheme '{scheme}', which this server does not allow " in error["message"]
+            assert "(allowed_uri_schemes: https)" in error["message"]
+    allowed = trust_settings(tmp_path, api_database_url, folders, allowed_uri_schemes="https,s3,models")
+    async with serving(allowed) as client:
+        for uri in uris.values():  # models:/NAME/3 is not a path under the model store, though it has no '://'
+            response = await deploy(client, documents(runtime="onnx", uri=uri), WRITE)
+            assert response.status_code == 201, response.text
 
 
 async def test_an_http_model_store_of_the_operator_is_trusted_whatever_the_schemes(
@@ -256,8 +273,9 @@ async def test_a_sink_with_dotdot_is_refused_at_deploy_naming_the_resolved_path(
         response = await deploy(client, documents(sink="../outside/scored.csv"), ADMIN)
         error = assert_error(response, 422, "outside_roots")
         resolved = (folders["outside"] / "scored.csv").resolve()
-        assert f"file channel 'tiny-out': {folders['data'].resolve()}/../outside/scored.csv resolves to {resolved}" in (
-            error["message"]
+        assert (
+            f"file channel 'tiny-out': {folders['data'].resolve()}/../outside/scored.csv resolves to {resolved}"
+            in (error["message"])
         )
         assert "outside the data roots" in error["message"]
 
