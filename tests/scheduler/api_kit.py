@@ -277,7 +277,7 @@ class FakeBackend:
 
 # ------------------------------------------------------------------------------------------------ databases
 
-_TABLES = "job_progress_samples, job_events, jobs, pipeline_versions, pipelines"
+_TABLES_SQL = "SELECT tablename FROM pg_tables WHERE schemaname = 'public' AND tablename <> 'alembic_version'"
 
 
 @pytest.fixture(scope="session")
@@ -289,7 +289,7 @@ def migrated_sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _reset_postgres(url: str) -> None:
-    """Empty the tables when the schema is current (fast), else rebuild it from the migrations."""
+    """Empty every table when the schema is current (fast), else rebuild it from the migrations."""
     engine = sqlalchemy.create_engine(url)
     try:
         with engine.begin() as conn:
@@ -297,7 +297,9 @@ def _reset_postgres(url: str) -> None:
             if conn.exec_driver_sql("SELECT to_regclass('public.alembic_version')").scalar() is not None:
                 current = conn.exec_driver_sql("SELECT version_num FROM alembic_version").scalar()
             if current == head_revision():
-                conn.exec_driver_sql(f"TRUNCATE {_TABLES} RESTART IDENTITY CASCADE")
+                tables = ", ".join(f'public."{name}"' for name in conn.exec_driver_sql(_TABLES_SQL).scalars())
+                if tables:
+                    conn.exec_driver_sql(f"TRUNCATE {tables} RESTART IDENTITY CASCADE")
                 return
             conn.exec_driver_sql("DROP SCHEMA public CASCADE")
             conn.exec_driver_sql("CREATE SCHEMA public")
@@ -306,9 +308,10 @@ def _reset_postgres(url: str) -> None:
     upgrade(url)
 
 
-@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)])
-def api_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
-    """A migrated, empty database: a copy of the SQLite template, or the session's PostgreSQL database."""
+def migrated_database(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """For a fixture parametrized `sqlite`/`postgresql`: the URL of a migrated, empty database, either a copy of
+    the session's migrated SQLite template or the session's PostgreSQL database emptied (migrating per test is
+    slow)."""
     if request.param == "sqlite":
         template: Path = request.getfixturevalue("migrated_sqlite_template")
         target = tmp_path / "db" / "modelops.db"
@@ -318,6 +321,12 @@ def api_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     url: str = request.getfixturevalue("postgres_database")
     _reset_postgres(url)
     return url
+
+
+@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)])
+def api_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """A migrated, empty database: a copy of the SQLite template, or the session's PostgreSQL database."""
+    return migrated_database(request, tmp_path)
 
 
 # ------------------------------------------------------------------------------------------------ running app

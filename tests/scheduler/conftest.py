@@ -1,9 +1,10 @@
 """Fixtures for the scheduler's storage tests: the same tests run on SQLite and on a real PostgreSQL.
 
 PostgreSQL: one fresh database per test session (`modelops_t_<random>`, created through the admin URL in
-`MODELOPS_TEST_POSTGRES_URL`, default `postgresql+psycopg://postgres@127.0.0.1:5432/postgres`), its `public`
-schema dropped and recreated before each test, the database dropped at the end. Those tests carry the
-`postgres` marker: `pytest -m "not postgres"` runs the SQLite half alone.
+`MODELOPS_TEST_POSTGRES_URL`, default `postgresql+psycopg://postgres@127.0.0.1:5432/postgres`), the database
+dropped at the end. Before each test its `public` schema is dropped and recreated (`empty_database_url`), or,
+for a test that wants a migrated database (`database_url`), its tables are emptied when it is migrated already.
+Those tests carry the `postgres` marker: `pytest -m "not postgres"` runs the SQLite half alone.
 """
 
 from __future__ import annotations
@@ -16,12 +17,12 @@ from typing import Any
 
 import pytest
 import sqlalchemy
-from api_kit import api_database_url, migrated_sqlite_template  # noqa: F401 (fixtures of the API tests)
+from api_kit import api_database_url, migrated_database, migrated_sqlite_template  # noqa: F401 (fixtures of the API tests)
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import OperationalError
 from store_kit import DIGITS_IR, FrozenClock, digest_of, wipe_postgres
 
-from scheduler.db import create_engine, upgrade
+from scheduler.db import create_engine
 from scheduler.settings import hash_token
 from scheduler.store import Job, JobStore, PipelineVersion
 
@@ -64,11 +65,11 @@ def empty_database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return url
 
 
-@pytest.fixture
-def database_url(empty_database_url: str) -> str:
-    """URL of a database migrated to the newest revision."""
-    upgrade(empty_database_url)
-    return empty_database_url
+@pytest.fixture(params=[pytest.param("sqlite"), pytest.param("postgresql", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """URL of an empty database migrated to the newest revision (a copy of the session's migrated SQLite file, or
+    the session's PostgreSQL database with its tables emptied: `api_kit.migrated_database`)."""
+    return migrated_database(request, tmp_path)
 
 
 @pytest.fixture

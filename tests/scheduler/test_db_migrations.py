@@ -41,8 +41,9 @@ def test_the_alembic_configuration_ships_inside_the_package() -> None:
     assert head_revision() == "0005"
 
 
-def test_upgrading_creates_the_schema_of_the_models_without_drift(database_url: str) -> None:
-    engine = create_engine(database_url)
+def test_upgrading_creates_the_schema_of_the_models_without_drift(empty_database_url: str) -> None:
+    upgrade(empty_database_url)  # a fresh migration, not a database other tests used
+    engine = create_engine(empty_database_url)
     try:
         assert schema_diff(engine) == []
     finally:
@@ -62,8 +63,9 @@ def test_the_drift_check_does_see_a_difference_when_there_is_one(database_url: s
     assert [d[0] for d in diff if isinstance(d, tuple)] == ["add_column"]
 
 
-def test_the_migrated_check_constraints_carry_the_models_names(database_url: str) -> None:
-    engine = create_engine(database_url)
+def test_the_migrated_check_constraints_carry_the_models_names(empty_database_url: str) -> None:
+    upgrade(empty_database_url)  # a fresh migration, not a database other tests used
+    engine = create_engine(empty_database_url)
     try:
         inspector = sqlalchemy.inspect(engine)
         for table in Base.metadata.sorted_tables:
