@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -42,6 +43,8 @@ from ir.render import PROFILES, Values
 from scheduler.settings import SchedulerSettings
 from scoring_flows.settings import FlowSettings
 from scoring_services.settings import ScoringSettings
+from scoring_services.stores.secrets import STORE_SECRET_KEYS
+from tests.s3_kit import SECRET_ACCESS_KEY, running_s3
 
 CI_FILES = sorted(CI_DIR.glob("*-values.yaml"))
 EXAMPLES = ["digits", "digits-stream"]
@@ -369,6 +372,81 @@ def test_the_init_container_script_fetches_an_artifact(tmp_path: Path) -> None:
                          capture_output=True, text=True, timeout=60)  # fmt: skip
     assert bad.returncode != 0
     assert "sha256 mismatch" in bad.stderr
+
+
+def _store_values() -> dict[str, Any]:
+    """The digits batch scenario with one model in S3 and the other in an MLflow registry, each naming a Secret."""
+    values = _load(CI_DIR / "digits-batch-values.yaml")
+    s3_model = values["scoringServices"]["digits-rf"]["model"]
+    s3_model["uri"], s3_model["credentials"] = "s3://models/digits/model.joblib", {"secretRef": {"name": "minio"}}
+    registry = values["scoringServices"]["digits-rf-onnx"]["model"]
+    registry["uri"], registry["credentials"] = "models:/digits-onnx@champion", {"secretRef": {"name": "mlflow.main"}}
+    return values
+
+
+def test_a_model_in_s3_or_an_mlflow_registry_reads_the_keys_of_its_secret_and_may_reach_its_store() -> None:
+    objects = _template_values(_store_values())
+    for obj in objects:
+        validate(obj)
+    wanted = {
+        "digits-rf": ("minio", "MODELOPS_SECRET_MINIO_", STORE_SECRET_KEYS["s3"]),
+        "digits-rf-onnx": ("mlflow.main", "MODELOPS_SECRET_MLFLOW_MAIN_", STORE_SECRET_KEYS["models"]),
+    }
+    for name, (secret, prefix, keys) in wanted.items():
+        spec = by_name(objects, "Deployment", f"{RELEASE}-{name}")["spec"]["template"]["spec"]
+        for container in [*spec["initContainers"], *spec["containers"]]:
+            env = env_of(container)
+            secrets = {k: v for k, v in env.items() if k.startswith("MODELOPS_SECRET_")}
+            assert set(secrets) == {prefix + key.upper().replace("-", "_") for key in keys}, container["name"]
+            for variable, key in zip(sorted(secrets), sorted(keys, key=lambda k: prefix + k.upper()), strict=True):
+                reference = secrets[variable]["valueFrom"]["secretKeyRef"]
+                assert reference == {"name": secret, "key": key, "optional": True}, variable
+                assert "value" not in secrets[variable]
+        policy = by_name(objects, "NetworkPolicy", f"{RELEASE}-{name}")
+        assert {"ports": [{"port": 443, "protocol": "TCP"}, {"port": 80, "protocol": "TCP"}]} in policy["spec"][
+            "egress"
+        ], name
+    plain = template(values=[CI_DIR / "digits-batch-values.yaml"])  # https:// models, no credentials
+    for name in wanted:
+        spec = by_name(plain, "Deployment", f"{RELEASE}-{name}")["spec"]["template"]["spec"]
+        for container in [*spec["initContainers"], *spec["containers"]]:
+            assert not [k for k in env_of(container) if k.startswith("MODELOPS_SECRET_")], container["name"]
+
+
+def test_the_init_container_script_fetches_an_s3_artifact_with_the_secrets_credentials(tmp_path: Path) -> None:
+    """The fetch-model script, run as the init container runs it, against a real S3 server (moto_server), with
+    the Secret's keys in the environment the chart gives it."""
+    values = _store_values()
+    init = by_name(_template_values(values), "Deployment", f"{RELEASE}-digits-rf")["spec"]["template"]["spec"][
+        "initContainers"
+    ][0]
+    data = b"weights in a bucket"
+    values["scoringServices"]["digits-rf"]["model"]["sha256"] = hashlib.sha256(data).hexdigest()
+    document = tmp_path / "values.yaml"
+    document.write_text(yaml.safe_dump(values))
+    script, cache = init["command"][2], tmp_path / "cache"
+    with running_s3(tmp_path / "moto") as server:
+        client = server.client()
+        client.create_bucket(Bucket="models")
+        client.put_object(Bucket="models", Key="digits/model.joblib", Body=data)
+        environ = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MODELOPS_SECRET_"))}
+        environ |= {"HOME": str(tmp_path), **server.secret_env("minio")}
+        run = [sys.executable, "-c", script, str(document), "digits-rf", str(cache)]
+        ok = subprocess.run(run, capture_output=True, text=True, timeout=60, env=environ)
+        assert ok.returncode == 0, ok.stderr
+        assert f"s3://models/digits/model.joblib ready at {cache / hashlib.sha256(data).hexdigest()}" in ok.stdout
+        assert (cache / hashlib.sha256(data).hexdigest()).read_bytes() == data
+        before = len(server.requests())
+        again = subprocess.run(run, capture_output=True, text=True, timeout=60, env=environ)
+        assert again.returncode == 0 and len(server.requests()) == before  # from the cache, the store not asked
+        model = values["scoringServices"]["digits-rf"]["model"]
+        model["uri"], model["sha256"] = "s3://models/digits/absent.joblib", "1" * 64
+        document.write_text(yaml.safe_dump(values))
+        missing = subprocess.run(run, capture_output=True, text=True, timeout=60, env=environ)
+    assert missing.returncode != 0
+    assert "fetch-model digits-rf: s3://models/digits/absent.joblib (endpoint http://127.0.0.1:" in missing.stderr
+    assert "no object 'digits/absent.joblib' and no objects under 'digits/absent.joblib/'" in missing.stderr
+    assert SECRET_ACCESS_KEY not in ok.stdout + ok.stderr + missing.stderr
 
 
 def test_flows_are_jobs_in_batch_mode_and_deployments_when_streaming(

@@ -128,9 +128,46 @@ job token removed (it reaches the flows from the `<release>-job-token` Secret), 
 {{- include "modelops.valuesDocument" . | sha256sum -}}
 {{- end -}}
 
-{{/* Environment variable of a secretRef: MODELOPS_SECRET_<NAME>_<KEY> (see data_channel/base.py). */}}
+{{/* Environment variable of a secretRef: MODELOPS_SECRET_<NAME>_<KEY> (see ir/secrets.py). */}}
 {{- define "modelops.secretEnvName" -}}
 {{- printf "MODELOPS_SECRET_%s_%s" (regexReplaceAll "[^A-Z0-9]" (upper .name) "_") (regexReplaceAll "[^A-Z0-9]" (upper .key) "_") -}}
+{{- end -}}
+
+{{/*
+The model store of a model uri, "" for a path, file://, http(s):// or a stored artifact: "s3" for s3://, "models"
+for an MLflow registry's models:/ (ir.models.uri_scheme).
+*/}}
+{{- define "modelops.modelStoreScheme" -}}
+{{- if hasPrefix "s3://" (lower .) }}s3{{ else if hasPrefix "models:/" . }}models{{ end -}}
+{{- end -}}
+
+{{/*
+The keys of its Secret a model store reads (scoring_services/stores/secrets.py STORE_SECRET_KEYS), as JSON.
+*/}}
+{{- define "modelops.storeSecretKeys" -}}
+{{- $keys := dict "s3" (list "endpoint" "region" "access-key-id" "secret-access-key" "session-token") "models" (list "tracking-uri" "token" "username" "password") -}}
+{{- index $keys . | default list | toJson -}}
+{{- end -}}
+
+{{/*
+The env entries of a scoring service's containers for its model's store Secret (model.credentials.secretRef):
+each key the store reads, as MODELOPS_SECRET_<NAME>_<KEY>, from the Secret with `optional: true` (a Secret
+holds only the keys it needs). Nothing for a model without credentials or not in a store.
+*/}}
+{{- define "modelops.modelStoreEnv" -}}
+{{- $model := . -}}
+{{- $scheme := include "modelops.modelStoreScheme" $model.uri -}}
+{{- $secret := (($model.credentials | default dict).secretRef | default dict).name | default "" -}}
+{{- if and $scheme $secret }}
+{{- range $key := include "modelops.storeSecretKeys" $scheme | fromJsonArray }}
+- name: {{ include "modelops.secretEnvName" (dict "name" $secret "key" $key) }}
+  valueFrom:
+    secretKeyRef:
+      name: {{ $secret | quote }}
+      key: {{ $key | quote }}
+      optional: true
+{{- end }}
+{{- end }}
 {{- end -}}
 
 {{/*
