@@ -1,7 +1,9 @@
 """Model artifacts: where a URI points, downloading http(s):// ones to a cache, and sha256 checks.
 
 A model URI is a relative path (resolved against the model store, by default the working directory), a
-`file://` URI, or an `http(s)://` URL. Downloads land in the cache folder under their sha256 (or the hash of
+`file://` URI, an `http(s)://` URL, or a model store's: `s3://bucket/key` (`stores.s3`) or `models:/NAME/VERSION`
+(`stores.mlflow_registry`), whose endpoint and credentials are the keys of the model's Secret (`stores.secrets`).
+Downloads land in the cache folder under their sha256 (or the hash of
 the URL when none is given) and are verified before they are used; an archive (`.tar.gz`, `.tgz`, `.zip`) is
 unpacked next to it, so folder artifacts (transformers models, python modules) can be served from a URL;
 unpacking goes through `ir.archive`, bounded in what it decompresses to, its headers and its members.
