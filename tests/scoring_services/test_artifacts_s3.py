@@ -7,18 +7,25 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import os
+import subprocess
+import sys
 import tarfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
+import yaml
 from botocore.exceptions import ClientError
 from conftest import Digits
 from scoring_kit import free_port, infer_body, served
 
-from ir.models import ModelSpec
+from ir.models import Autoscaling, Batching, ModelSpec, Resources
+from ir.render import ScoringServiceValues
 from scoring_services.artifacts import directory_sha256, resolve_uri
 from scoring_services.config import config_from_spec
 from scoring_services.errors import ModelLoadError
@@ -28,6 +35,7 @@ from scoring_services.stores.secrets import store_secrets
 from tests.s3_kit import ACCESS_KEY_ID, SECRET_ACCESS_KEY, S3Server, running_s3
 
 BUCKET = "models"
+MODELOPS = Path(sys.executable).parent / "modelops"
 FOLDER_FILES = {"config.json": b'{"layers": 2}', "weights/part-1.bin": b"\x00\x01" * 500, "README": b"hello"}
 
 
@@ -106,6 +114,59 @@ async def test_a_joblib_model_on_s3_is_served_end_to_end_with_the_secrets_creden
     made = s3.requests()[before:]
     assert made and {_signed_by(r) for r in made} == {ACCESS_KEY_ID}
     assert (tmp_path / "cache" / digits.joblib_sha).is_file()
+
+
+@pytest.mark.skipif(not MODELOPS.exists(), reason="the modelops console script is not installed")
+def test_the_local_backend_form_loads_an_s3_model_named_in_a_values_document(
+    s3: S3Server, digits: Digits, tmp_path: Path
+) -> None:
+    """`modelops scoring-service --values` as the local backend starts it: the model's Secret named in the
+    values, its keys in the environment the backend passes on (its own, without MODELOPS_SCHEDULER_*)."""
+    spec = ModelSpec.model_validate(
+        {
+            "runtime": "sklearn",
+            "uri": f"s3://{BUCKET}/digits/model.joblib",
+            "sha256": digits.joblib_sha,
+            "credentials": {"secretRef": {"name": "team-minio"}},
+            "inputs": [{"name": "input", "datatype": "FP64", "shape": [-1, 64]}],
+            "outputs": [{"name": "predict_proba", "datatype": "FP64", "shape": [-1, 10]}],
+        }
+    )
+    service = ScoringServiceValues(
+        name="digits", model=spec, replicas=1, autoscaling=Autoscaling(), batching=Batching(), resources=Resources()
+    )
+    values = tmp_path / "values.yaml"
+    document = {"global": {}, "scoringServices": {"digits": service.model_dump(mode="json", by_alias=True)}}
+    values.write_text(yaml.safe_dump(document))
+    assert "team-minio" in values.read_text() and SECRET_ACCESS_KEY not in values.read_text()
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MODELOPS_"))}
+    env |= {**s3.secret_env("team-minio"), "MODELOPS_SCORING_PORT": str(port), "HOME": str(tmp_path),
+            "MODELOPS_SCORING_CACHE_DIR": str(tmp_path / "cache")}  # fmt: skip
+    command = [str(MODELOPS), "scoring-service", "--values", str(values), "--service", "digits"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+    try:
+        deadline = time.monotonic() + 60
+        while not _ready(port):
+            assert process.poll() is None, process.stdout.read() if process.stdout else ""
+            assert time.monotonic() < deadline, "the service did not become ready"
+            time.sleep(0.1)
+        rows = digits.features[:3].astype(np.float64)
+        answer = httpx.post(
+            f"http://127.0.0.1:{port}/v2/models/digits/infer", json=infer_body("input", rows, "FP64"), timeout=10
+        ).json()
+        np.testing.assert_allclose(np.reshape(answer["outputs"][0]["data"], (3, 10)), digits.forest.predict_proba(rows))
+    finally:
+        process.terminate()
+        output, _ = process.communicate(timeout=30)
+    assert f"s3://{BUCKET}/digits/model.joblib" in output and SECRET_ACCESS_KEY not in output
+
+
+def _ready(port: int) -> bool:
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/v2/health/ready", timeout=1, trust_env=False).status_code == 200
+    except httpx.TransportError:
+        return False
 
 
 def test_a_second_fetch_with_a_sha256_uses_the_cache_without_asking_the_store(
