@@ -6,8 +6,10 @@ import functools
 import hashlib
 import http.server
 import re
+import sys
 import tarfile
 import threading
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -194,3 +196,53 @@ def test_a_torch_export_archive_with_a_central_directory_past_the_bound_is_refus
         "cannot read net.pt2 as a torch.export archive: the zip's central directory is 41,943,040 bytes; "
         "the limit is 32 MiB"
     )
+
+
+def test_a_models_uri_goes_to_the_mlflow_registry_store_with_the_keys_of_the_models_secret(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The contract `scoring_services.stores.mlflow_registry` fills: `fetch(uri, *, sha256, cache_dir, secrets,
+    timeout_s) -> Path`, its secrets read from MODELOPS_SECRET_<NAME>_<KEY> (a stand-in module records the call)."""
+    import scoring_services.stores as stores
+
+    calls: list[dict[str, object]] = []
+    fetched = tmp_path / "model"
+
+    def fetch(uri: str, **kwargs: object) -> Path:
+        calls.append({"uri": uri, **kwargs})
+        return fetched
+
+    registry = types.ModuleType("scoring_services.stores.mlflow_registry")
+    registry.fetch = fetch  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, registry.__name__, registry)
+    monkeypatch.setattr(stores, "mlflow_registry", registry, raising=False)
+    environ = {
+        "MODELOPS_SECRET_MLFLOW_MAIN_TRACKING_URI": "http://mlflow.internal:5000",
+        "MODELOPS_SECRET_MLFLOW_MAIN_TOKEN": "t0ken",
+        "MODELOPS_SECRET_OTHER_TOKEN": "not this one",
+    }
+    path, verified = resolve_uri(
+        "models:/digits@champion", sha256="ab" * 32, model_store="/srv/store", cache_dir=tmp_path / "cache",
+        timeout_s=7.0, credentials="mlflow.main", environ=environ,
+    )  # fmt: skip
+    assert (path, verified) == (fetched, True)
+    assert calls == [
+        {
+            "uri": "models:/digits@champion",
+            "sha256": "ab" * 32,
+            "cache_dir": tmp_path / "cache",
+            "secrets": {"tracking-uri": "http://mlflow.internal:5000", "token": "t0ken"},
+            "timeout_s": 7.0,
+        }
+    ]
+
+
+def test_a_models_uri_without_the_registry_store_installed_is_a_load_error_saying_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import scoring_services.stores as stores
+
+    monkeypatch.setitem(sys.modules, "scoring_services.stores.mlflow_registry", None)  # import fails
+    monkeypatch.delattr(stores, "mlflow_registry", raising=False)
+    with pytest.raises(ModelLoadError, match=r"models:/digits/3: models:/ uris need the MLflow registry store"):
+        resolve_uri("models:/digits/3", sha256=None, model_store=None, cache_dir=tmp_path)
