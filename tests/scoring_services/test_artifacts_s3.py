@@ -277,3 +277,15 @@ def test_the_stores_refusals_read_as_words(code: str, status: int, words: str) -
 def test_an_s3_uri_without_a_bucket_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ModelLoadError, match="names no bucket"):
         _fetch("s3:///model.joblib", tmp_path, {})
+
+
+def test_a_folder_with_an_object_key_that_leaves_it_is_refused_and_nothing_is_written(
+    s3: S3Server, tmp_path: Path
+) -> None:
+    client = s3.client()
+    client.put_object(Bucket=BUCKET, Key="unsafe/model.py", Body=b"def load(path): pass\n")
+    client.put_object(Bucket=BUCKET, Key="unsafe/../escape.py", Body=b"import os\n")  # a key S3 keeps as it is
+    cache = tmp_path / "cache"
+    with pytest.raises(ModelLoadError, match=r"object key 'unsafe/\.\./escape\.py' is not a safe relative path"):
+        _fetch(f"s3://{BUCKET}/unsafe/", cache, s3.secret_env("minio"))
+    assert not (tmp_path / "escape.py").exists() and list(cache.iterdir()) == []
