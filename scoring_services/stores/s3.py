@@ -49,6 +49,11 @@ if TYPE_CHECKING:
 __all__ = ["S3Location", "fetch", "parse_s3_uri"]
 
 log = logging.getLogger(__name__)
+for _name in ("botocore", "boto3", "s3transfer"):
+    # Their DEBUG lines print each request's headers, a session token among them: never below INFO unless a
+    # logging configuration sets their level itself.
+    if logging.getLogger(_name).level == logging.NOTSET:
+        logging.getLogger(_name).setLevel(logging.INFO)
 _CHUNK = 1 << 20
 _CONNECT_TIMEOUT_S = 5.0
 _MISSING = frozenset({"NoSuchKey", "404", "NotFound"})
@@ -271,8 +276,11 @@ def fetch(
     hit = cached(uri, sha256, slot, max_unpacked_bytes)
     if hit is not None:
         return hit
-    client = _client(secrets, secret, timeout_s)
     endpoint = secrets.get("endpoint") or "AWS"
+    try:
+        client = _client(secrets, secret, timeout_s)
+    except (BotoCoreError, ValueError) as exc:  # e.g. a region that is not one
+        raise ModelLoadError(f"cannot reach {where} (endpoint {endpoint}): {exc}") from exc
     if where.key and not where.key.endswith("/"):
         try:
             client.head_object(Bucket=where.bucket, Key=where.key)

@@ -213,10 +213,15 @@ def test_a_wrong_sha256_is_refused_naming_the_object_and_nothing_is_cached(
     s3: S3Server, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
+    token = "session-token-never-logged"
+    env = {**s3.secret_env("minio"), "MODELOPS_SECRET_MINIO_SESSION_TOKEN": token}
     with pytest.raises(ModelLoadError, match=f"sha256 mismatch for s3://{BUCKET}/digits/model.joblib") as raised:
-        _fetch(f"s3://{BUCKET}/digits/model.joblib", tmp_path, s3.secret_env("minio"), "1" * 64)
+        _fetch(f"s3://{BUCKET}/digits/model.joblib", tmp_path, env, "1" * 64)
     assert [p.name for p in tmp_path.iterdir()] == []
-    assert SECRET_ACCESS_KEY not in str(raised.value) and SECRET_ACCESS_KEY not in caplog.text
+    for secret in (SECRET_ACCESS_KEY, token):
+        assert secret not in str(raised.value) and secret not in caplog.text
+    sent = s3.requests()[-1]["headers"]
+    assert sent.get("X-Amz-Security-Token") == token  # the token was used, and only sent
 
 
 def test_a_missing_key_and_a_missing_bucket_are_load_errors_naming_them(s3: S3Server, tmp_path: Path) -> None:
