@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ir.checks import Report, check_pipeline
+from ir.checks import Report, Resolved, check_pipeline
 from ir.errors import IRValidationError, Issue, Loc
 from ir.load import RawDocument, load_files, load_path, load_tarball, with_gc_paused
 from ir.models import DataChannel, Model, ScoringFlow, ScoringPipeline, StrictModel
@@ -152,7 +152,24 @@ def build_bundle(docs: list[RawDocument], issues: list[Issue]) -> Bundle:
     flows = {n: t for n, (t, _) in by_kind["ScoringFlow"].items() if isinstance(t, ScoringFlow)}
     models = {n: t for n, (t, _) in by_kind["Model"].items() if isinstance(t, Model)}
     channels = {n: t for n, (t, _) in by_kind["DataChannel"].items() if isinstance(t, DataChannel)}
-    check_pipeline(pipeline, flows, models, channels, report_for, frozenset(broken))
+    resolved: Resolved = {}
+    check_pipeline(pipeline, flows, models, channels, report_for, frozenset(broken), resolved)
     if problems:
         raise IRValidationError(problems)
+    flows = {name: with_fields_resolved(flow, resolved.get(name, {})) for name, flow in flows.items()}
     return Bundle(pipeline, flows, models, channels, origins)
+
+
+def with_fields_resolved(flow: ScoringFlow, chosen: Mapping[tuple[int, int], list[str]]) -> ScoringFlow:
+    """`flow` with the field selectors of its score inputs replaced by the fields they chose (the checks'
+    `resolved`), so the values and everything downstream see explicit lists."""
+    if not chosen:
+        return flow
+    steps = list(flow.spec.steps)
+    for (step_index, input_index), names in chosen.items():
+        step = steps[step_index]
+        assert step.score is not None
+        inputs = list(step.score.inputs)
+        inputs[input_index] = inputs[input_index].model_copy(update={"fields": list(names)})
+        steps[step_index] = step.model_copy(update={"score": step.score.model_copy(update={"inputs": inputs})})
+    return flow.model_copy(update={"spec": flow.spec.model_copy(update={"steps": steps})})

@@ -17,6 +17,7 @@ from ir.models import (
     STREAM_TYPES,
     DataChannel,
     Datatype,
+    FieldSelector,
     FieldType,
     FilterStep,
     MapStep,
@@ -31,6 +32,8 @@ from ir.models import (
 
 Report = Callable[[Loc, str], None]
 Schema = dict[str, FieldType]
+Resolved = dict[str, dict[tuple[int, int], list[str]]]
+"""Field selectors resolved by the checks: flow name -> (step index, input index) -> the fields chosen."""
 
 _INT_TYPES = frozenset({"INT8", "INT16", "INT32", "INT64", "UINT8", "UINT16", "UINT32", "UINT64"})
 _FLOAT_TYPES = frozenset({"FP16", "FP32", "FP64"})
@@ -120,8 +123,12 @@ def check_pipeline(
     channels: dict[str, DataChannel],
     report_for: Callable[[str, str], Report],
     broken: frozenset[tuple[str, str]] = frozenset(),
+    resolved: Resolved | None = None,
 ) -> None:
     """Every cross-document check; `report_for(kind, name)` gives the reporter bound to that document.
+
+    Field selectors of score inputs are resolved against the schema at their step; the lists they choose go
+    into `resolved` (when given), for `ir.bundle` to write into the flows.
 
     `broken` names the documents (kind, name) that exist but failed validation: references to them are not
     reported again, and a flow using one is not checked past that point.
@@ -140,7 +147,8 @@ def check_pipeline(
             if ("ScoringFlow", flow_name) not in broken:
                 report(("spec", "flows", i), f"unknown flow '{flow_name}'{did_you_mean(flow_name, flows)}")
             continue
-        check_flow(flow, pipeline, params, models, channels, report_for("ScoringFlow", flow_name), broken)
+        chosen = resolved.setdefault(flow_name, {}) if resolved is not None else {}
+        check_flow(flow, pipeline, params, models, channels, report_for("ScoringFlow", flow_name), broken, chosen)
     used_channels = {
         name
         for flow_name in pipeline.spec.flows
@@ -183,8 +191,10 @@ def check_flow(
     channels: dict[str, DataChannel],
     report: Report,
     broken: frozenset[tuple[str, str]] = frozenset(),
+    resolved: dict[tuple[int, int], list[str]] | None = None,
 ) -> None:
     spec = flow.spec
+    chosen: dict[tuple[int, int], list[str]] = {} if resolved is None else resolved
     schema: Schema | None = None
     source = channels.get(spec.source)
     if source is None:
@@ -230,7 +240,7 @@ def check_flow(
             if ("Model", step.score.model) in broken:
                 schema = None  # the model's tensors are unknown: later fields cannot be checked
                 continue
-            if not _score_step(step.score, loc, schema, models, report):
+            if not _score_step(step.score, loc, schema, models, report, i, chosen):
                 schema = None  # an unknown model or output: the fields it makes are unknown, as for a broken model
         elif step.filter is not None:
             _filter_step(step.filter, loc, schema, params, report)
@@ -302,8 +312,51 @@ def _map_step(step: MapStep, loc: Loc, schema: Schema, params: dict[str, Paramet
             del schema[name]
 
 
-def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Model], report: Report) -> bool:
-    """Check one score step and add its output fields to `schema`; False when the fields it makes are unknown."""
+def select_fields(selector: FieldSelector, schema: Schema) -> tuple[list[str], str | None]:
+    """The fields of `schema` a selector chooses, in schema order, and the problem when it chooses none or
+    names a field the schema lacks (None when it is fine)."""
+    names = list(schema)
+    described = selector.describe()
+    if selector.prefix is not None:
+        chosen = [n for n in names if n.startswith(selector.prefix)]
+    elif selector.all:
+        excluded = selector.except_ or []
+        unknown = [n for n in excluded if n not in schema]
+        if unknown:
+            listed = ", ".join(repr(n) for n in unknown)
+            verb = "is" if len(unknown) == 1 else "are"
+            hint = did_you_mean(unknown[0], schema)
+            return (
+                [],
+                f"selector {described}: 'except' names {listed}, which {verb} not in the record schema here{hint}",
+            )
+        chosen = [n for n in names if n not in set(excluded)]
+    else:
+        start, end = selector.from_ or "", selector.to or ""
+        for end_name in (start, end):
+            if end_name not in schema:
+                hint = did_you_mean(end_name, schema)
+                return [], f"selector {described}: field '{end_name}' is not in the record schema here{hint}"
+        first, last = names.index(start), names.index(end)
+        if last < first:
+            return [], f"selector {described}: '{end}' comes before '{start}' in the record schema"
+        chosen = names[first : last + 1]
+    if not chosen:
+        return [], f"selector {described} matches no field of the record schema here"
+    return chosen, None
+
+
+def _score_step(
+    step: ScoreStep,
+    loc: Loc,
+    schema: Schema,
+    models: dict[str, Model],
+    report: Report,
+    index: int = 0,
+    chosen: dict[tuple[int, int], list[str]] | None = None,
+) -> bool:
+    """Check one score step and add its output fields to `schema`; False when the fields it makes are unknown.
+    Selectors in its inputs are resolved into `chosen[(index, input index)]`."""
     model = models.get(step.model)
     if model is None:
         report((*loc, "model"), f"unknown model '{step.model}'{did_you_mean(step.model, models)}")
@@ -325,10 +378,20 @@ def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Mod
             report((*iloc, "input"), f"input '{mapping.input}' is fed twice")
         fed.add(mapping.input)
         width = tensor.row_width
-        names = mapping.field_names
         floc: Loc = (*iloc, "fields" if mapping.fields is not None else "field")
+        selector = mapping.fields if isinstance(mapping.fields, FieldSelector) else None
+        if selector is not None:
+            names, problem = select_fields(selector, schema)
+            if problem is not None:
+                report(floc, problem)
+                continue
+            if chosen is not None:
+                chosen[(index, i)] = names
+        else:
+            names = mapping.field_names
+        by = f" (chosen by selector {selector.describe()})" if selector is not None else ""
         for j, name in enumerate(names):
-            where = (*floc, j) if mapping.fields is not None else floc
+            where = (*floc, j) if isinstance(mapping.fields, list) else floc
             have = _need(schema, name, where, report)
             if have is None:
                 continue
@@ -336,7 +399,8 @@ def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Mod
             if not tensor_accepts(tensor.datatype, element):
                 report(
                     where,
-                    f"field '{name}' is {have.describe()}, which cannot feed {tensor.datatype} input '{tensor.name}'",
+                    f"field '{name}'{by} is {have.describe()}, which cannot feed {tensor.datatype} input "
+                    f"'{tensor.name}'",
                 )
             elif have.type == "array" and len(names) > 1:
                 report(where, f"field '{name}' is an array: feed it alone with 'field', not inside 'fields'")
@@ -344,7 +408,8 @@ def _score_step(step: ScoreStep, loc: Loc, schema: Schema, models: dict[str, Mod
             report(
                 floc,
                 f"input '{tensor.name}' has shape {tensor.shape}: each record needs {width} value"
-                f"{'s' if width != 1 else ''}, but {len(names)} field{'s are' if len(names) != 1 else ' is'} mapped",
+                f"{'s' if width != 1 else ''}, but {len(names)} field{'s are' if len(names) != 1 else ' is'} mapped"
+                f"{by}",
             )
     for name in tensors:
         if name not in fed and not misnamed:  # a misnamed input is likely meant to be the one not fed
@@ -454,4 +519,13 @@ def _python_step(step: PythonStep, loc: Loc, schema: Schema, report: Report) -> 
         schema[field.name] = field.type_only()
 
 
-__all__ = ["assignable", "check_pipeline", "field_type_of", "param_refs", "tensor_accepts", "value_fits"]
+__all__ = [
+    "Resolved",
+    "assignable",
+    "check_pipeline",
+    "field_type_of",
+    "param_refs",
+    "select_fields",
+    "tensor_accepts",
+    "value_fits",
+]

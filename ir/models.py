@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Discriminator, Field, Tag, model_validator
 from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
@@ -269,8 +269,7 @@ class ModelSpec(StrictModel):
         if scheme and scheme not in URI_SCHEMES:
             raise PydanticCustomError(
                 "uri",
-                "uri scheme '{scheme}' is not supported: use a relative path, file://, http(s)://, s3:// "
-                "or models:/",
+                "uri scheme '{scheme}' is not supported: use a relative path, file://, http(s)://, s3:// or models:/",
                 {"scheme": scheme, AT: ("uri",)},
             )
         if not scheme and self.uri.startswith("/"):
@@ -506,21 +505,91 @@ class MapStep(StrictModel):
         return self
 
 
+class FieldSelector(StrictModel):
+    """Fields of the record schema chosen by a rule rather than listed: exactly one of
+    `{from: p0, to: p63}` (a run of fields, both ends included), `{prefix: p}`, or
+    `{all: true, except: [id]}`. It resolves against the schema at its step, in schema order, when the IR is
+    checked; the rendered values hold the explicit list (docs/ir.md, "Field selectors")."""
+
+    from_: FieldName | None = Field(default=None, alias="from")
+    to: FieldName | None = None
+    prefix: str | None = Field(default=None, min_length=1, max_length=128)
+    all: bool | None = None
+    except_: list[FieldName] | None = Field(default=None, alias="except")
+
+    @model_validator(mode="after")
+    def _one_form(self) -> FieldSelector:
+        forms = [
+            name
+            for name, given in (
+                ("from/to", self.from_ is not None or self.to is not None),
+                ("prefix", self.prefix is not None),
+                ("all", self.all is not None),
+            )
+            if given
+        ]
+        if len(forms) != 1:
+            raise PydanticCustomError(
+                "selector",
+                "a field selector takes exactly one of {forms} (found {found})",
+                {"forms": "{from, to}, {prefix} or {all: true, except}", "found": ", ".join(forms) or "none"},
+            )
+        if forms == ["from/to"] and (self.from_ is None or self.to is None):
+            missing = "to" if self.to is None else "from"
+            raise PydanticCustomError(
+                "selector",
+                "a {form} selector needs both ends: '{missing}' is missing",
+                {"form": "{from, to}", "missing": missing},
+            )
+        if self.all is False:
+            raise PydanticCustomError("selector", "'all' can only be true (list the fields instead)", {AT: ("all",)})
+        if self.except_ is not None and self.all is None:
+            raise PydanticCustomError("selector", "'except' goes with 'all: true'", {AT: ("except",)})
+        return self
+
+    def describe(self) -> str:
+        """The selector as written: `{from: p0, to: p63}`, `{prefix: p}`, `{all: true, except: [id]}`."""
+        if self.prefix is not None:
+            return f"{{prefix: {self.prefix}}}"
+        if self.all:
+            rest = f", except: [{', '.join(self.except_)}]" if self.except_ else ""
+            return f"{{all: true{rest}}}"
+        return f"{{from: {self.from_}, to: {self.to}}}"
+
+
+def _fields_form(value: Any) -> str:
+    return "FieldSelector" if isinstance(value, dict | FieldSelector) else "FieldList"
+
+
+#: A list of field names, or a selector: a mapping is validated only as a selector (so its errors are the
+#: selector's own, not "expected a list"); the tags are stripped from error locations by `ir.parse`.
+FieldsOrSelector = Annotated[
+    Annotated[list[FieldName], Tag("FieldList")] | Annotated[FieldSelector, Tag("FieldSelector")],
+    Discriminator(_fields_form),
+]
+
+
 class ScoreInput(StrictModel):
-    """Model input `input` fed from one record field, or from several fields side by side."""
+    """Model input `input` fed from one record field, or from several fields side by side (listed, or chosen
+    by a `FieldSelector`)."""
 
     input: str = Field(min_length=1)
     field: FieldName | None = None
-    fields: list[FieldName] | None = Field(default=None, min_length=1)
+    fields: FieldsOrSelector | None = Field(default=None)
 
     @model_validator(mode="after")
     def _one_source(self) -> ScoreInput:
         if (self.field is None) == (self.fields is None):
             raise PydanticCustomError("source", "give exactly one of 'field' or 'fields'", {})
+        if isinstance(self.fields, list) and not self.fields:
+            raise PydanticCustomError("empty", "'fields' lists no field", {AT: ("fields",)})
         return self
 
     @property
     def field_names(self) -> list[str]:
+        """The fields fed, in order; a selector must have been resolved first (`ir.load` does it)."""
+        if isinstance(self.fields, FieldSelector):
+            raise ValueError(f"input '{self.input}': selector {self.fields.describe()} was not resolved")
         return self.fields if self.fields is not None else [self.field or ""]
 
 

@@ -20,7 +20,7 @@ from ir.load import RawDocument
 from ir.models import API_VERSION, AT, KINDS, SecretRef, SecretSource, StrictModel
 
 # Tags pydantic adds to an error location to say which member of a union failed; they are not input keys.
-_UNION_TAGS = frozenset({"bool", "int", "float", "str", "none"})
+_UNION_TAGS = frozenset({"bool", "int", "float", "str", "none", "FieldList", "FieldSelector"})
 _QUOTED = re.compile(r"'([^']*)'")
 
 

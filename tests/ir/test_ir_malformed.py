@@ -252,7 +252,8 @@ CASES: list[Case] = [
         lambda b: put(b.model, "spec.runtime", "sklern"),
         MODEL,
         "spec.runtime",
-        "'sklern' is not one of 'sklearn', 'onnx', 'torch', 'transformers', 'pmml', 'python', 'mlflow' (did you mean 'sklearn'?)",
+        "'sklern' is not one of 'sklearn', 'onnx', 'torch', 'transformers', 'pmml', 'python', 'mlflow' "
+        "(did you mean 'sklearn'?)",
     ),
     Case(
         "unknown-datatype-with-did-you-mean",
