@@ -235,6 +235,13 @@ class DataPlane:
         given = request.inputs
         inputs: dict[str, Array] = {}
         rows = -1
+        if len(entry.inputs) == 1 and len(given) == 1 and entry.inputs[0].name not in given:
+            # One input each side: the request's name is taken for the model's (as MLServer and KServe's
+            # sklearn server do), so their clients work unchanged; metadata still names the declared input.
+            (client_name,) = given
+            declared = entry.inputs[0].name
+            given = {declared: given[client_name]}
+            request.datatypes[declared] = request.datatypes[client_name]
         for spec in entry.inputs:
             array = given.get(spec.name)
             if array is None:

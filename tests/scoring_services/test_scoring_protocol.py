@@ -243,9 +243,25 @@ async def test_data_that_does_not_fill_the_shape_is_400(client: httpx.AsyncClien
 
 async def test_a_missing_or_unknown_input_is_400(client: httpx.AsyncClient) -> None:
     body = infer_body("pixels", np.zeros((1, 64)), "FP32")
+    body["inputs"].append(infer_body("other", np.zeros((1, 64)), "FP32")["inputs"][0])
     await expect_error(await client.post("/v2/models/digits/infer", json=body), 400, "'input' is missing")
-    body["inputs"].append(infer_body("input", np.zeros((1, 64)), "FP32")["inputs"][0])
-    await expect_error(await client.post("/v2/models/digits/infer", json=body), 400, "pixels")
+    body["inputs"][1]["name"] = "input"
+    await expect_error(await client.post("/v2/models/digits/infer", json=body), 400, "unknown input(s) pixels")
+
+
+async def test_a_single_input_under_another_name_feeds_the_models_single_input(
+    client: httpx.AsyncClient, digits: Digits
+) -> None:
+    """As MLServer and KServe's sklearn server do: clients written for them name the input as they like."""
+    rows = digits.features[:3].astype(np.float32)
+    named = await client.post("/v2/models/digits/infer", json=infer_body("input", rows, "FP32"))
+    renamed = await client.post("/v2/models/digits/infer", json=infer_body("predict-0", rows, "FP32"))
+    assert named.status_code == renamed.status_code == 200, renamed.text
+    assert renamed.json()["outputs"] == named.json()["outputs"]
+    metadata = (await client.get("/v2/models/digits")).json()
+    assert [tensor["name"] for tensor in metadata["inputs"]] == ["input"]
+    wrong_shape = infer_body("predict-0", np.zeros((1, 63), dtype=np.float32), "FP32")
+    await expect_error(await client.post("/v2/models/digits/infer", json=wrong_shape), 400, "input 'input' has shape")
 
 
 async def test_an_unknown_requested_output_is_400(client: httpx.AsyncClient) -> None:
