@@ -1212,6 +1212,14 @@ def run(
     param: ParamOption = [],  # noqa: B006
     server: ServerOption = None,
     token: TokenOption = None,
+    data_root: Annotated[
+        list[Path],
+        typer.Option(
+            "--data-root",
+            help="With the embedded scheduler: one more folder the job may read and write files in, besides the "
+            "bundle's folder (repeatable; you widen the roots for your own run, not the IR).",
+        ),
+    ] = [],  # noqa: B006
 ) -> None:
     """Deploy a bundle, start a job, and follow it live until it ends (exit code 0 only on SUCCEEDED).
 
@@ -1222,13 +1230,25 @@ def run(
     parameters = _pairs(param, "--param")
     if not path.exists():
         _fail(f"{path}: no such file or directory")
+    raise typer.Exit(run_folder(path, parameters, server, token, extra_roots=data_root))
+
+
+def run_folder(
+    path: Path,
+    parameters: dict[str, str],
+    server: str | None = None,
+    token: str | None = None,
+    *,
+    extra_roots: list[Path] | None = None,
+) -> int:
+    """What `modelops run` does, as an exit code: deploy, start, follow (embedded unless `server`)."""
     # CI systems stop a job with SIGTERM: treat it like Ctrl-C, so the scoring job is cancelled, not orphaned.
     previous = signal.signal(signal.SIGTERM, _interrupt)
     embedded: EmbeddedServer | None = None
     code = 1
     try:
         if server is None:
-            embedded = _start_embedded(bundle_folder(path))
+            embedded = _start_embedded(bundle_folder(path), extra_roots or [])
             server = embedded.url
         code = _run(path, parameters, server, token, embedded)
     except KeyboardInterrupt:  # before the job was followed: nothing to wait for (an embedded server cancels it)
@@ -1241,7 +1261,7 @@ def run(
             else:
                 embedded.stop()
         signal.signal(signal.SIGTERM, previous)
-    raise typer.Exit(EXIT_INTERRUPTED if code == _ABANDONED else code)
+    return EXIT_INTERRUPTED if code == _ABANDONED else code
 
 
 _ABANDONED = -1
@@ -1255,14 +1275,16 @@ EMBEDDED_BACKEND_FACTORY: BackendFactory | None = None
 """The backend the embedded server of `modelops run` uses; None: the default for its settings. Tests set it."""
 
 
-def _start_embedded(folder: Path) -> EmbeddedServer:
-    """The embedded server of `modelops run`, with the bundle's `folder` as one more data root: the operator
-    (this command, running locally) widens the roots for its own run, not the IR (docs/security.md)."""
+def _start_embedded(folder: Path, extra_roots: list[Path] | None = None) -> EmbeddedServer:
+    """The embedded server of `modelops run`, with the bundle's `folder` (and `--data-root`s) as more data
+    roots: the operator (this command, running locally) widens the roots for its own run, not the IR
+    (docs/security.md)."""
     from scheduler.embedded import EmbeddedServer, EmbeddedServerError
 
     settings = _settings()
     default_roots = settings.data_roots or [settings.home / "data"]
-    settings = settings.model_copy(update={"data_roots": [*default_roots, folder.expanduser().resolve()]})
+    added = [root.expanduser().resolve() for root in [folder, *(extra_roots or [])]]
+    settings = settings.model_copy(update={"data_roots": [*default_roots, *added]})
     embedded = EmbeddedServer(settings, backend_factory=EMBEDDED_BACKEND_FACTORY)
     try:
         embedded.start()
@@ -1694,3 +1716,13 @@ def _first_line(text: str) -> str:
 
 def main() -> None:  # pragma: no cover - console script entry point
     app()
+
+
+def _register_scaffold_commands() -> None:
+    from scheduler.cli_scaffold import init_command, score_command
+
+    app.command("init")(init_command)
+    app.command("score")(score_command)
+
+
+_register_scaffold_commands()
