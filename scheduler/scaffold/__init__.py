@@ -233,23 +233,25 @@ def _write(path: Path, text: str) -> None:
 
 
 def _write_model(folder: Path, info: ModelInfo, model_name: str) -> None:
-    suffix = "".join(info.path.suffixes) if info.path.is_file() else ""
-    target = folder / "artifacts" / f"{model_name}{suffix}"
+    """A file artifact is copied into `artifacts/`; a folder (transformers, MLflow) is referred to where it is,
+    by a path relative to the pipeline folder: inside it, its .json/.yaml files would be read as IR."""
     if info.path.is_dir():
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(info.path, target, ignore=shutil.ignore_patterns("__pycache__"))
+        uri = os.path.relpath(info.path.resolve(), folder.resolve())
+        where = "referred to where it is"
     else:
+        target = folder / "artifacts" / f"{model_name}{''.join(info.path.suffixes)}"
         shutil.copyfile(info.path, target)
+        uri = f"artifacts/{target.name}"
+        where = "the artifact is copied beside it"
     options = "".join(f"\n  options: {{{k}: {v}}}" for k, v in info.options.items())
     text = (
-        f"# {info.runtime} model from {info.path}, written by `modelops init`; the artifact is copied beside it.\n"
+        f"# {info.runtime} model from {info.path}, written by `modelops init`; {where}.\n"
         "apiVersion: modelops/v1\n"
         "kind: Model\n"
         f"metadata:\n  name: {model_name}\n"
         "spec:\n"
         f"  runtime: {info.runtime}\n"
-        f"  uri: artifacts/{target.name}\n"
+        f"  uri: {uri}\n"
         f"  sha256: {info.sha256}\n"
         "  inputs:\n"
         + "".join(f"    - {_tensor(s)}\n" for s in info.inputs)
