@@ -29,6 +29,40 @@ import ir
 from scheduler.scaffold import ScaffoldError, init_pipeline
 
 MODELOPS = str(Path(sys.executable).with_name("modelops"))
+#: the two-leaf tree of tests/scoring_services/test_scoring_runtimes.py: yes when x1 > 0.5
+PMML = """<?xml version="1.0" encoding="UTF-8"?>
+<PMML xmlns="http://www.dmg.org/PMML-4_4" version="4.4">
+  <Header description="a two-leaf decision tree, written by hand"/>
+  <DataDictionary numberOfFields="3">
+    <DataField name="x1" optype="continuous" dataType="double"/>
+    <DataField name="x2" optype="continuous" dataType="double"/>
+    <DataField name="label" optype="categorical" dataType="string">
+      <Value value="yes"/><Value value="no"/>
+    </DataField>
+  </DataDictionary>
+  <TreeModel functionName="classification" modelName="tiny-tree">
+    <MiningSchema>
+      <MiningField name="x1"/><MiningField name="x2"/><MiningField name="label" usageType="target"/>
+    </MiningSchema>
+    <Output>
+      <OutputField name="predicted_label" feature="predictedValue" dataType="string" optype="categorical"/>
+      <OutputField name="probability_yes" feature="probability" value="yes" dataType="double" optype="continuous"/>
+    </Output>
+    <Node score="no" recordCount="10">
+      <True/>
+      <ScoreDistribution value="yes" recordCount="4"/><ScoreDistribution value="no" recordCount="6"/>
+      <Node score="yes" recordCount="4">
+        <SimplePredicate field="x1" operator="greaterThan" value="0.5"/>
+        <ScoreDistribution value="yes" recordCount="3"/><ScoreDistribution value="no" recordCount="1"/>
+      </Node>
+      <Node score="no" recordCount="6">
+        <True/>
+        <ScoreDistribution value="yes" recordCount="1"/><ScoreDistribution value="no" recordCount="5"/>
+      </Node>
+    </Node>
+  </TreeModel>
+</PMML>
+"""
 
 
 @pytest.fixture(scope="module")
@@ -206,3 +240,18 @@ def test_what_init_cannot_decide_is_an_error_naming_it(
     assert message in str(caught.value)
     if case == "not-empty":
         assert sorted(p.name for p in folder.iterdir()) == ["keep.txt"]
+
+
+def test_a_pmml_model_reads_its_fields_by_name_and_runs(tmp_path: Path) -> None:
+    (tmp_path / "tree.pmml").write_text(PMML)
+    x1 = [0.1, 0.9, 0.5, 2.0]
+    pa_csv.write_csv(pa.table({"id": [1, 2, 3, 4], "x2": [1.0, 2.0, 3.0, 4.0], "x1": x1}), tmp_path / "t.csv")
+    init_pipeline(tmp_path / "pipe", [tmp_path / "tree.pmml"], tmp_path / "t.csv")
+    bundle = ir.load_bundle(tmp_path / "pipe")
+    score = bundle.flows["tree"].spec.steps[0].score
+    assert score is not None and score.inputs[0].fields == ["x1", "x2"]
+    assert [t.name for t in bundle.models["tree"].spec.outputs] == ["predicted_label", "probability_yes"]
+    ran = run(["run", str(tmp_path / "pipe"), "--data-root", str(tmp_path)], tmp_path, tmp_path / "home")
+    assert ran.returncode == 0, ran.stderr[-3000:]
+    scored = pa_csv.read_csv(tmp_path / "pipe" / "out" / "scored.csv")
+    assert scored["predicted_label"].to_pylist() == ["yes" if v > 0.5 else "no" for v in x1]
