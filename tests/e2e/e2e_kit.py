@@ -47,7 +47,7 @@ def wait_terminal(client: SchedulerClient, job_id: uuid.UUID, timeout: float = 1
         if detail.terminal:
             return detail
         assert time.monotonic() < deadline, f"job {job_id} still {detail.state} after {timeout}s"
-        time.sleep(0.2)
+        time.sleep(0.05)
 
 
 def job_logs(client: SchedulerClient, job_id: uuid.UUID) -> str:

@@ -99,8 +99,7 @@ def kill_twice_and_finish(values: Path, urls: dict[str, str], workdir: Path, env
     return text
 
 
-@pytest.fixture
-def served(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Any:
+def _served(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Any:
     folder = tmp_path_factory.mktemp("recovery-services")
     bundle = write_bundle(
         folder / "bundle",
@@ -113,6 +112,18 @@ def served(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Any:
     values = render_values(bundle, folder / "values.yaml")
     with services(values, ["digits-rf", "digits-rf-onnx"], folder / "logs") as running:
         yield running
+
+
+@pytest.fixture(scope="module")
+def served(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Both digits services, shared by the tests that only score through them."""
+    yield from _served(digits, tmp_path_factory)
+
+
+@pytest.fixture
+def own_served(digits: Digits, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Both digits services for one test alone (one that kills and restarts them)."""
+    yield from _served(digits, tmp_path_factory)
 
 
 def assert_exact(table: pa.Table, digits: Digits, rows: np.ndarray) -> None:
@@ -203,8 +214,9 @@ def test_a_postgresql_flow_killed_mid_run_twice_resumes_from_the_watermarks_in_i
 
 
 def test_a_scoring_service_killed_mid_run_and_restarted_costs_retries_not_records(
-    tmp_path: Path, digits: Digits, served: Services
+    tmp_path: Path, digits: Digits, own_served: Services
 ) -> None:
+    served = own_served
     workdir = tmp_path / "work"
     (workdir / "data").mkdir(parents=True)
     (workdir / "pacing.py").write_text(PACE)

@@ -98,7 +98,7 @@ async def test_connection_errors_are_retried_until_the_service_comes_up(digits: 
         {"digits-rf": f"http://127.0.0.1:{port}"}, retry_seconds=60, on_retry=lambda s, p: retries.append(p)
     )
     client.binary["digits-rf"] = True
-    starter = threading.Timer(1.0, late.start, args=("digits-rf", port))
+    starter = threading.Timer(0.2, late.start, args=("digits-rf", port))  # the service is not up for a while more
     starter.start()
     try:
         x = features(digits, 50)
