@@ -171,7 +171,7 @@ class _ResponseLines:
         from kubernetes.watch.watch import iter_resp_lines
 
         try:
-            lines: Iterator[str] = iter_resp_lines(self._response)  # type: ignore[no-untyped-call]
+            lines: Iterator[str] = iter_resp_lines(self._response)  # type: ignore[no-untyped-call, unused-ignore]
             yield from lines
         except Exception as exc:
             if self._closed.is_set():
@@ -198,7 +198,7 @@ class _PipelineRunWatch:
     def __init__(self, custom: Any, namespace: str, label_selector: str, resource_version: str, timeout: int) -> None:
         from kubernetes import watch
 
-        self._watch: Any = watch.Watch()  # type: ignore[no-untyped-call]
+        self._watch: Any = watch.Watch()  # type: ignore[no-untyped-call, unused-ignore]
         self._closed = threading.Event()
         self._custom = custom
         self._args = (namespace, label_selector, resource_version, timeout)
@@ -456,9 +456,9 @@ def connect(mode: ConfigMode = "auto", kubeconfig: Path | None = None, context: 
     configuration = client.Configuration()
     try:
         if in_cluster:
-            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call]
+            config.load_incluster_config(client_configuration=configuration)  # type: ignore[no-untyped-call, unused-ignore]
         else:
-            config.load_kube_config(  # type: ignore[no-untyped-call]
+            config.load_kube_config(  # type: ignore[no-untyped-call, unused-ignore]
                 config_file=str(kubeconfig) if kubeconfig is not None else None,
                 context=context,
                 client_configuration=configuration,
