@@ -196,6 +196,7 @@ def check_flow(
     spec = flow.spec
     chosen: dict[tuple[int, int], list[str]] = {} if resolved is None else resolved
     schema: Schema | None = None
+    inferred = False
     source = channels.get(spec.source)
     if source is None:
         if ("DataChannel", spec.source) in broken:
@@ -204,7 +205,9 @@ def check_flow(
     elif source.spec.direction != "source":
         report(("spec", "source"), f"data channel '{spec.source}' is a sink, not a source")
     else:
-        schema = {f.name: f.type_only() for f in source.spec.record_schema.fields}
+        # an inferred schema is known at install: the field checks wait for it (`ir.bundle.with_schemas`)
+        inferred = bool(source.spec.record_schema.infer)
+        schema = None if inferred else {f.name: f.type_only() for f in source.spec.record_schema.fields}
         mode = pipeline.spec.mode
         if mode == "batch" and source.spec.type not in BATCH_TYPES:
             report(
@@ -233,6 +236,8 @@ def check_flow(
     for i, step in enumerate(spec.steps):
         loc: Loc = ("spec", "steps", i, step.kind)
         if schema is None:
+            if inferred and step.score is not None and ("Model", step.score.model) not in broken:
+                _score_names(step.score, loc, models, report)  # what needs no fields is checked at deploy
             continue  # without a source schema nothing below can be checked meaningfully
         if step.map is not None:
             _map_step(step.map, loc, schema, params, report)
@@ -344,6 +349,28 @@ def select_fields(selector: FieldSelector, schema: Schema) -> tuple[list[str], s
     if not chosen:
         return [], f"selector {described} matches no field of the record schema here"
     return chosen, None
+
+
+def _score_names(step: ScoreStep, loc: Loc, models: dict[str, Model], report: Report) -> None:
+    """The checks of a score step that need no record schema: its model, input and output names."""
+    model = models.get(step.model)
+    if model is None:
+        report((*loc, "model"), f"unknown model '{step.model}'{did_you_mean(step.model, models)}")
+        return
+    tensors = {t.name: t for t in model.spec.inputs}
+    for i, mapping in enumerate(step.inputs):
+        if mapping.input not in tensors:
+            report(
+                (*loc, "inputs", i, "input"),
+                f"model '{step.model}' has no input '{mapping.input}'{did_you_mean(mapping.input, tensors)}",
+            )
+    outputs = {t.name: t for t in model.spec.outputs}
+    for i, out in enumerate(step.outputs):
+        if out.output not in outputs:
+            report(
+                (*loc, "outputs", i, "output"),
+                f"model '{step.model}' has no output '{out.output}'{did_you_mean(out.output, outputs)}",
+            )
 
 
 def _score_step(

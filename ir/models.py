@@ -371,10 +371,23 @@ class RecordField(FieldType):
 
 
 class RecordSchema(StrictModel):
-    fields: list[RecordField] = Field(min_length=1, max_length=10_000)
+    fields: list[RecordField] = Field(default_factory=list, max_length=10_000)
+    infer: bool | None = Field(
+        default=None,
+        description="Read the fields from the file at install (a file source only): its CSV header and "
+        "first rows, or its Parquet schema. The inferred fields are recorded in the job's values.",
+    )  # None, not False, by default: the canonical IR (and digest) of a schema that lists its fields is unchanged
 
     @model_validator(mode="after")
     def _unique(self) -> RecordSchema:
+        if self.infer and self.fields:
+            raise PydanticCustomError(
+                "infer", "a schema either lists its fields or says 'infer: true', not both", {AT: ("infer",)}
+            )
+        if not self.infer and not self.fields:
+            raise PydanticCustomError(
+                "fields", "a schema needs at least one field, or 'infer: true' on a file source", {AT: ("fields",)}
+            )
         seen: set[str] = set()
         for i, field in enumerate(self.fields):
             if field.name in seen:
@@ -471,6 +484,13 @@ class DataChannelSpec(StrictModel):
                 raise PydanticCustomError("sql", "'query' applies only to a sql source", {AT: ("sql", "query")})
         if self.redis is not None and self.direction == "source" and self.redis.consumer_group is None:
             raise PydanticCustomError("redis", "a redis source needs 'consumerGroup'", {AT: ("redis", "consumerGroup")})
+        if self.record_schema.infer and (self.type != "file" or self.direction != "source"):
+            raise PydanticCustomError(
+                "infer",
+                "'infer: true' applies only to a file source (its fields are read from the file at install); "
+                "list the fields of a {direction} of type '{type}'",
+                {"direction": self.direction, "type": self.type, AT: ("schema", "infer")},
+            )
         return self
 
     @property

@@ -57,14 +57,16 @@ import yaml
 
 import ir
 from scheduler.deployers.base import Deployer, DeployError, Deployment, Exited, ReadinessTimeout, Restarter, RunStatus
-from scheduler.errors import Conflict, IllegalTransition, StoreUnavailable
+from scheduler.errors import Conflict, IllegalTransition, InvalidInput, StoreUnavailable
+from scheduler.inference import check_inference_supported, inferring_channels, with_inferred_schemas
 from scheduler.joblogs import PhaseLog, run_dir, task_log_path
 from scheduler.settings import SchedulerSettings
 from scheduler.states import JobState, Task
 from scheduler.store import Job, JobStore
 from scheduler.supervision import backoff, restart_reason, restartable, restarts_of, used_up
 from scheduler.tokens import job_token
-from scheduler.values import render_values
+from scheduler.trust import check_values
+from scheduler.values import bundle_of, render_values
 
 __all__ = [
     "CANCELLED",
@@ -361,11 +363,42 @@ class Lifecycle:
             for line in lines:
                 log(f"  {line}")
             return Outcome.failed(reason, f"{what}:\n" + "\n".join(lines))
+        try:
+            values = await asyncio.to_thread(self._infer_schemas, job, version.ir, values, log)
+        except ir.IRValidationError as exc:
+            lines = [str(issue) for issue in exc.issues]
+            log("infer schemas: the flows do not fit the schema read from their input")
+            for line in lines:
+                log(f"  {line}")
+            return Outcome.failed(
+                RENDER_FAILED, "the flows do not fit the schema inferred from their input:\n" + "\n".join(lines)
+            )
+        except InvalidInput as exc:  # SchemaInferenceFailed, OutsideRoots
+            log(f"infer schemas: {exc}")
+            return Outcome.failed(INVALID_INPUT, str(exc))
         run.values = ir.to_document(values)
         path = self.values_path(job.id)
         await asyncio.to_thread(_write_private, path, ir.to_yaml(values))
         log(f"render values: done in {time.monotonic() - started:.2f}s; wrote {path}")
         return None
+
+    def _infer_schemas(self, job: Job, stored: Mapping[str, Any], values: ir.Values, log: PhaseLog) -> ir.Values:
+        """`values` with the fields of its `infer: true` sources read from their files (`scheduler.inference`),
+        after the roots check of the paths it reads; `values` itself when no source infers."""
+        bundle = bundle_of(stored)
+        if not inferring_channels(bundle):
+            return values
+        check_inference_supported(bundle, self.settings.backend)  # refused at start already; a job from before
+        started = time.monotonic()
+        check_values(values, job.environment, self.settings, local=True)  # the file is read here, now
+        found = with_inferred_schemas(stored, values)
+        assert found is not None
+        document, inferred = found
+        for item in inferred:
+            log(f"infer schemas: {item.describe()}")
+        rendered = self.render(job, document)
+        log(f"infer schemas: done in {time.monotonic() - started:.2f}s")
+        return rendered
 
     async def _deploy(self, job: Job, run: Run, log: PhaseLog) -> Outcome | None:
         assert run.values is not None

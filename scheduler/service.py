@@ -31,6 +31,7 @@ from scheduler.backends.base import Backend
 from scheduler.bundle_folder import FolderBundle, read_folder, store_artifacts
 from scheduler.changes import JobChangeFeed, Subscription
 from scheduler.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from scheduler.inference import check_inference_supported
 from scheduler.irtext import ir_files, unified_diff
 from scheduler.joblogs import PHASES, merge_logs
 from scheduler.paths import check_job_paths
@@ -420,6 +421,7 @@ class SchedulerService:
         stored = self.store.get_version(pipeline, version)
         job_id = uuid.uuid4()
         values = render_values(stored.ir, params, self.settings, job_id, None, env)
+        check_inference_supported(bundle_of(stored.ir), self.backend.name)
         check_values(values, env, self.settings, local=self.backend.name == "local")  # docs/security.md
         if self.backend.name == "local":  # its components run on this machine: their paths must resolve here
             check_job_paths(bundle_of(stored.ir), values)
