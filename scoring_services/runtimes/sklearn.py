@@ -1,8 +1,12 @@
 """scikit-learn runtime: a joblib or pickle artifact, verified against its sha256 before it is unpickled.
 
 Outputs are `predict` and, where the estimator has it, `predict_proba`. Only the outputs some request asked
-for are computed; when both are asked of a forest classifier, `predict` is taken from `predict_proba`
-(argmax over the classes, which is how the forest computes it) instead of running the trees twice.
+for are computed. When both are asked (a request without `outputs` asks for both), `predict` is taken from
+`predict_proba` (the class of the highest probability, as sklearn's classifiers compute it) instead of running
+the model twice: for a forest by construction, for any other classifier when that gives `model.predict`'s
+answers at load on probe rows (at three scales, 193 rows; an estimator that cannot take them, or whose
+`predict` is not that argmax, as an SVC with Platt-scaled probabilities, keeps the two calls). Option
+`predictFromProba: false` always makes the two calls.
 
 Forest classifiers (RandomForest, ExtraTrees) with `n_jobs` 1 get their probabilities summed over the trees
 here, in tree order, as `ForestClassifier.predict_proba` does with one job, but without its joblib dispatch
@@ -13,13 +17,14 @@ on probe rows and kept only if the answers are bit-identical. Option `fastForest
 Several declared inputs (one per feature, shape [-1] or [-1, k]) are stacked into one matrix in declared order.
 
 Options: `nJobs` (int) sets the estimator's `n_jobs` when it has one (default: left as trained);
-`fastForest` (bool, default true), see above.
+`fastForest` (bool, default true) and `predictFromProba` (bool, default true), see above.
 """
 
 from __future__ import annotations
 
 import io
 import logging
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
@@ -70,7 +75,11 @@ class SklearnRuntime(ModelRuntime):
             outputs.append(TensorSpec("predict_proba", "FP64", (-1, len(classes))))  # type: ignore[arg-type]
         self.outputs = tuple(outputs)
         forest = isinstance(model, ForestClassifier) and getattr(model, "n_outputs_", 1) == 1
-        self._predict_from_proba = self._has_proba and forest and type(model).predict is ForestClassifier.predict
+        self._predict_from_proba = (
+            self._has_proba
+            and option(self.config, "predictFromProba", True, bool)
+            and ((forest and type(model).predict is ForestClassifier.predict) or self._argmax_is_predict())
+        )
         self._fast_forest = (
             self._has_proba
             and forest
@@ -99,6 +108,26 @@ class SklearnRuntime(ModelRuntime):
         if "predict" in wanted and "predict" not in result:
             result["predict"] = self.model.predict(features)
         return result
+
+    def _argmax_is_predict(self) -> bool:
+        """Whether the class of the highest `predict_proba` is `predict`'s answer on probe rows."""
+        model = self.model
+        width = int(getattr(model, "n_features_in_", 0) or 0)
+        if not width:
+            return False
+        rng = np.random.default_rng(0)
+        probes = np.concatenate([np.zeros((1, width)), *(rng.normal(0.0, s, size=(64, width)) for s in (1, 8, 100))])
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # fitted with feature names, overflow in a link function, ...
+                derived = model.classes_.take(np.argmax(model.predict_proba(probes), axis=1), axis=0)
+                agrees = bool(np.array_equal(derived, model.predict(probes)))
+        except Exception as exc:  # an estimator that cannot take float rows (a pipeline of string encoders, ...)
+            log.info("model '%s': predict is not derived from predict_proba (%s)", self.config.name, exc)
+            return False
+        if not agrees:
+            log.info("model '%s': predict is not the argmax of predict_proba; both are computed", self.config.name)
+        return agrees
 
     def _prepare_forest(self) -> None:
         """Leaf-value tables of the trees, kept only if they reproduce `predict_proba` bit for bit on probe rows."""

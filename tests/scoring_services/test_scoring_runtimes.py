@@ -41,6 +41,65 @@ async def test_sklearn_answers_predict_and_predict_proba_like_the_forest(
     assert only_predict["outputs"][0]["data"] == digits.forest.predict(rows).tolist()
 
 
+class Contrarian:
+    """A classifier whose `predict` is the least likely class: not the argmax of its `predict_proba`."""
+
+    def __init__(self, model: Any) -> None:
+        self.inner = model
+        self.classes_ = model.classes_
+        self.n_features_in_ = model.n_features_in_
+
+    def predict_proba(self, features: np.ndarray) -> np.ndarray:
+        return self.inner.predict_proba(features)  # type: ignore[no-any-return]
+
+    def predict(self, features: np.ndarray) -> np.ndarray:
+        return self.classes_.take(np.argmin(self.predict_proba(features), axis=1))  # type: ignore[no-any-return]
+
+
+async def test_default_outputs_call_the_model_once_where_the_argmax_is_predict(
+    tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    import joblib
+    from sklearn.datasets import load_wine
+    from sklearn.ensemble import GradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+
+    features, labels = load_wine(return_X_y=True)
+    models: dict[str, Any] = {
+        "gb": GradientBoostingClassifier(n_estimators=20, random_state=0).fit(features, labels),
+        "lr": LogisticRegression(max_iter=5000).fit(features, labels),
+    }
+    models["contrarian"] = Contrarian(models["lr"])
+    configs = []
+    for name, model in models.items():
+        joblib.dump(model, tmp_path / f"{name}.joblib")
+        configs.append(
+            model_config(name, "sklearn", tmp_path / f"{name}.joblib", sha256=sha256_of(tmp_path / f"{name}.joblib"))
+        )
+    two_calls = model_config(
+        "gb-two",
+        "sklearn",
+        tmp_path / "gb.joblib",
+        sha256=sha256_of(tmp_path / "gb.joblib"),
+        options={"predictFromProba": False},
+    )
+    async with served([*configs, two_calls], scoring_settings) as (app, http):
+        derived = {}
+        for config in [*configs, two_calls]:
+            runtime = app.plane.repository.get(config.name).runtime
+            assert runtime is not None
+            derived[config.name] = runtime._predict_from_proba  # type: ignore[attr-defined]
+            if derived[config.name]:
+                runtime.model.predict = None  # type: ignore[attr-defined]  # any call of it now fails the request
+        assert derived == {"gb": True, "lr": True, "contrarian": False, "gb-two": False}
+        for name, model in [*models.items(), ("gb-two", models["gb"])]:
+            response = await http.post(f"/v2/models/{name}/infer", json=infer_body("input", features, "FP64"))
+            assert response.status_code == 200, response.text
+            outputs = outputs_of(response.json())
+            np.testing.assert_array_equal(outputs["predict"], model.predict(features))
+            np.testing.assert_array_equal(outputs["predict_proba"], model.predict_proba(features))
+
+
 async def test_sklearn_stacks_one_input_per_feature_in_declared_order(
     tmp_path: Path, scoring_settings: ScoringSettings
 ) -> None:
