@@ -13,11 +13,15 @@ its best configuration tried:
 - D. 10,000-row requests at 2 connections: JSON against binary tensors (request and response), sklearn
   and ONNX, against in-process and MLServer's JSON;
 - E. single-row requests from one connection: the latency batching adds (or not) when there is no load.
+- F and G, a second model family (issue 14): a gradient-boosting classifier (100 rounds, 3 classes, depth 3)
+  on 30 float features (sklearn's `make_classification`, FP64), asked with the DEFAULT outputs (no `outputs`
+  in the request: ours answers `predict` and `predict_proba`, MLServer `predict`); F single rows at 16
+  connections, G 1000-row JSON at 4 connections, against MLServer's best.
 
 All servers are started first and the runs interleaved, round after round (default 3 rounds of 5 s per run,
 after a 2 s warm-up), so that load from elsewhere on a shared machine hits every server alike; each figure is
-the best of its rounds, in-process figures included. Every request asks for `predict_proba` (sklearn) or
-`probabilities` (ONNX), so both servers do the same work.
+the best of its rounds, in-process figures included. Every request of A to E asks for `predict_proba`
+(sklearn) or `probabilities` (ONNX), so both servers do the same work; F and G ask for the defaults.
 Figures are printed with the ratio to their peer and written to `<workdir>/results.json`; nothing fails on a
 slow figure (benchmarks report, CI does not gate on them).
 
@@ -134,6 +138,35 @@ def train(workdir: Path) -> tuple[Any, np.ndarray, Path, Path]:
     return forest, features, joblib_path, onnx_path
 
 
+def train_boosting(workdir: Path) -> tuple[Any, np.ndarray, Path]:
+    """The second family: a gradient-boosting classifier on 30 FP64 features."""
+    import joblib
+    from sklearn.datasets import make_classification
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    features, target = make_classification(n_samples=3000, n_features=30, n_informative=12, n_classes=3, random_state=0)
+    model = GradientBoostingClassifier(n_estimators=100, max_depth=3, random_state=0).fit(features, target)
+    path = workdir / "gb" / "gb.joblib"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    joblib.dump(model, path)
+    return model, features, path
+
+
+def write_boosting_bodies(workdir: Path, features: np.ndarray) -> dict[str, tuple[Path, int | None]]:
+    """Requests without `outputs`: each server answers its defaults."""
+    rng = np.random.default_rng(1)
+    bodies: dict[str, tuple[Path, int | None]] = {}
+    for rows in (1, 1000):
+        picked = features[rng.integers(0, len(features), size=rows)]
+        document = {
+            "inputs": [{"name": "input", "datatype": "FP64", "shape": [rows, 30], "data": picked.ravel().tolist()}]
+        }
+        path = workdir / f"gb-{rows}.json"
+        path.write_text(json.dumps(document))
+        bodies[f"gb-{rows}"] = (path, None)
+    return bodies
+
+
 def write_bodies(workdir: Path, features: np.ndarray) -> dict[str, tuple[Path, int | None]]:
     """Request bodies: name -> (file, Inference-Header-Content-Length or None)."""
     rng = np.random.default_rng(0)
@@ -221,7 +254,7 @@ def process(command: list[str], ready_url: str, log: Path, cwd: Path | None = No
 
 
 @contextmanager
-def ours(workdir: Path, joblib_path: Path, onnx_path: Path, port: int) -> Iterator[str]:
+def ours(workdir: Path, joblib_path: Path, onnx_path: Path, gb_path: Path, port: int) -> Iterator[str]:
     modelops = Path(sys.executable).parent / "modelops"
     command = [
         str(modelops),
@@ -230,6 +263,8 @@ def ours(workdir: Path, joblib_path: Path, onnx_path: Path, port: int) -> Iterat
         f"digits=sklearn:{joblib_path.as_uri()}:{sha256_of(joblib_path)}",
         "--model",
         f"onnx=onnx:{onnx_path.as_uri()}:{sha256_of(onnx_path)}",
+        "--model",
+        f"gb=sklearn:{gb_path.as_uri()}:{sha256_of(gb_path)}",
         "--port",
         str(port),
         "--log-level",
@@ -241,20 +276,23 @@ def ours(workdir: Path, joblib_path: Path, onnx_path: Path, port: int) -> Iterat
 
 
 @contextmanager
-def mlserver(venv: Path, workdir: Path, joblib_path: Path, port: int, batching: bool, workers: int) -> Iterator[str]:
+def mlserver(
+    venv: Path, workdir: Path, models: dict[str, Path], port: int, batching: bool, workers: int
+) -> Iterator[str]:
     executable = ensure_mlserver_venv(venv)
     folder = workdir / f"mlserver-{'batch' if batching else 'nobatch'}-{workers}"
     shutil.rmtree(folder, ignore_errors=True)
-    (folder / "digits").mkdir(parents=True)
-    shutil.copy(joblib_path, folder / "digits" / "digits.joblib")
-    model: dict[str, Any] = {
-        "name": "digits",
-        "implementation": "mlserver_sklearn.SKLearnModel",
-        "parameters": {"uri": "./digits.joblib", "version": "1"},
-    }
-    if batching:
-        model.update({"max_batch_size": 64, "max_batch_time": 0.005})
-    (folder / "digits" / "model-settings.json").write_text(json.dumps(model))
+    for name, joblib_path in models.items():
+        (folder / name).mkdir(parents=True)
+        shutil.copy(joblib_path, folder / name / f"{name}.joblib")
+        model: dict[str, Any] = {
+            "name": name,
+            "implementation": "mlserver_sklearn.SKLearnModel",
+            "parameters": {"uri": f"./{name}.joblib", "version": "1"},
+        }
+        if batching:
+            model.update({"max_batch_size": 64, "max_batch_time": 0.005})
+        (folder / name / "model-settings.json").write_text(json.dumps(model))
     settings = {
         "http_port": port,
         "grpc_port": free_port(),
@@ -264,7 +302,8 @@ def mlserver(venv: Path, workdir: Path, joblib_path: Path, port: int, batching: 
     }
     (folder / "settings.json").write_text(json.dumps(settings))
     base = f"http://127.0.0.1:{port}"
-    with process([str(executable), "start", "."], f"{base}/v2/models/digits/ready", folder / "mlserver.log", folder):
+    last = list(models)[-1]
+    with process([str(executable), "start", "."], f"{base}/v2/models/{last}/ready", folder / "mlserver.log", folder):
         yield base
 
 
@@ -313,7 +352,9 @@ def wrk(
     return rate, p50, p99, errors
 
 
-def in_process(forest: Any, onnx_path: Path, features: np.ndarray) -> dict[str, float]:
+def in_process(
+    forest: Any, onnx_path: Path, features: np.ndarray, gb: Any, gb_features: np.ndarray
+) -> dict[str, float]:
     """Rows/s of the models called directly: sklearn predict_proba on 1000 and 10,000 rows, ONNX on 10,000."""
     import onnxruntime as ort
 
@@ -335,6 +376,7 @@ def in_process(forest: Any, onnx_path: Path, features: np.ndarray) -> dict[str, 
         "sklearn_1000": rate(lambda: forest.predict_proba(k1), 1000),
         "sklearn_10000": rate(lambda: forest.predict_proba(k10), 10_000),
         "onnx_10000": rate(lambda: session.run(["probabilities"], {"input": k10}), 10_000),
+        "gb_1000": rate(lambda: gb.predict_proba(gb_features[:1000]), 1000),
     }
 
 
@@ -358,7 +400,8 @@ def main() -> None:
     print(f"machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"load average before: {' '.join(f'{x:.2f}' for x in os.getloadavg())}", flush=True)
     forest, features, joblib_path, onnx_path = train(workdir)
-    bodies = write_bodies(workdir, features)
+    gb, gb_features, gb_path = train_boosting(workdir)
+    bodies = {**write_bodies(workdir, features), **write_boosting_bodies(workdir, gb_features)}
     local: dict[str, float] = {}
     runs: list[Run] = []
 
@@ -377,8 +420,8 @@ def main() -> None:
     # burst of load from elsewhere on the machine hits every server alike; each figure is the best of its rounds.
     plan: list[tuple[str, str, str, str, str, int, int, dict[str, Any]]] = []
     with ExitStack() as stack:
-        base = stack.enter_context(ours(workdir, joblib_path, onnx_path, free_port()))
-        sk, ox = f"{base}/v2/models/digits/infer", f"{base}/v2/models/onnx/infer"
+        base = stack.enter_context(ours(workdir, joblib_path, onnx_path, gb_path, free_port()))
+        sk, ox, gbu = f"{base}/v2/models/digits/infer", f"{base}/v2/models/onnx/infer", f"{base}/v2/models/gb/infer"
         mixed = {"mixed_path": "/v2/models/onnx/infer"}
         plan += [
             ("A", "modelops", "batching", sk, "digits-1", 16, 1, {}),
@@ -390,14 +433,19 @@ def main() -> None:
             ("D", "modelops", "onnx binary", ox, "onnx-10000-binary", 2, 10_000, {}),
             ("E", "modelops", "sklearn, 1 connection", sk, "digits-1", 1, 1, {}),
             ("E", "modelops", "onnx, 1 connection", ox, "onnx-1", 1, 1, {}),
+            ("F", "modelops", "batching", gbu, "gb-1", 16, 1, {}),
+            ("G", "modelops", "batching", gbu, "gb-1000", 4, 1000, {}),
         ]
         if not args.skip_mlserver:
             for batching in (True, False):
                 for workers in (0, 1):
                     config = f"{'batching' if batching else 'no batching'}, parallel_workers {workers}"
-                    ml = stack.enter_context(mlserver(args.venv, workdir, joblib_path, free_port(), batching, workers))
-                    url = f"{ml}/v2/models/digits/infer"
+                    models = {"digits": joblib_path, "gb": gb_path}
+                    ml = stack.enter_context(mlserver(args.venv, workdir, models, free_port(), batching, workers))
+                    url, ml_gb = f"{ml}/v2/models/digits/infer", f"{ml}/v2/models/gb/infer"
                     plan.append(("A", "mlserver", config, url, "digits-1", 16, 1, {}))
+                    plan.append(("F", "mlserver", config, ml_gb, "gb-1", 16, 1, {}))
+                    plan.append(("G", "mlserver", config, ml_gb, "gb-1000", 4, 1000, {}))
                     plan.append(("E", "mlserver", config + ", 1 connection", url, "digits-1", 1, 1, {}))
                     if batching:
                         plan.append(("B", "mlserver", config, url, "digits-1000", 4, 1000, {}))
@@ -407,7 +455,7 @@ def main() -> None:
             print(f"round {round_number}/{args.rounds} (load average {os.getloadavg()[0]:.2f}):", flush=True)
             for scenario, server, config, url, body, conns, rows, extra in plan:
                 record(scenario, server, config, url, body, conns, rows, **extra)
-            for key, value in in_process(forest, onnx_path, features).items():
+            for key, value in in_process(forest, onnx_path, features, gb, gb_features).items():
                 local[key] = max(local.get(key, 0.0), value)
 
     print(f"load average after: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
@@ -478,6 +526,29 @@ def report(runs: list[Run], local: dict[str, float]) -> None:
             latency[(run.server, run.config)] = run
     for (server, config), run in sorted(latency.items()):
         print(f"  {'E ' + server + ' ' + config:60s} p50 {run.p50_ms:6.2f} ms p99 {run.p99_ms:6.2f} ms")
+    f = _best(runs, "F", "modelops")
+    f_ml = _best(runs, "F", "mlserver")
+    if f:
+        line(
+            "F single-row boosting, defaults, 16 conns",
+            f.requests_per_s,
+            "req/s",
+            f_ml and f_ml.requests_per_s,
+            f"MLServer best ({f_ml.config})" if f_ml else "MLServer",
+            ">= 3x",
+        )
+    g = _best(runs, "G", "modelops")
+    g_ml = _best(runs, "G", "mlserver")
+    if g:
+        line(
+            "G 1000-row JSON boosting, defaults, 4 conns",
+            g.rows_per_s,
+            "rows/s",
+            g_ml and g_ml.rows_per_s,
+            f"MLServer best ({g_ml.config})" if g_ml else "MLServer",
+            ">= 1.5x",
+        )
+        line("", g.rows_per_s, "rows/s", local["gb_1000"], "in-process predict_proba", "")
     d_ml = _best(runs, "D", "mlserver")
     d_json = _best(runs, "D", "modelops", "sklearn json")
     if d_ml and d_json:
