@@ -274,7 +274,7 @@ def _from_store(
             secret=secret,
         )
     try:
-        from scoring_services.stores import mlflow_registry  # type: ignore[attr-defined, unused-ignore]
+        from scoring_services.stores import mlflow_registry
     except ImportError as exc:
         raise ModelLoadError(
             f"{uri}: models:/ uris need the MLflow registry store (scoring_services.stores.mlflow_registry "
