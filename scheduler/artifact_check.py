@@ -24,7 +24,7 @@ from scoring_services.types import TensorSpec
 
 __all__ = ["ArtifactReport", "artifact_path", "check_artifacts"]
 
-#: Runtimes whose artifact is one file; transformers wants a folder; python takes either.
+#: Runtimes whose artifact is one file; transformers and mlflow want a folder; python takes either.
 _FILE_RUNTIMES = frozenset({"sklearn", "onnx", "torch", "pmml"})
 
 
@@ -88,7 +88,7 @@ def _check_model(bundle: ir.Bundle, model: Model, bundle_path: Path) -> tuple[st
     if spec.runtime in _FILE_RUNTIMES and not path.is_file():
         issues.append(origin.issue(("spec", "uri"), f"the artifact {path} is not a file (runtime {spec.runtime})"))
         return f"{shown}: not a file", issues
-    if spec.runtime == "transformers" and not path.is_dir():
+    if spec.runtime in ("transformers", "mlflow") and not path.is_dir():
         issues.append(origin.issue(("spec", "uri"), f"the artifact {path} is not a model folder"))
         return f"{shown}: not a folder", issues
     done: list[str] = ["exists"]

@@ -51,13 +51,15 @@ __all__ = [
     "roots_of",
 ]
 
-CODE_RUNTIMES: Final = frozenset({"python", "sklearn", "torch"})
-"""Runtimes that run code from their artifact: `python` imports a module, `sklearn` and `torch` unpickle."""
+CODE_RUNTIMES: Final = frozenset({"python", "sklearn", "torch", "mlflow"})
+"""Runtimes that run code from their artifact: `python` imports a module, `sklearn` and `torch` unpickle,
+`mlflow` imports the flavour's loader and unpickles what it saved."""
 
 _WHY: Final = {
     "python": "imports and runs the artifact's Python code",
     "sklearn": "unpickles its artifact, which runs code",
     "torch": "unpickles its artifact (TorchScript), which runs code",
+    "mlflow": "loads a pyfunc model (its loader module, pickles), which runs code",
 }
 _GLOB_CHARS: Final = frozenset("*?[")
 

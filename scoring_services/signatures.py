@@ -9,6 +9,8 @@ deployed. Each runtime's artifact is read as the runtime itself would name its t
   parsed as JSON. `torch.export.load` is not used: it unpickles the archive's sample inputs and constants,
   which can run code. Names are those `runtimes.torch` serves: placeholder names in, `output` or `output_0`,
   `output_1`... out;
+- `mlflow`: the folder's `MLmodel` (YAML), its signature turned into tensors as `runtimes.mlflow` serves them
+  (`mlflow_schema`); the model itself is not loaded (pyfunc loading imports and unpickles);
 - `transformers`: `config.json` only (architectures, labels, hidden size), turned into the task's signature as
   `runtimes.transformers` serves it. No weights, tokenizer or remote code are loaded;
 - `sklearn`, `torch` TorchScript and `python`: not opened (unpickling or importing runs code); `pmml`: not
@@ -27,16 +29,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+import yaml
+
 from ir.archive import ArchiveError, ArchiveLimits, check_zip_directory
 from scoring_services.errors import ModelLoadError
 from scoring_services.types import Scalar, TensorSpec
 
 __all__ = [
+    "MLFLOW_COLUMN_TYPES",
     "TRANSFORMERS_TASKS",
     "Mismatch",
+    "MlflowSchema",
     "Signature",
     "bind",
     "compare",
+    "mlflow_schema",
     "read_signature",
     "transformers_task",
     "unread_reason",
@@ -111,6 +118,8 @@ def read_signature(runtime: str, path: Path, options: Mapping[str, Scalar]) -> S
         return _export_signature(path)
     if runtime == "transformers":
         return _transformers_signature(path, options)
+    if runtime == "mlflow":
+        return mlflow_schema(path).signature
     return None
 
 
@@ -346,3 +355,141 @@ def _transformers_signature(path: Path, options: Mapping[str, Scalar]) -> Signat
     else:
         outputs = (TensorSpec("generated_text", "BYTES", (-1,)),)
     return Signature(inputs, outputs, "config.json")
+
+
+# ---------------------------------------------------------------------------------------------- mlflow
+
+#: MLflow column types (mlflow.types.DataType) the mlflow runtime serves -> V2 datatype, numpy dtype
+MLFLOW_COLUMN_TYPES: Final = {
+    "double": ("FP64", "float64"),
+    "float": ("FP32", "float32"),
+    "long": ("INT64", "int64"),
+    "integer": ("INT32", "int32"),
+    "boolean": ("BOOL", "bool"),
+    "string": ("BYTES", "object"),
+    "binary": ("BYTES", "object"),
+}
+_NUMPY_TYPES: Final = {
+    "float64": "FP64",
+    "float32": "FP32",
+    "float16": "FP16",
+    "int64": "INT64",
+    "int32": "INT32",
+    "int16": "INT16",
+    "int8": "INT8",
+    "uint64": "UINT64",
+    "uint32": "UINT32",
+    "uint16": "UINT16",
+    "uint8": "UINT8",
+    "bool": "BOOL",
+    "object": "BYTES",
+    "str": "BYTES",
+}
+_MAX_MLMODEL_BYTES: Final = 16 * 2**20
+
+
+@dataclass(frozen=True)
+class MlflowSchema:
+    """An MLflow model's signature as the mlflow runtime serves it (see `runtimes.mlflow`).
+
+    Column-based inputs (`columns`: name and MLflow type of each, in order) are one `input` tensor [-1, n]
+    (FP64 when number types differ), or one [-1] tensor per column, named by it, when text columns sit beside
+    number columns; tensor-based inputs are their named tensors (`input`, or `input_0`, `input_1`... when unnamed)."""
+
+    signature: Signature
+    columns: tuple[tuple[str | None, str], ...]
+
+
+def _mlflow_specs(text: object, what: str, mlmodel: Path) -> list[dict[str, Any]]:
+    if text is None or text == "":
+        return []
+    try:
+        specs = json.loads(str(text))
+    except ValueError as exc:
+        raise ModelLoadError(f"{mlmodel}: its signature's {what} are not JSON: {exc}") from exc
+    if not isinstance(specs, list) or not all(isinstance(s, dict) for s in specs):
+        raise ModelLoadError(f"{mlmodel}: its signature's {what} are not a list of column or tensor specs")
+    return specs
+
+
+def _mlflow_tensor(spec: Mapping[str, Any], name: str, mlmodel: Path) -> TensorSpec:
+    tensor = spec.get("tensor-spec") or {}
+    dtype = str(tensor.get("dtype", ""))
+    datatype = _NUMPY_TYPES.get(dtype)
+    if datatype is None:
+        raise ModelLoadError(f"{mlmodel}: tensor '{name}' has dtype '{dtype}', which has no V2 datatype")
+    try:
+        shape = tuple(int(d) for d in (tensor.get("shape") or [-1]))
+    except (TypeError, ValueError):
+        raise ModelLoadError(f"{mlmodel}: tensor '{name}' has a shape that is not a list of ints") from None
+    return TensorSpec(str(spec.get("name") or name), datatype, shape)
+
+
+def _column_type(spec: Mapping[str, Any], index: int, mlmodel: Path) -> str:
+    kind = str(spec.get("type", ""))
+    if kind not in MLFLOW_COLUMN_TYPES:
+        name = spec.get("name") or f"#{index}"
+        raise ModelLoadError(
+            f"{mlmodel}: column '{name}' has MLflow type '{kind}'; the mlflow runtime serves "
+            f"{', '.join(MLFLOW_COLUMN_TYPES)}"
+        )
+    return kind
+
+
+def _unnamed(prefix: str, count: int, index: int) -> str:
+    return prefix if count == 1 else f"{prefix}_{index}"
+
+
+def mlflow_schema(path: Path) -> MlflowSchema:
+    """The signature in the folder's `MLmodel` (YAML, read as data: nothing the model carries runs).
+
+    Outputs: tensor specs by name (`predict`, or `predict_0`... when unnamed); column specs one [-1] tensor per
+    column (named by it, else as tensors); no output schema: none (the runtime answers `predict`)."""
+    mlmodel = path / "MLmodel"
+    if not path.is_dir() or not mlmodel.is_file():
+        raise ModelLoadError(f"{path} is not an MLflow model folder (it has no MLmodel file)")
+    if mlmodel.stat().st_size > _MAX_MLMODEL_BYTES:
+        raise ModelLoadError(f"{mlmodel} is larger than {_MAX_MLMODEL_BYTES} bytes")
+    try:
+        meta = yaml.safe_load(mlmodel.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError) as exc:
+        raise ModelLoadError(f"cannot read {mlmodel}: {exc}") from exc
+    signature = meta.get("signature") if isinstance(meta, dict) else None
+    if not isinstance(signature, dict):
+        raise ModelLoadError(
+            f"{mlmodel}: the model has no signature; log it with one (signature=mlflow.models.infer_signature(X, y))"
+        )
+    inputs = _mlflow_specs(signature.get("inputs"), "inputs", mlmodel)
+    outputs = _mlflow_specs(signature.get("outputs"), "outputs", mlmodel)
+    if not inputs:
+        raise ModelLoadError(f"{mlmodel}: the model's signature has no inputs")
+    tensors = [spec.get("type") == "tensor" for spec in inputs]
+    columns: tuple[tuple[str | None, str], ...] = ()
+    if all(tensors):
+        input_specs = tuple(
+            _mlflow_tensor(spec, _unnamed("input", len(inputs), i), mlmodel) for i, spec in enumerate(inputs)
+        )
+    elif not any(tensors):
+        columns = tuple(
+            (str(spec["name"]) if spec.get("name") is not None else None, _column_type(spec, i, mlmodel))
+            for i, spec in enumerate(inputs)
+        )
+        datatypes = {MLFLOW_COLUMN_TYPES[kind][0] for _, kind in columns}
+        if len(datatypes) > 1 and "BYTES" in datatypes:  # text beside numbers: a tensor per column
+            if any(name is None for name, _ in columns):
+                raise ModelLoadError(f"{mlmodel}: the signature mixes text and number columns without names")
+            input_specs = tuple(TensorSpec(str(name), MLFLOW_COLUMN_TYPES[kind][0], (-1,)) for name, kind in columns)
+        else:
+            datatype = datatypes.pop() if len(datatypes) == 1 else "FP64"
+            input_specs = (TensorSpec("input", datatype, (-1, len(columns))),)
+    else:
+        raise ModelLoadError(f"{mlmodel}: the signature's inputs mix column and tensor specs")
+    output_specs: list[TensorSpec] = []
+    for i, spec in enumerate(outputs):
+        name = _unnamed("predict", len(outputs), i)
+        if spec.get("type") == "tensor":
+            output_specs.append(_mlflow_tensor(spec, name, mlmodel))
+        else:
+            kind = _column_type(spec, i, mlmodel)
+            output_specs.append(TensorSpec(str(spec.get("name") or name), MLFLOW_COLUMN_TYPES[kind][0], (-1,)))
+    return MlflowSchema(Signature(input_specs, tuple(output_specs), "the MLmodel signature"), columns)

@@ -93,6 +93,10 @@ def _width(spec: TensorSpec) -> int | None:
     return width
 
 
+_VALID_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
+"""An IR field name (ir.models' rule)."""
+
+
 def init_pipeline(
     folder: Path,
     models: list[Path],
@@ -107,6 +111,13 @@ def init_pipeline(
     if folder.exists() and any(folder.iterdir()) and not force:
         raise ScaffoldError(f"{folder}: the folder is not empty (use --force to write into it)")
     source_format, columns, rows = read_sample(data)
+    unnamed = [c.name for c in columns if not _VALID_FIELD.match(c.name)]
+    if unnamed:
+        raise ScaffoldError(
+            f"{data}: column(s) {', '.join(repr(n) for n in unnamed)} are not valid IR field names (letters, "
+            "digits, '_', '.', '-', starting with a letter or '_'): rename them in the data (and in the model's "
+            "feature names)"
+        )
     sink_format = file_format(sink) if sink is not None else source_format
     infos = [inspect_model(path) for path in models]
     name = _label(infos[0].path.name.split(".")[0]) if len(infos) == 1 else _label(folder.resolve().name)

@@ -16,11 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from scoring_services.artifacts import directory_sha256, file_sha256
 from scoring_services.errors import ModelLoadError
-from scoring_services.signatures import read_signature
+from scoring_services.signatures import mlflow_schema, read_signature
 from scoring_services.types import TensorSpec
 
 __all__ = ["ModelInfo", "ScaffoldError", "detect_runtime", "inspect_model"]
@@ -139,47 +137,24 @@ def _sklearn(info: ModelInfo) -> None:
         info.outputs = [TensorSpec("predict", "FP64", (-1,))]
 
 
-_MLFLOW_TYPES = {
-    "double": "FP64",
-    "float": "FP32",
-    "long": "INT64",
-    "integer": "INT32",
-    "boolean": "BOOL",
-    "string": "BYTES",
-}
-
-
 def _mlflow(info: ModelInfo) -> None:
-    """An MLflow model folder: its MLmodel signature (column-based: one `input` tensor of the columns in
-    order, as the mlflow runtime serves it; tensor-based: the named tensors)."""
-    meta = yaml.safe_load((info.path / "MLmodel").read_text()) or {}
-    signature = meta.get("signature") or {}
+    """An MLflow model folder: its MLmodel signature, read as the mlflow runtime serves it
+    (`signatures.mlflow_schema`: column-based inputs are one `input` tensor of the columns in order)."""
     try:
-        inputs = yaml.safe_load(signature.get("inputs") or "[]")
-        outputs = yaml.safe_load(signature.get("outputs") or "[]")
-    except yaml.YAMLError as exc:
-        raise ScaffoldError(f"{info.path / 'MLmodel'}: its signature cannot be read: {exc}") from exc
-    if not inputs:
-        raise ScaffoldError(f"{info.path}: the MLflow model has no signature: log it with one (infer_signature)")
-    if all(spec.get("type") != "tensor" for spec in inputs):
-        info.feature_names = [str(spec.get("name", f"c{i}")) for i, spec in enumerate(inputs)]
-        datatypes = {_MLFLOW_TYPES.get(str(spec.get("type")), "FP64") for spec in inputs}
-        datatype = datatypes.pop() if len(datatypes) == 1 else "FP64"
-        info.inputs = [TensorSpec("input", datatype, (-1, len(inputs)))]
-    else:
-        info.inputs = [_mlflow_tensor(spec, f"input_{i}") for i, spec in enumerate(inputs)]
-    if outputs and all(spec.get("type") == "tensor" for spec in outputs):
-        info.outputs = [_mlflow_tensor(spec, f"output_{i}") for i, spec in enumerate(outputs)]
-    else:
+        schema = mlflow_schema(info.path)
+    except ModelLoadError as exc:
+        raise ScaffoldError(str(exc)) from exc
+    if schema.columns:
+        names = [name for name, _ in schema.columns]
+        if all(name is not None for name in names):
+            info.feature_names = [str(name) for name in names]
+    info.inputs = list(schema.signature.inputs)
+    info.outputs = list(schema.signature.outputs)
+    if not info.outputs:
         info.outputs = [TensorSpec("predict", "FP64", (-1,))]
-        info.todos.append("the MLflow output datatype is assumed FP64 [-1] ('predict'): check it against the model")
-
-
-def _mlflow_tensor(spec: dict[str, Any], default_name: str) -> TensorSpec:
-    tensor = spec.get("tensor-spec") or {}
-    numpy_types = {"float64": "FP64", "float32": "FP32", "int64": "INT64", "int32": "INT32", "bool": "BOOL"}
-    shape = tuple(int(d) for d in tensor.get("shape") or [-1])
-    return TensorSpec(str(spec.get("name") or default_name), numpy_types.get(str(tensor.get("dtype")), "FP64"), shape)
+        info.todos.append(
+            "the MLflow model has no output schema: its output is assumed FP64 [-1] ('predict'); check it"
+        )
 
 
 def _pmml(info: ModelInfo) -> None:

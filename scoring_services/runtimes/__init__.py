@@ -19,6 +19,7 @@ RUNTIMES: Final[dict[str, tuple[str, str, str]]] = {
     "transformers": ("scoring_services.runtimes.transformers", "TransformersRuntime", "modelops[transformers]"),
     "pmml": ("scoring_services.runtimes.pmml", "PmmlRuntime", "modelops[pmml]"),
     "python": ("scoring_services.runtimes.python", "PythonRuntime", "modelops"),
+    "mlflow": ("scoring_services.runtimes.mlflow", "MlflowRuntime", "modelops[mlflow]"),
 }
 
 

@@ -255,3 +255,43 @@ def test_a_pmml_model_reads_its_fields_by_name_and_runs(tmp_path: Path) -> None:
     assert ran.returncode == 0, ran.stderr[-3000:]
     scored = pa_csv.read_csv(tmp_path / "pipe" / "out" / "scored.csv")
     assert scored["predicted_label"].to_pylist() == ["yes" if v > 0.5 else "no" for v in x1]
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning:mlflow.*", "ignore::FutureWarning:mlflow.*")
+def test_score_on_an_mlflow_model_folder_matches_columns_by_its_signature(tmp_path: Path) -> None:
+    """An MLflow model folder logged from a DataFrame: the runtime is mlflow, the inputs are its signature's
+    columns by name (the CSV has them in another order, with an id), and the scored labels are pyfunc's."""
+    import mlflow.pyfunc
+    import mlflow.sklearn
+    import pandas as pd
+    from mlflow.models import infer_signature
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    frame, target = load_wine(return_X_y=True, as_frame=True)
+    (tmp_path / "slash.csv").write_text("id,od280/od315\n1,2.5\n")
+    with pytest.raises(ScaffoldError, match=r"slash.csv: column\(s\) 'od280/od315' are not valid IR field names"):
+        init_pipeline(tmp_path / "refused", [tmp_path / "nope.joblib"], tmp_path / "slash.csv")
+    frame.columns = [c.replace("/", "_") for c in frame.columns]  # od280/od315_of_diluted_wines
+    model = make_pipeline(StandardScaler(), LogisticRegression(max_iter=500)).fit(frame, target)
+    folder = tmp_path / "wine-mlflow"
+    mlflow.sklearn.save_model(
+        model, folder, signature=infer_signature(frame, model.predict(frame)), pip_requirements=["scikit-learn"]
+    )
+    shuffled = frame[list(reversed(frame.columns))]
+    sample = pd.concat([pd.DataFrame({"id": np.arange(len(frame))}), shuffled], axis=1)
+    csv = tmp_path / "wine.csv"
+    pa_csv.write_csv(pa.Table.from_pandas(sample, preserve_index=False), csv)
+    out = tmp_path / "scored.csv"
+    kept = tmp_path / "kept"
+    done = run(["score", str(folder), str(csv), "-o", str(out), "--keep", str(kept)], tmp_path, tmp_path / "h")
+    assert done.returncode == 0, done.stderr[-3000:]
+    spec = yaml.safe_load((kept / "models" / "wine-mlflow.yaml").read_text())["spec"]
+    assert spec["runtime"] == "mlflow"
+    assert spec["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 13]}]
+    score = yaml.safe_load(next((kept / "flows").iterdir()).read_text())["spec"]["steps"][0]["score"]
+    assert score["inputs"][0]["fields"] == list(frame.columns)
+    scored = pa_csv.read_csv(out)
+    expected = mlflow.pyfunc.load_model(str(folder)).predict(frame)
+    assert scored["id"].to_pylist() == list(range(len(frame)))
+    assert scored["label"].to_pylist() == np.asarray(expected).tolist()

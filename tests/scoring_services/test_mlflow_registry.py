@@ -10,7 +10,7 @@ import os
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from mlflow.models import infer_signature
-from scoring_kit import free_port
+from scoring_kit import free_port, infer_body, model_config, served
 from sklearn.datasets import load_wine
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import Pipeline, make_pipeline
@@ -28,6 +28,7 @@ from sklearn.preprocessing import StandardScaler
 
 from scoring_services.artifacts import directory_sha256, resolve_uri
 from scoring_services.errors import ModelLoadError
+from scoring_services.settings import ScoringSettings
 from scoring_services.stores.mlflow_registry import fetch, parse_models_uri
 from tests.mlflow_kit import MlflowServer, running_mlflow
 
@@ -270,3 +271,23 @@ def test_the_accepted_forms_parse_to_name_and_version_or_alias() -> None:
     assert parse_models_uri("models:/wine/03").version == "3"
     assert parse_models_uri("models:/wine@champion").alias == "champion"
     assert str(parse_models_uri("models:/wine/Latest")) == "models:/wine/latest"
+
+
+async def test_a_scoring_service_serves_a_registered_version_by_alias_answering_as_pyfunc_predict(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, scoring_settings: ScoringSettings
+) -> None:
+    """The whole path: models:/ uri and Secret in the model's configuration, the store, the mlflow runtime."""
+    for name, value in registry.environ.items():
+        monkeypatch.setenv(name, value)
+    sha256 = directory_sha256(_resolve(registry, "models:/wine/1", tmp_path / "probe"))
+    config = replace(model_config("wine", "mlflow", "models:/wine@champion", sha256=sha256), credentials=SECRET)
+    rows = registry.features.iloc[::7]
+    async with served([config], scoring_settings) as (_, http):
+        metadata = (await http.get("/v2/models/wine")).json()
+        response = await http.post("/v2/models/wine/infer", json=infer_body("input", rows.to_numpy(), "FP64"))
+    assert metadata["inputs"] == [{"name": "input", "datatype": "FP64", "shape": [-1, 13]}]
+    assert response.status_code == 200, response.text
+    answer = np.array(response.json()["outputs"][0]["data"])
+    expected = mlflow.pyfunc.load_model("models:/wine@champion").predict(rows)  # MLFLOW_TRACKING_URI: the server
+    np.testing.assert_array_equal(answer, np.asarray(expected))
+    np.testing.assert_array_equal(answer, registry.models["1"].predict(rows))
