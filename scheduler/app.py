@@ -32,6 +32,7 @@ from scheduler.auth import OPEN_MODE_WARNING, Authenticator, OpenModeRefused
 from scheduler.backends.base import Backend
 from scheduler.db import check_schema, create_engine
 from scheduler.errors import StoreUnavailable
+from scheduler.jobcache import JobBodyCache
 from scheduler.metrics import Metrics, RequestMetricsMiddleware
 from scheduler.service import SchedulerService
 from scheduler.sessions import SessionSigner, derive_key
@@ -117,7 +118,9 @@ def create_app(
                 await backend.recover()
                 metrics.lead(engine, engine_identity)
                 app.state.engine = engine
-                app.state.service = SchedulerService(store, backend, settings, secret)
+                service = SchedulerService(store, backend, settings, secret)
+                app.state.job_bodies = JobBodyCache(store, service.get_job, jobs.detail_body, url=engine.url)
+                app.state.service = service
                 metrics.attach(store, settings.tokens)
                 if settings.gc_freeze:
                     # What exists now (modules, the app, the routes' models) lives as long as the server: keep
@@ -134,8 +137,12 @@ def create_app(
                 metrics.attach(None)
                 metrics.lead(None, None)
                 service = app.state.service
+                bodies = app.state.job_bodies
                 app.state.service = None
+                app.state.job_bodies = None
                 app.state.engine = None
+                if isinstance(bodies, JobBodyCache):
+                    await bodies.close()
                 if isinstance(service, SchedulerService):
                     await service.close()  # ends the job change feed and with it every event stream
                 await backend.close()
@@ -157,6 +164,7 @@ def create_app(
     app.state.auth = auth
     app.state.metrics = metrics
     app.state.service = None
+    app.state.job_bodies = None
     app.state.engine = None
     install_error_handlers(app)
     app.include_router(pipelines.router)

@@ -56,6 +56,7 @@ __all__ = [
     "Job",
     "JobEvent",
     "JobPage",
+    "JobStamp",
     "JobStore",
     "Pipeline",
     "PipelineVersion",
@@ -219,6 +220,21 @@ class Job:
     @property
     def terminal(self) -> bool:
         return self.state in TERMINAL
+
+
+@dataclass(frozen=True)
+class JobStamp:
+    """What says whether a job changed: its `updated_at` (strictly increasing with every write) and whether its
+    body depends on other jobs (a queued job's `queue_position`). See `scheduler.jobcache`."""
+
+    updated_at: datetime
+    state: JobState
+    admitted: bool
+
+    @property
+    def cacheable(self) -> bool:
+        """False for a queued job (PENDING, not admitted): its queue position moves while its row does not."""
+        return self.state is not JobState.PENDING or self.admitted
 
 
 @dataclass(frozen=True)
@@ -529,6 +545,9 @@ def _job_with_events_select(job_id: Any) -> Select[Any]:
 # Statements built once (building and hashing a statement costs more than running it): values are parameters.
 _WANTED: Final = "modelops_wanted_id"
 _SELECT_JOB_WITH_EVENTS: Final = _job_with_events_select(bindparam(_WANTED))
+_JOB_STAMP: Final = select(_JOBS.c.updated_at, _JOBS.c.state, _JOBS.c.admitted_at).where(
+    _JOBS.c.id == bindparam(_WANTED)
+)
 _LOCK_JOB: Final = _core_job_select().where(_JOBS.c.id == bindparam(_WANTED)).with_for_update(of=_JOBS)
 _UPDATE_JOB: Final = update(_JOBS).where(_JOBS.c.id == bindparam(_WANTED))
 _INSERT_JOB: Final = insert(_JOBS)
@@ -1155,6 +1174,15 @@ class JobStore:
             if job.state is JobState.PENDING and job.admitted_at is None:
                 job = replace(job, queue_position=self._positions(conn, [job.id]).get(job.id))
         return job
+
+    def job_stamp(self, job_id: uuid.UUID | str) -> JobStamp | None:
+        """The job's `JobStamp` (None if there is no such job): one small row, what `scheduler.jobcache` checks."""
+        uid = _parse_job_id(job_id)
+        with self._read() as conn:
+            row = conn.execute(_JOB_STAMP, {_WANTED: uid}).one_or_none()
+        if row is None:
+            return None
+        return JobStamp(updated_at=row.updated_at, state=JobState(row.state), admitted=row.admitted_at is not None)
 
     def list_jobs(
         self,

@@ -14,13 +14,13 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Annotated, Final
 
 import anyio
-from fastapi import APIRouter, Header, Path, Query, Response, status
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response, status
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel, StringConstraints
 from starlette.background import BackgroundTask
 
 from scheduler.api.deps import API_PREFIX, Service
-from scheduler.api.errors import error_responses
+from scheduler.api.errors import ServiceUnavailable, error_responses
 from scheduler.api.models import (
     LOG_COMPONENT_PATTERN,
     NAME_MAX,
@@ -38,6 +38,7 @@ from scheduler.api.models import (
 from scheduler.auth import AuthFirstRoute, ReadPrincipal, Reporter, WritePrincipal
 from scheduler.changes import FeedLagged, Subscription
 from scheduler.errors import SchedulerError
+from scheduler.jobcache import JobBodyCache
 from scheduler.states import JobState, Task
 from scheduler.store import DEFAULT_PAGE_SIZE, MAX_PAGE_SIZE, MAX_PROGRESS_POINTS, TEXT_SEARCH_MAX, Job
 
@@ -84,6 +85,21 @@ JOB_STREAM_EXAMPLE: Final = (
     'event: job\ndata: {"id": "3f2b6c1e-8f7d-4c52-9d8e-2a1b0c9d8e7f", "state": "SUCCEEDED", ...}\n\n'
     'event: end\ndata: {"id": "3f2b6c1e-8f7d-4c52-9d8e-2a1b0c9d8e7f", "state": "SUCCEEDED"}\n\n'
 )
+
+
+def detail_body(job: Job) -> bytes:
+    """The body of `GET /jobs/{id}` for `job`: what `_json(JobDetail.of(job))` sends."""
+    return JobDetail.of(job).model_dump_json(by_alias=True).encode()
+
+
+async def _job_bodies(request: Request) -> JobBodyCache:
+    bodies = getattr(request.app.state, "job_bodies", None)
+    if not isinstance(bodies, JobBodyCache):
+        raise ServiceUnavailable("the scheduler is starting or stopping: try again shortly", code="not_started")
+    return bodies
+
+
+JobBodies = Annotated[JobBodyCache, Depends(_job_bodies)]
 
 
 def _json(model: BaseModel, status_code: int = status.HTTP_200_OK) -> Response:
@@ -213,8 +229,9 @@ async def job_events(
     response_model=JobDetail,
     responses=error_responses(401, 403, 404, 422, 503),
 )
-async def get_job(job_id: JobIdPath, service: Service, _: ReadPrincipal) -> Response:
-    return _json(JobDetail.of(await service.get_job(job_id)))
+async def get_job(job_id: JobIdPath, bodies: JobBodies, _: ReadPrincipal) -> Response:
+    # Served from the body serialised once per state of the job (scheduler.jobcache), checked per request.
+    return Response(await bodies.body(job_id), media_type="application/json")
 
 
 @router.post(
