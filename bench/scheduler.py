@@ -26,9 +26,15 @@ What is measured:
   to RUNNING (render, start two processes, readiness) and from `POST /jobs/{id}/cancel` to CANCELLED (SIGTERM,
   reap, uninstall, final state), polled every 5 ms, for `--lifecycle-jobs` sequential jobs.
 
+- with `--list-jobs N` (issue 14): N more jobs in end states bulk-inserted in one statement (a third of them of
+  each pipeline, and 10 of a pipeline `bench-rare`; 70% SUCCEEDED, ~20% FAILED with a message holding "503",
+  10% CANCELLED, 10 FAILED on a "timeout"), then `GET /api/v1/jobs` (the first page, 50 jobs) for each filter
+  the API offers, each for `--list-duration` seconds with `--list-clients` connections (wrk).
+
 Usage:
     .venv/bin/python bench/scheduler.py [--duration 10] [--clients 32] [--loadgen auto|wrk|httpx]
                                         [--lifecycle-jobs 10] [--profile DIR [--profile-gil]]
+                                        [--list-jobs 100000 [--list-clients 1] [--list-duration 5]] [--skip-load]
 
 `--profile DIR` records the server with py-spy (`pip install py-spy`) during the creation and GET phases and
 writes the flame graphs plus the hottest functions (`*-top.txt`) there. Never fails on a slow result.
@@ -175,6 +181,9 @@ request = function()
 end
 """
 
+WRK_PLAIN = """
+"""
+
 WRK_REPORT = """
 done = function(summary, latency, requests)
   local out = string.format(
@@ -304,23 +313,28 @@ def load_main(argv: list[str]) -> None:
     """`_load URL PHASE ...`: one phase of load against the server; prints its result as JSON on stdout."""
     parser = argparse.ArgumentParser(prog="scheduler.py _load")
     parser.add_argument("url")
-    parser.add_argument("phase", choices=["create", "get", "lifecycle"])
+    parser.add_argument("phase", choices=["create", "get", "lifecycle", "list"])
     parser.add_argument("--clients", type=int, default=32)
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--loadgen", choices=["wrk", "httpx"], default="wrk")
     parser.add_argument("--ids", type=Path, help="get: a file of job ids, one a line")
     parser.add_argument("--jobs", type=int, default=10)
+    parser.add_argument("--path", default="/api/v1/jobs", help="list: the path and query to GET")
     args = parser.parse_args(argv)
     if args.phase == "lifecycle":
         result: dict[str, Any] = lifecycle(args.url, args.jobs)
     elif args.loadgen == "wrk":
         if args.phase == "create":
             result = run_wrk(f"{args.url}/api/v1/jobs", WRK_CREATE, args.clients, args.duration, [])
+        elif args.phase == "list":
+            result = run_wrk(f"{args.url}{args.path}", WRK_PLAIN, args.clients, args.duration, [])
         else:
             result = run_wrk(args.url, WRK_GET, args.clients, args.duration, [str(args.ids)])
     elif args.phase == "create":
         body = b'{"pipeline": "bench-create"}'
         result = asyncio.run(_httpx_load(args.url, args.clients, args.duration, "POST", ["/api/v1/jobs"], body))
+    elif args.phase == "list":
+        result = asyncio.run(_httpx_load(args.url, args.clients, args.duration, "GET", [args.path], None))
     else:
         ids = args.ids.read_text().split()
         paths = [f"/api/v1/jobs/{job_id}" for job_id in ids]
@@ -329,6 +343,90 @@ def load_main(argv: list[str]) -> None:
 
 
 # ================================================================================================ orchestration
+
+RARE_PIPELINE = "bench-rare"
+SEED_SQL = """
+WITH v AS (
+    SELECT max(pv.id) FILTER (WHERE p.name = 'bench-create') AS create_id,
+           max(pv.id) FILTER (WHERE p.name = 'bench-life') AS life_id,
+           max(pv.id) FILTER (WHERE p.name = 'bench-rare') AS rare_id
+    FROM pipeline_versions pv JOIN pipelines p ON p.id = pv.pipeline_id
+), g AS (
+    SELECT i, now() - interval '30 days' + i * interval '10 seconds' AS at,
+           CASE WHEN i %% 10000 = 5 THEN 'timeout' WHEN i %% 10 IN (7, 8) THEN 'failed'
+                WHEN i %% 10 = 9 THEN 'cancelled' ELSE 'succeeded' END AS outcome
+    FROM generate_series(1, %(n)s) AS i
+)
+INSERT INTO jobs (id, pipeline_version_id, state, task, parameters, environment, backend, backend_ref,
+                  idempotency_key, token_hash, created_at, started_at, finished_at, reason, message, records_read,
+                  records_written, records_failed, completion, completion_message, flow_completions,
+                  flow_progress, admitted_at, created_by, updated_at)
+SELECT gen_random_uuid(),
+       CASE WHEN i %% 10000 = 0 THEN v.rare_id WHEN i %% 2 = 0 THEN v.create_id ELSE v.life_id END,
+       CASE outcome WHEN 'succeeded' THEN 'SUCCEEDED' WHEN 'cancelled' THEN 'CANCELLED' ELSE 'FAILED' END,
+       'uninstall', '{"threshold": 0.5}', '{"namespace": "scoring"}', 'local', NULL, NULL, repeat('0', 64),
+       at, at + interval '1 second', at + interval '60 seconds',
+       CASE outcome WHEN 'succeeded' THEN 'Completed' WHEN 'cancelled' THEN 'Cancelled'
+                    WHEN 'timeout' THEN 'Timeout' ELSE 'ScoringFailed' END,
+       CASE outcome WHEN 'failed' THEN 'scoring service m answered HTTP 503 (Service Unavailable) 3 times'
+                    WHEN 'timeout' THEN 'the wait phase timed out after 3600 s' END,
+       1000, 1000, 0, NULL, NULL, NULL, NULL, at, 'ci', at + interval '60 seconds'
+FROM g CROSS JOIN v
+"""
+
+
+def seed_jobs(database_url: str, count: int) -> tuple[float, str]:
+    """Insert `count` jobs in end states in one statement, then ANALYZE; the seconds it took and the first four
+    hex digits of a seeded job's id (an `id_prefix` filter that matches one or two jobs)."""
+    import sqlalchemy
+
+    engine = sqlalchemy.create_engine(database_url)
+    try:
+        started = time.perf_counter()
+        with engine.begin() as conn:
+            conn.exec_driver_sql(SEED_SQL, {"n": count})
+        with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+            conn.exec_driver_sql("ANALYZE jobs")
+            prefix = str(conn.exec_driver_sql("SELECT id FROM jobs WHERE reason = 'Timeout' LIMIT 1").scalar_one())
+        return time.perf_counter() - started, prefix[:4]
+    finally:
+        engine.dispose()
+
+
+def list_filters(prefix: str) -> list[tuple[str, str]]:
+    """(what, query) of the first page of each filter `GET /api/v1/jobs` offers, common and rare cases."""
+    return [
+        ("no filter", ""),
+        ("state=FAILED (1 in 5)", "state=FAILED"),
+        ("state=CANCELLED (1 in 10)", "state=CANCELLED"),
+        ("state=RUNNING (none)", "state=RUNNING"),
+        ("pipeline=bench-life (half)", "pipeline=bench-life"),
+        ("pipeline=bench-rare (10 jobs)", f"pipeline={RARE_PIPELINE}"),
+        ("pipeline=bench-rare&state=FAILED", f"pipeline={RARE_PIPELINE}&state=FAILED"),
+        (f"id_prefix={prefix} (1-2 jobs)", f"id_prefix={prefix}"),
+        ("q=503 (1 in 5)", "q=503"),
+        ("q=timeout (10 jobs)", "q=timeout"),
+        ("q=bench-rare (pipeline name)", f"q={RARE_PIPELINE}"),
+        ("q=zzz (none)", "q=zzz"),
+        ("state=FAILED&q=timeout", "state=FAILED&q=timeout"),
+    ]
+
+
+def list_phase(url: str, database_url: str, options: argparse.Namespace) -> list[dict[str, Any]]:
+    """Seed `--list-jobs` jobs, then load the first page of each filter; one result per filter."""
+    import httpx
+
+    seconds, prefix = seed_jobs(database_url, options.list_jobs)
+    print(f"list: {options.list_jobs:,} jobs inserted in {seconds:.1f}s; first page of each filter ...")
+    results = []
+    for what, query in list_filters(prefix):
+        path = "/api/v1/jobs" + (f"?{query}" if query else "")
+        rows = len(httpx.get(url + path, timeout=30, trust_env=False).raise_for_status().json()["items"])
+        listed = _load(
+            url, "list", options, f"--path={path}", clients=options.list_clients, duration=options.list_duration
+        )
+        results.append({"what": what, "path": path, "rows": rows, **listed})
+    return results
 
 
 def free_port() -> int:
@@ -356,9 +454,16 @@ def fresh_database(admin_url: str) -> Iterator[str]:
         admin.dispose()
 
 
-def _load(url: str, phase: str, options: argparse.Namespace, *extra: str) -> dict[str, Any]:
-    command = [sys.executable, __file__, "_load", url, phase, f"--clients={options.clients}"]
-    command += [f"--duration={options.duration}", f"--loadgen={options.loadgen}", *extra]
+def _load(
+    url: str,
+    phase: str,
+    options: argparse.Namespace,
+    *extra: str,
+    clients: int | None = None,
+    duration: float | None = None,
+) -> dict[str, Any]:
+    command = [sys.executable, __file__, "_load", url, phase, f"--clients={clients or options.clients}"]
+    command += [f"--duration={duration or options.duration}", f"--loadgen={options.loadgen}", *extra]
     done = subprocess.run(command, capture_output=True, text=True, cwd=ROOT)
     if done.returncode != 0:
         raise RuntimeError(f"the load generator failed ({phase}):\n{done.stderr}")
@@ -536,6 +641,12 @@ def main() -> None:
     parser.add_argument(
         "--profile-gil", action="store_true", help="profile only the thread holding the GIL (where the CPU goes)"
     )
+    parser.add_argument("--list-jobs", type=int, default=0, help="jobs to insert for the list phase (0: no phase)")
+    parser.add_argument("--list-clients", type=int, default=1, help="connections of the list phase")
+    parser.add_argument("--list-duration", type=float, default=5.0, help="seconds of load per filter")
+    parser.add_argument(
+        "--skip-load", action="store_true", help="skip the lifecycle, creation and GET phases (with --list-jobs)"
+    )
     options = parser.parse_args()
     if options.loadgen == "auto":
         options.loadgen = "wrk" if shutil.which("wrk") else "httpx"
@@ -570,41 +681,46 @@ def main() -> None:
                     if server.poll() is not None or time.monotonic() > deadline:
                         raise RuntimeError(f"the server did not start:\n{server_log.read_text()}")
                     time.sleep(0.1)
-                for name in ("bench-create", "bench-life"):
+                for name in ("bench-create", "bench-life", RARE_PIPELINE):
                     client.deploy_bytes(CREATE_PIPELINE.replace("NAME", name).encode(), "application/yaml")
 
-            print(f"lifecycle: {options.lifecycle_jobs} sequential jobs with real (fake) processes ...")
-            life = _load(url, "lifecycle", options, f"--jobs={options.lifecycle_jobs}")
+            listed: list[dict[str, Any]] = []
+            if not options.skip_load:
+                print(f"lifecycle: {options.lifecycle_jobs} sequential jobs with real (fake) processes ...")
+                life = _load(url, "lifecycle", options, f"--jobs={options.lifecycle_jobs}")
 
-            print(
-                f"creations: POST /api/v1/jobs, {options.clients} clients, {options.duration:g}s, {options.loadgen} ..."
-            )
-            cpu, pg_cpu, sessions = tree_cpu_seconds(server.pid), postgres_cpu(), sessions_opened(db)
-            with profiling(server.pid, options.profile, "create", options.duration, options.profile_gil):
-                create = _load(url, "create", options)
-            create["server_cpu"] = tree_cpu_seconds(server.pid) - cpu
-            create["postgres_cpu"] = postgres_cpu_since(pg_cpu)
-            create["connections"] = sessions_opened(db) - sessions - 1
-            drained = wait_for_drain(url)
+                print(
+                    f"creations: POST /api/v1/jobs, {options.clients} clients, {options.duration:g}s, "
+                    f"{options.loadgen} ..."
+                )
+                cpu, pg_cpu, sessions = tree_cpu_seconds(server.pid), postgres_cpu(), sessions_opened(db)
+                with profiling(server.pid, options.profile, "create", options.duration, options.profile_gil):
+                    create = _load(url, "create", options)
+                create["server_cpu"] = tree_cpu_seconds(server.pid) - cpu
+                create["postgres_cpu"] = postgres_cpu_since(pg_cpu)
+                create["connections"] = sessions_opened(db) - sessions - 1
+                drained = wait_for_drain(url)
 
-            ids_file = Path(home) / "ids.txt"
-            with SchedulerClient(url) as client:
-                ids: list[str] = []
-                cursor = None
-                while len(ids) < 2000:
-                    page = client.list_jobs(limit=500, cursor=cursor)
-                    ids += [str(job.id) for job in page.items]
-                    cursor = page.next_cursor
-                    if cursor is None:
-                        break
-            ids_file.write_text("\n".join(ids) + "\n")
-            print(f"reads: GET /api/v1/jobs/{{id}} over {len(ids)} jobs, {options.clients} clients ...")
-            cpu, pg_cpu, sessions = tree_cpu_seconds(server.pid), postgres_cpu(), sessions_opened(db)
-            with profiling(server.pid, options.profile, "get", options.duration, options.profile_gil):
-                get = _load(url, "get", options, f"--ids={ids_file}")
-            get["server_cpu"] = tree_cpu_seconds(server.pid) - cpu
-            get["postgres_cpu"] = postgres_cpu_since(pg_cpu)
-            get["connections"] = sessions_opened(db) - sessions - 1
+                ids_file = Path(home) / "ids.txt"
+                with SchedulerClient(url) as client:
+                    ids: list[str] = []
+                    cursor = None
+                    while len(ids) < 2000:
+                        page = client.list_jobs(limit=500, cursor=cursor)
+                        ids += [str(job.id) for job in page.items]
+                        cursor = page.next_cursor
+                        if cursor is None:
+                            break
+                ids_file.write_text("\n".join(ids) + "\n")
+                print(f"reads: GET /api/v1/jobs/{{id}} over {len(ids)} jobs, {options.clients} clients ...")
+                cpu, pg_cpu, sessions = tree_cpu_seconds(server.pid), postgres_cpu(), sessions_opened(db)
+                with profiling(server.pid, options.profile, "get", options.duration, options.profile_gil):
+                    get = _load(url, "get", options, f"--ids={ids_file}")
+                get["server_cpu"] = tree_cpu_seconds(server.pid) - cpu
+                get["postgres_cpu"] = postgres_cpu_since(pg_cpu)
+                get["connections"] = sessions_opened(db) - sessions - 1
+            if options.list_jobs:
+                listed = list_phase(url, db, options)
         finally:
             server.send_signal(signal.SIGTERM)
             try:
@@ -612,7 +728,22 @@ def main() -> None:
             except subprocess.TimeoutExpired:
                 server.kill()
     after = machine()
+    if not options.skip_load:
+        print_load(options, before, after, life, create, get, drained)
+    if listed:
+        print_list(options, listed)
+    print(f"load average before {before['load']}, after {after['load']}; load generator: {options.loadgen}")
 
+
+def print_load(
+    options: argparse.Namespace,
+    before: dict[str, str],
+    after: dict[str, str],
+    life: dict[str, Any],
+    create: dict[str, Any],
+    get: dict[str, Any],
+    drained: float,
+) -> None:
     rows = [
         (
             "job creations/s (POST /jobs)",
@@ -660,9 +791,25 @@ def main() -> None:
             f"core, {phase['server_cpu'] * per:.2f} ms per request), postgres {phase['postgres_cpu']:.1f}s "
             f"({phase['postgres_cpu'] * per:.2f} ms per request); {phase['connections']} new database connections"
         )
-    print(f"load average before {before['load']}, after {after['load']}; load generator: {options.loadgen}")
     if options.profile is not None:
         print(f"profiles: {options.profile}/create-top.txt, {options.profile}/get-top.txt")
+
+
+def print_list(options: argparse.Namespace, listed: list[dict[str, Any]]) -> None:
+    aim = 50.0
+    print()
+    print(
+        f"GET /api/v1/jobs, first page (50), {options.list_jobs:,} jobs seeded, {options.list_clients} connection(s), "
+        f"{options.list_duration:g}s each"
+    )
+    header = f"{'filter':<34} {'rows':>4} {'p50 ms':>8} {'p99 ms':>8} {'max ms':>8} {'req/s':>7} {'errors':>6}"
+    print(f"{header}  aim p99 <= 50 ms")
+    for each in listed:
+        verdict = "ok" if each["p99_ms"] <= aim and not each["errors"] else "MISSED"
+        print(
+            f"{each['what']:<34} {each['rows']:>4} {each['p50_ms']:>8.2f} {each['p99_ms']:>8.2f} "
+            f"{each['max_ms']:>8.1f} {each['per_second']:>7.0f} {each['errors']:>6}  {verdict}"
+        )
 
 
 if __name__ == "__main__":
