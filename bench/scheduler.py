@@ -292,7 +292,8 @@ def lifecycle(url: str, jobs: int) -> dict[str, list[float]]:
         for _ in range(jobs):
             began = time.perf_counter()
             created = client.post("/api/v1/jobs", json={"pipeline": "bench-life"})
-            created.raise_for_status()
+            if created.status_code != 201:
+                raise RuntimeError(f"POST /api/v1/jobs answered {created.status_code}: {created.text}")
             job_id = created.json()["id"]
             state = until(job_id, {"RUNNING", "FAILED", "CANCELLED", "SUCCEEDED"})
             if state != "RUNNING":
@@ -667,7 +668,11 @@ def main() -> None:
             "MODELOPS_SCHEDULER_HOST": "127.0.0.1",
             "MODELOPS_SCHEDULER_LOG_LEVEL": "warning",
             "MODELOPS_SCHEDULER_WORKERS": str(options.workers),
+            # File sources must exist when a job is created: the pipelines' data/in.csv lives in the home.
+            "MODELOPS_SCHEDULER_DATA_ROOT": home,
         }
+        (Path(home) / "data").mkdir()
+        (Path(home) / "data" / "in.csv").write_text("id,x\n1,0.5\n")
         env.pop("MODELOPS_SCHEDULER_TOKENS", None)
         modelops = str(Path(sys.executable).with_name("modelops"))
         subprocess.run([modelops, "db", "upgrade"], env=env, check=True, capture_output=True)
