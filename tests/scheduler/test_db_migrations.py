@@ -18,12 +18,14 @@ from sqlalchemy.engine import Engine
 
 from scheduler.db import Base, SchemaStatus, check_schema, create_engine, current_revision, head_revision, upgrade
 from scheduler.db.migrate import ALEMBIC_INI, alembic_config, downgrade
+from scheduler.db.models import schema_filter
 from scheduler.errors import StoreUnavailable
 
 
 def schema_diff(engine: Engine, metadata: sqlalchemy.MetaData = Base.metadata) -> list[object]:
     with engine.connect() as conn:
-        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        opts = {"compare_type": True, "include_object": schema_filter(conn.dialect.name)}
+        context = MigrationContext.configure(conn, opts=opts)
         return list(compare_metadata(context, metadata))
 
 
@@ -38,7 +40,7 @@ def test_the_alembic_configuration_ships_inside_the_package() -> None:
     assert ALEMBIC_INI.is_file()
     script_location = Path(alembic_config().get_main_option("script_location") or "")
     assert script_location.is_dir() and (script_location / "env.py").is_file()
-    assert head_revision() == "0005"
+    assert head_revision() == "0006"
 
 
 def test_upgrading_creates_the_schema_of_the_models_without_drift(empty_database_url: str) -> None:

@@ -486,6 +486,20 @@ def test_jobs_can_be_listed_by_state_and_by_pipeline(store: JobStore, new_job: N
     assert store.list_jobs(pipeline="nope").items == ()
 
 
+def test_a_pipeline_filter_and_a_search_by_its_name_find_the_jobs_of_all_its_versions(
+    store: JobStore, new_job: NewJob
+) -> None:
+    second, _ = store.add_pipeline_version("digits", DIGITS_IR, digest_of("digits-v2"))
+    other, _ = store.add_pipeline_version("iris", DIGITS_IR, digest_of("iris-1"))
+    jobs = [new_job(), new_job(version=second), new_job(version=other), new_job(version=second), new_job()]
+    digits = [job.id for job in reversed(jobs) if job.pipeline == "digits"]
+    for found in (lambda **kw: store.list_jobs(pipeline="digits", **kw), lambda **kw: store.list_jobs(q="IGIT", **kw)):
+        first = found(limit=3)
+        assert [j.id for j in first.items] == digits[:3]
+        assert [j.id for j in found(limit=3, cursor=first.next_cursor).items] == digits[3:]
+    assert store.list_jobs(q="dig%").items == ()  # % is a character, not a pattern
+
+
 def test_listed_jobs_come_without_events(store: JobStore, new_job: NewJob) -> None:
     new_job()
     assert store.list_jobs().items[0].events is None

@@ -14,7 +14,7 @@ from alembic import context
 from alembic.autogenerate.api import AutogenContext
 from sqlalchemy.engine import Connection
 
-from scheduler.db.models import Base, UTCDateTime
+from scheduler.db.models import Base, UTCDateTime, schema_filter
 from scheduler.db.session import create_engine, normalise_url
 
 target_metadata = Base.metadata
@@ -42,6 +42,7 @@ def _run(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        include_object=schema_filter(connection.dialect.name),
         render_item=_render_item,
         # The scheduler's SQLite engine emits BEGIN itself (see scheduler.db.session), so DDL is
         # transactional there too: a failed migration leaves nothing half-applied.
