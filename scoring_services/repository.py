@@ -213,7 +213,8 @@ class ModelRepository:
                 entry.metrics,
                 max_batch_size=batching.max_batch_size,
                 max_latency_ms=batching.max_latency_ms,
-                concurrency=self.settings.batch_concurrency,
+                # With worker processes, one call in flight per worker (each computes on its own core).
+                concurrency=max(self.settings.batch_concurrency, runtime.workers.count if runtime.workers else 0),
             )
         else:
             predictor = DirectCaller(runtime, cfg.name, entry.metrics)

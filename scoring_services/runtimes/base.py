@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 from scoring_services.errors import ModelLoadError
+from scoring_services.runtimes.processes import MAX_PROCESSES, PROCESSES, WorkerProcesses
 from scoring_services.types import Array, Batch, ModelConfig, Scalar, TensorSpec
 
 __all__ = ["ModelRuntime", "option"]
@@ -55,6 +56,8 @@ class ModelRuntime(ABC):
         self.outputs: tuple[TensorSpec, ...] = ()
         #: Whether requests may be concatenated along axis 0 into one call and the result split back.
         self.batchable = True
+        #: The worker processes of the `processes` option, once loaded (None: calls run on the threads).
+        self.workers: WorkerProcesses | None = None
 
     async def _run(self, fn: Callable[..., _T], *args: Any) -> _T:
         loop = asyncio.get_running_loop()
@@ -67,13 +70,36 @@ class ModelRuntime(ABC):
                 f"model '{self.config.name}': runtime '{self.name}' unpickles its artifact, which runs code; "
                 "give its sha256 so it can be checked first"
             )
+        count = option(self.config, PROCESSES, 0, int)
+        if not 0 <= count <= MAX_PROCESSES:
+            raise ModelLoadError(
+                f"model '{self.config.name}': option '{PROCESSES}' must be 0 to {MAX_PROCESSES} (got {count})"
+            )
+        if count and type(self).predict is not ModelRuntime.predict:
+            raise ModelLoadError(
+                f"model '{self.config.name}': runtime '{self.name}' cannot run its calls in worker processes "
+                f"(option '{PROCESSES}')"
+            )
         await self._run(self._load)
+        if count:
+            workers = WorkerProcesses(self, count)
+            try:
+                await workers.start()
+            except BaseException:
+                await self._run(self._unload)
+                raise
+            self.workers = workers
 
     async def predict(self, batch: Batch) -> Mapping[str, Any]:
         """Outputs by the runtime's names, each with the batch's rows along axis 0."""
+        if self.workers is not None:
+            return await self.workers.predict(batch)
         return await self._run(self._predict, batch)
 
     async def unload(self) -> None:
+        workers, self.workers = self.workers, None
+        if workers is not None:
+            await workers.stop()
         await self._run(self._unload)
 
     def check(self, inputs: Mapping[str, Array], parameters: Mapping[str, Any]) -> None:  # noqa: B027

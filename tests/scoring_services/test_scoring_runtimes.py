@@ -814,3 +814,48 @@ async def test_an_allow_non_finite_option_that_is_not_true_or_false_fails_the_lo
         index = (await http.post("/v2/repository/index")).json()
     assert index[0]["state"] == "UNAVAILABLE"
     assert "option 'allowNonFinite' must be a bool (got 'yes')" in index[0]["reason"]
+
+
+# ---------------------------------------------------------------------------------------------- boosting fast path
+
+
+async def test_the_boosting_fast_path_answers_bit_identically_to_predict_proba(
+    tmp_path: Path, scoring_settings: ScoringSettings
+) -> None:
+    import joblib
+    from sklearn.datasets import load_wine
+    from sklearn.ensemble import GradientBoostingClassifier
+
+    features, labels = load_wine(return_X_y=True)
+    models = {
+        "prior": GradientBoostingClassifier(n_estimators=30, random_state=0).fit(features, labels),
+        "zero": GradientBoostingClassifier(n_estimators=30, init="zero", random_state=0).fit(features, labels),
+        "binary": GradientBoostingClassifier(n_estimators=30, random_state=0).fit(features, labels == 1),
+    }
+    configs = []
+    for name, model in models.items():
+        joblib.dump(model, tmp_path / f"{name}.joblib")
+        configs.append(
+            model_config(name, "sklearn", tmp_path / f"{name}.joblib", sha256=sha256_of(tmp_path / f"{name}.joblib"))
+        )
+    off = model_config(
+        "off",
+        "sklearn",
+        tmp_path / "prior.joblib",
+        sha256=sha256_of(tmp_path / "prior.joblib"),
+        options={"fastBoosting": False},
+    )
+    rows = np.concatenate([features, np.random.default_rng(5).normal(0.0, 50.0, size=(100, features.shape[1]))])
+    async with served([*configs, off], scoring_settings) as (app, http):
+        used = {}
+        for config in [*configs, off]:
+            runtime = app.plane.repository.get(config.name).runtime
+            assert runtime is not None
+            used[config.name] = runtime._fast_boosting  # type: ignore[attr-defined]
+        assert used == {"prior": True, "zero": True, "binary": False, "off": False}
+        for name, model in [*models.items(), ("off", models["prior"])]:
+            response = await http.post(f"/v2/models/{name}/infer", json=infer_body("input", rows, "FP64"))
+            assert response.status_code == 200, response.text
+            outputs = outputs_of(response.json())
+            np.testing.assert_array_equal(outputs["predict_proba"], model.predict_proba(rows))
+            np.testing.assert_array_equal(outputs["predict"], model.predict(rows))
