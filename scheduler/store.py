@@ -36,7 +36,7 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any, Final, cast
 
-from sqlalchemy import ColumnElement, Select, Table, and_, bindparam, func, insert, or_, select, update
+from sqlalchemy import ColumnElement, Select, String, Table, and_, bindparam, func, insert, or_, select, update
 from sqlalchemy.engine import Connection, Engine, RowMapping
 from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
 from sqlalchemy.exc import TimeoutError as PoolTimeout
@@ -346,8 +346,13 @@ def _text_match(text: str, named_versions: Collection[int]) -> ColumnElement[boo
     index walked newest first (measured in bench/README.md, issue 14). SQLite looks at every row for a rare word."""
     if len(text) > TEXT_SEARCH_MAX:
         raise InvalidInput(f"the search text is longer than {TEXT_SEARCH_MAX} characters", details={"q": text[:50]})
+    # The pattern is written into the statement (`literal_execute`, quoted by the dialect), not sent as a
+    # parameter: psycopg prepares a statement run 5 times, and PostgreSQL's generic plan, blind to the word, then
+    # walks the whole (created_at, id) index for a rare one (105 ms at 100,000 jobs instead of 0.1 ms).
+    escaped = text.replace("/", "//").replace("%", "/%").replace("_", "/_")
+    pattern = bindparam(None, f"%{escaped}%", type_=String, literal_execute=True)
     found: list[ColumnElement[bool]] = [
-        *(column.icontains(text, autoescape=True) for column in (_JOBS.c.created_by, _JOBS.c.reason, _JOBS.c.message)),
+        column.ilike(pattern, escape="/") for column in (_JOBS.c.created_by, _JOBS.c.reason, _JOBS.c.message)
     ]
     if named_versions:
         found.append(_JOBS.c.pipeline_version_id.in_(sorted(named_versions)))

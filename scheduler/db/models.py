@@ -145,9 +145,13 @@ TRIGRAM_COLUMNS: Final = ("created_by", "reason", "message")
 """The job columns the text search (`q`) looks into: on PostgreSQL each has a trigram index (pg_trgm, migration
 0006), so a word in few jobs is found without reading every row."""
 _TRIGRAM_INDEXES: Final = tuple(
-    Index(f"ix_jobs_{name}_trgm", name, postgresql_using="gin", postgresql_ops={name: "gin_trgm_ops"}).ddl_if(
-        dialect="postgresql"
-    )
+    Index(
+        f"ix_jobs_{name}_trgm",
+        name,
+        postgresql_using="gin",
+        postgresql_ops={name: "gin_trgm_ops"},
+        postgresql_with={"gin_pending_list_limit": 64},  # see migration 0006
+    ).ddl_if(dialect="postgresql")
     for name in TRIGRAM_COLUMNS
 )
 

@@ -498,6 +498,10 @@ def test_a_pipeline_filter_and_a_search_by_its_name_find_the_jobs_of_all_its_ver
         assert [j.id for j in first.items] == digits[:3]
         assert [j.id for j in found(limit=3, cursor=first.next_cursor).items] == digits[3:]
     assert store.list_jobs(q="dig%").items == ()  # % is a character, not a pattern
+    assert store.list_jobs(q="d_g").items == ()
+    quoted = store.transition(jobs[0].id, JobState.FAILED, reason="Quoted", message="o'brien's 100%\\ /path")
+    for text in ("o'brien", "100%\\", "s 100%\\ /pa"):
+        assert [j.id for j in store.list_jobs(q=text).items] == [quoted.id], text
 
 
 def test_listed_jobs_come_without_events(store: JobStore, new_job: NewJob) -> None:
