@@ -10,6 +10,8 @@ together without taxing a request that arrives alone.
 
 Only requests with the same trailing shapes, dtypes and parameters are coalesced (a request with a different
 row width or `max_new_tokens` waits for its own call). A request larger than `max_batch_size` runs alone, whole.
+A runtime may cap `max_batch_size` (`ModelRuntime.max_batch_rows`), and may ask that a coalesced call that fails
+be retried request by request (`ModelRuntime.isolate_failures`), so a bad request fails alone.
 Model calls run on the service's thread pool (see `ModelRuntime`), never on the event loop.
 """
 
@@ -117,7 +119,9 @@ class Batcher(Predictor):
         self.runtime = runtime
         self.model = model
         self.metrics = metrics
-        self.max_batch_size = max_batch_size
+        # A runtime may hold coalesced calls to fewer rows (text generation: its `generationBatchSize`).
+        cap = runtime.max_batch_rows
+        self.max_batch_size = max_batch_size if cap is None else max(1, min(max_batch_size, cap))
         self.max_wait = max_latency_ms / 1000.0
         self._queue: deque[_Item] = deque()
         self._wake = asyncio.Event()
@@ -223,6 +227,21 @@ class Batcher(Predictor):
         self.metrics.queue_depth.dec(len(items))
         return items
 
+    async def _call_alone(self, items: list[_Item]) -> None:
+        """After a coalesced call failed: each request in a call of its own, so only the bad ones fail."""
+        for it in items:
+            if it.future.done():
+                continue
+            self.metrics.batch_size.observe(it.rows)
+            try:
+                result = await _call(self.runtime, Batch(it.inputs, it.outputs, it.parameters), self.model)
+            except Exception as exc:
+                if not it.future.done():
+                    it.future.set_exception(exc)
+            else:
+                if not it.future.done():
+                    it.future.set_result(result)
+
     async def _call(self, items: list[_Item]) -> None:
         try:
             first = items[0]
@@ -234,7 +253,13 @@ class Batcher(Predictor):
                 outputs = frozenset().union(*(it.outputs for it in items))
             rows = sum(it.rows for it in items)
             self.metrics.batch_size.observe(rows)
-            result = await _call(self.runtime, Batch(inputs, outputs, first.parameters), self.model)
+            try:
+                result = await _call(self.runtime, Batch(inputs, outputs, first.parameters), self.model)
+            except Exception:
+                if len(items) == 1 or not self.runtime.isolate_failures:
+                    raise
+                await self._call_alone(items)
+                return
             if len(items) == 1:
                 if not first.future.done():
                     first.future.set_result(result)

@@ -155,7 +155,7 @@ class ModelRepository:
             transition(entry, ModelState.READY)
             cfg = entry.config
             batching = (
-                f"batching up to {cfg.batching.max_batch_size} rows / {cfg.batching.max_latency_ms:g} ms"
+                f"batching up to {entry.predictor.max_batch_size} rows / {cfg.batching.max_latency_ms:g} ms"
                 if isinstance(entry.predictor, Batcher)
                 else "no batching"
             )

@@ -4,7 +4,8 @@ The async methods run the runtime's blocking work (`_load`, `_predict`, `_unload
 thread pool, so the event loop keeps answering health checks and metadata while a model computes. A runtime
 states the signature it found in its artifact (`inputs`, `outputs`; empty when the artifact does not say, as
 with a TorchScript module) and whether a batch of concatenated requests gives the same answers as the requests
-one by one (`batchable`).
+one by one (`batchable`), and may cap the rows of a coalesced call (`max_batch_rows`) or ask for a failed
+coalesced call to be retried request by request (`isolate_failures`).
 """
 
 from __future__ import annotations
@@ -56,6 +57,10 @@ class ModelRuntime(ABC):
         self.outputs: tuple[TensorSpec, ...] = ()
         #: Whether requests may be concatenated along axis 0 into one call and the result split back.
         self.batchable = True
+        #: The most rows one coalesced call may hold (None: the model's `maxBatchSize` alone decides).
+        self.max_batch_rows: int | None = None
+        #: Whether a coalesced call that fails is retried request by request, so one bad request fails alone.
+        self.isolate_failures = False
         #: The worker processes of the `processes` option, once loaded (None: calls run on the threads).
         self.workers: WorkerProcesses | None = None
 
