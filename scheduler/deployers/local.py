@@ -72,7 +72,7 @@ REF_KIND: Final = "local-processes"
 READY_PATH: Final = "/v2/health/ready"
 """Open Inference Protocol readiness endpoint: a scoring service answers 200 once its model is loaded."""
 
-_READY_POLL_SECONDS: Final = 0.1
+_READY_POLL_SECONDS: Final = 0.02
 _READY_REQUEST_TIMEOUT_SECONDS: Final = 1.0
 _STOP_POLL_SECONDS: Final = 0.05
 _KILL_WAIT_SECONDS: Final = 5.0
@@ -108,12 +108,14 @@ def _modelops_executable() -> str:
 
 
 def default_commands(component: Component) -> list[str]:
-    """`modelops scoring-service --values V --service N --port P` and `modelops flow --values V --flow N`."""
+    """`python -m scoring_services --values V --service N --port P` (what `modelops scoring-service` runs,
+    without importing the scheduler's CLI: 0.2 s less per service) and `modelops flow --values V --flow N`."""
     exe = _modelops_executable()
     if component.kind == "service":
         return [
-            exe,
-            "scoring-service",
+            sys.executable,
+            "-m",
+            "scoring_services",
             "--values",
             str(component.values_path),
             "--service",
